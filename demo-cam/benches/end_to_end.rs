@@ -1,0 +1,175 @@
+//! End-to-end frame rate of the demo pipeline on 640x480 frames with one and three real
+//! faces, on 1 and 2 threads, with wall and CPU time per stage (capture = converting the
+//! frame into the display buffer, as the camera path does; detect; classify; track +
+//! overlay). Prints a markdown table.
+//!
+//!     cargo bench -p face2exp-demo --bench end_to_end [-- --frames N]
+//!
+//! Needs weights/retinaface_mnet025.safetensors; the classifier is
+//! weights/face2exp-base.safetensors or, with `--weights PATH`, any model in the shipped
+//! format.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use face2exp_demo::engine::{Engine, EngineConfig};
+use face2exp_demo::faces::FaceResult;
+use face2exp_demo::frame::Frame;
+use face2exp_demo::overlay::{self, StageTimes};
+use face2exp_demo::pipeline::Analyzer;
+use face2exp_demo::source::load_image;
+use face2exp_demo::track::{Tracker, TrackerConfig};
+use face2exp_demo::weights;
+
+const WIDTH: usize = 640;
+const HEIGHT: usize = 480;
+
+/// CPU time of the whole process (all threads).
+fn process_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec through a valid pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// A 640x480 RGB scene with the fixture photos pasted onto a mid-grey background.
+fn scene(photos: &[(&Path, usize, usize)]) -> Result<Vec<u8>> {
+    let mut rgb = vec![128u8; WIDTH * HEIGHT * 3];
+    let mut photo = Frame::default();
+    for &(path, x0, y0) in photos {
+        load_image(path, &mut photo)?;
+        for y in 0..photo.height().min(HEIGHT - y0) {
+            for x in 0..photo.width().min(WIDTH - x0) {
+                let p = photo.pixels()[y * photo.width() + x];
+                let i = ((y0 + y) * WIDTH + x0 + x) * 3;
+                rgb[i..i + 3].copy_from_slice(&[(p >> 16) as u8, (p >> 8) as u8, p as u8]);
+            }
+        }
+    }
+    Ok(rgb)
+}
+
+#[derive(Default)]
+struct Totals {
+    wall: [Duration; 4],
+    cpu: [Duration; 4],
+}
+
+fn timed<T>(wall: &mut Duration, cpu: &mut Duration, f: impl FnOnce() -> T) -> T {
+    let (w0, c0) = (Instant::now(), process_cpu_time());
+    let out = f();
+    *wall += w0.elapsed();
+    *cpu += process_cpu_time() - c0;
+    out
+}
+
+fn bench(
+    engine: &mut Engine,
+    rgb: &[u8],
+    frames: usize,
+    expected_faces: usize,
+) -> Result<(f64, Totals)> {
+    let mut frame = Frame::new(WIDTH, HEIGHT);
+    let mut faces: Vec<FaceResult> = Vec::with_capacity(16);
+    let mut tracker = Tracker::new(TrackerConfig::default());
+    let mut totals = Totals::default();
+    let warmup = 5;
+    let mut start = Instant::now();
+    for i in 0..warmup + frames {
+        if i == warmup {
+            totals = Totals::default();
+            start = Instant::now();
+        }
+        let t = &mut totals;
+        timed(&mut t.wall[0], &mut t.cpu[0], || {
+            frame.copy_from_rgb8(WIDTH, HEIGHT, rgb, WIDTH * 3)
+        })?;
+        timed(&mut t.wall[1], &mut t.cpu[1], || {
+            engine.detect(&frame, &mut faces)
+        })?;
+        timed(&mut t.wall[2], &mut t.cpu[2], || {
+            engine.classify(&frame, &mut faces)
+        })?;
+        timed(&mut t.wall[3], &mut t.cpu[3], || {
+            tracker.update(&mut faces);
+            overlay::draw_faces(&mut frame, &faces, engine.class_names(), 2);
+            overlay::draw_stats(&mut frame, &StageTimes::default(), 2);
+        });
+        if faces.len() != expected_faces {
+            bail!(
+                "expected {expected_faces} faces in the scene, the detector found {}",
+                faces.len()
+            );
+        }
+    }
+    let fps = frames as f64 / start.elapsed().as_secs_f64();
+    Ok((fps, totals))
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let flag = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let frames: usize = flag("--frames")
+        .map_or(Ok(60), |f| f.parse())
+        .context("--frames N")?;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let classifier_path = flag("--weights").map(PathBuf::from);
+    let detector_path = root.join("weights/retinaface_mnet025.safetensors");
+    let classifier = weights::resolve(
+        classifier_path.as_deref(),
+        weights::embedded_classifier(),
+        "classifier",
+        "--weights",
+    )?;
+    let detector = weights::resolve(Some(&detector_path), None, "detector", "--detector")?;
+
+    let fixtures = root.join("tests/fixtures");
+    let one = scene(&[(&fixtures.join("obama_241x301.png"), 200, 90)])?;
+    let three = scene(&[
+        (&fixtures.join("two_portraits.png"), 10, 20),
+        (&fixtures.join("obama_241x301.png"), 390, 170),
+    ])?;
+
+    println!(
+        "classifier: {}; {frames} frames of {WIDTH}x{HEIGHT} after 5 warm-up",
+        classifier.origin
+    );
+    println!();
+    println!("| faces | threads | detect downscale | FPS | capture ms | detect ms | classify ms | track+overlay ms | CPU ms/frame (capture / detect / classify / overlay) |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for (faces, rgb) in [(1, &one), (3, &three)] {
+        for (threads, downscale) in [(1, 1), (2, 1), (1, 2), (2, 2)] {
+            let config = EngineConfig {
+                threads,
+                max_faces: 16,
+                score_threshold: 0.6,
+                detect_downscale: downscale,
+            };
+            let mut engine = Engine::load(&classifier, Some(&detector), &config)?;
+            let (fps, t) = bench(&mut engine, rgb, frames, faces)?;
+            let ms = |d: Duration| d.as_secs_f64() * 1e3 / frames as f64;
+            println!(
+                "| {faces} | {threads} | {downscale} | {fps:.1} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} / {:.2} / {:.2} / {:.2} |",
+                ms(t.wall[0]),
+                ms(t.wall[1]),
+                ms(t.wall[2]),
+                ms(t.wall[3]),
+                ms(t.cpu[0]),
+                ms(t.cpu[1]),
+                ms(t.cpu[2]),
+                ms(t.cpu[3]),
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,168 @@
+//! Command-line options.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+use crate::camera::{Encoding, ModeRequest};
+use crate::track::TrackerConfig;
+
+/// Live facial-expression recognition: camera or image files -> face detection ->
+/// expression classification -> a window with the overlay, or JSON lines.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "face2exp-demo", version, about)]
+#[command(after_help = "Examples:\n  \
+    face2exp-demo                                   # camera 0 in a window\n  \
+    face2exp-demo --input demo-cam/assets/           # images of a folder, in name order\n  \
+    face2exp-demo --input 'photos/*.jpg' --headless --json --out annotated/\n  \
+    face2exp-demo --list-cameras")]
+pub struct Args {
+    /// An image, a folder of images (name order) or a quoted glob, instead of a camera.
+    #[arg(long, value_name = "PATH")]
+    pub input: Option<String>,
+
+    /// Camera index (see --list-cameras).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub camera: u32,
+
+    /// List the cameras and the modes they offer, then exit.
+    #[arg(long)]
+    pub list_cameras: bool,
+
+    /// Requested capture width; the nearest offered mode is used.
+    #[arg(long, default_value_t = 640)]
+    pub width: u32,
+
+    /// Requested capture height.
+    #[arg(long, default_value_t = 480)]
+    pub height: u32,
+
+    /// Requested capture frame rate.
+    #[arg(long, default_value_t = 30)]
+    pub fps: u32,
+
+    /// Force a capture encoding (default: the best match, YUYV before MJPEG).
+    #[arg(long, value_enum, value_name = "ENCODING")]
+    pub format: Option<Encoding>,
+
+    /// Seconds without a frame after which the camera counts as gone.
+    #[arg(long, value_name = "SECONDS", default_value_t = 3.0)]
+    pub frame_timeout: f32,
+
+    /// No window: process every frame and print results on stdout.
+    #[arg(long)]
+    pub headless: bool,
+
+    /// With --headless: print one JSON object per frame (one line each).
+    #[arg(long, requires = "headless")]
+    pub json: bool,
+
+    /// With --headless: also write each annotated frame as a PNG into this folder.
+    #[arg(long, value_name = "DIR", requires = "headless")]
+    pub out: Option<PathBuf>,
+
+    /// Stop after this many frames.
+    #[arg(long, value_name = "N")]
+    pub max_frames: Option<u64>,
+
+    /// Expression classifier (.safetensors); default: the weights embedded at build time.
+    #[arg(long, value_name = "PATH", env = "FACE2EXP_WEIGHTS")]
+    pub weights: Option<PathBuf>,
+
+    /// Face detector (.safetensors); default: the detector embedded at build time.
+    #[arg(long, value_name = "PATH", env = "FACE2EXP_DETECTOR")]
+    pub detector: Option<PathBuf>,
+
+    /// Treat each frame as one face crop (for pre-cropped faces such as FER2013); no detector.
+    #[arg(long)]
+    pub whole_image: bool,
+
+    /// Worker threads for detection and classification.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub threads: usize,
+
+    /// Most faces per frame.
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    pub max_faces: usize,
+
+    /// Detect faces on the frame shrunk by this factor (1..=8); 2 is about 4x cheaper but
+    /// misses faces under ~32 px.
+    #[arg(long, value_name = "K", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=8))]
+    pub detect_downscale: u8,
+
+    /// Least detector confidence for a face.
+    #[arg(long, value_name = "P", default_value_t = 0.6)]
+    pub score_threshold: f32,
+
+    /// Track faces and smooth their probabilities across frames (on by default for cameras).
+    #[arg(long)]
+    pub track: bool,
+
+    /// Weight of the newest frame in the smoothed probabilities (1 = no smoothing).
+    #[arg(long, value_name = "ALPHA", default_value_t = TrackerConfig::default().alpha)]
+    pub smoothing: f32,
+
+    /// Frames a tracked face may go undetected before its state is dropped.
+    #[arg(long, value_name = "FRAMES", default_value_t = TrackerConfig::default().patience)]
+    pub track_patience: u32,
+
+    /// Window: seconds each image of a folder or glob stays on screen.
+    #[arg(long, value_name = "SECONDS", default_value_t = 2.0)]
+    pub delay: f32,
+
+    /// Window: folder for the screenshots the `s` key saves.
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    pub screenshot_dir: PathBuf,
+
+    /// Window: start mirrored (the `m` key toggles).
+    #[arg(long)]
+    pub mirror: bool,
+}
+
+impl Args {
+    pub fn mode_request(&self) -> ModeRequest {
+        ModeRequest {
+            width: self.width,
+            height: self.height,
+            fps: self.fps,
+            encoding: self.format,
+        }
+    }
+
+    pub fn tracker_config(&self) -> TrackerConfig {
+        TrackerConfig {
+            alpha: self.smoothing,
+            patience: self.track_patience,
+            ..TrackerConfig::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_dependent_flags() {
+        let args = Args::try_parse_from(["face2exp-demo"]).unwrap();
+        assert_eq!(
+            (args.camera, args.width, args.height, args.fps, args.threads),
+            (0, 640, 480, 30, 1)
+        );
+        assert!(!args.headless && args.input.is_none());
+        let args = Args::try_parse_from([
+            "face2exp-demo",
+            "--input",
+            "a/",
+            "--headless",
+            "--json",
+            "--format",
+            "yuyv",
+        ])
+        .unwrap();
+        assert_eq!(args.mode_request().encoding, Some(Encoding::Yuyv));
+        // --json and --out only make sense without a window.
+        assert!(Args::try_parse_from(["face2exp-demo", "--json"]).is_err());
+        assert!(Args::try_parse_from(["face2exp-demo", "--out", "x"]).is_err());
+    }
+}

@@ -1,0 +1,171 @@
+//! The real window under a virtual X server: the demo opens on the fixture photos, a real `s`
+//! key press (XTEST, through xdotool) saves a screenshot, `q` quits. The screenshot must be
+//! the annotated last photo: its size, many colours, and the overlay's box colours present.
+//! Skips, saying why, without Xvfb, xdotool or the detector weights.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use face2exp_demo::overlay::CLASS_COLORS;
+
+/// Kills and reaps a child process when dropped, so a failing assertion leaves nothing behind.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ready() {
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn xdotool(display: &str, args: &[&str]) -> Option<String> {
+    let output = Command::new("xdotool")
+        .args(args)
+        .env("DISPLAY", display)
+        .output()
+        .ok()?;
+    output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).trim().to_string())
+}
+
+/// Holds `key` down for 200 ms: longer than a frame of the demo's event loop, as a person
+/// presses keys (an instant press and release could fall between two polls).
+fn press(display: &str, key: &str) {
+    let _ = xdotool(display, &["keydown", key]);
+    std::thread::sleep(Duration::from_millis(200));
+    let _ = xdotool(display, &["keyup", key]);
+}
+
+fn screenshots(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == "png"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn window_shows_the_annotated_photos_and_s_saves_a_screenshot() {
+    for tool in ["Xvfb", "xdotool"] {
+        if !have(tool) {
+            eprintln!("SKIPPED: {tool} is not installed (apt-get install xvfb xdotool)");
+            return;
+        }
+    }
+    let Some(detector) = common::detector_weights() else {
+        eprintln!("SKIPPED: weights/retinaface_mnet025.safetensors is missing");
+        return;
+    };
+    let classifier = common::classifier_weights();
+    // A display number no other test run is likely to hold.
+    let display = format!(":{}", 90 + std::process::id() % 400);
+    let socket = PathBuf::from(format!("/tmp/.X11-unix/X{}", &display[1..]));
+    let xvfb = Command::new("Xvfb")
+        .args([&display, "-screen", "0", "800x600x24", "-nolisten", "tcp"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    let Ok(xvfb) = xvfb else {
+        eprintln!("SKIPPED: Xvfb would not start");
+        return;
+    };
+    let _xvfb = Reaped(xvfb);
+    wait_for("Xvfb's socket", Duration::from_secs(10), || socket.exists());
+
+    let photos = tempfile::tempdir().unwrap();
+    for name in ["obama_241x301.png", "two_portraits.png"] {
+        std::fs::copy(common::fixtures().join(name), photos.path().join(name)).unwrap();
+    }
+    let shots = tempfile::tempdir().unwrap();
+    let demo = Command::new(env!("CARGO_BIN_EXE_face2exp-demo"))
+        .args(["--input", photos.path().to_str().unwrap(), "--delay", "0.2"])
+        .args([
+            "--weights",
+            classifier.to_str().unwrap(),
+            "--detector",
+            detector.to_str().unwrap(),
+        ])
+        .args(["--screenshot-dir", shots.path().to_str().unwrap()])
+        .env("DISPLAY", &display)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut demo = Reaped(demo);
+
+    let mut window = String::new();
+    wait_for("the demo window", Duration::from_secs(60), || {
+        if let Ok(Some(status)) = demo.0.try_wait() {
+            panic!("face2exp-demo exited early with {status}");
+        }
+        window = xdotool(&display, &["search", "--name", "face2exp-demo"]).unwrap_or_default();
+        !window.is_empty()
+    });
+    let window = window.lines().next().unwrap().to_string();
+    // Give the folder time to advance to its last photo, then press `s` with the pointer
+    // over the window (no window manager: focus follows the pointer).
+    std::thread::sleep(Duration::from_secs(2));
+    xdotool(&display, &["mousemove", "--window", &window, "20", "20"]).expect("xdotool mousemove");
+    wait_for("a screenshot", Duration::from_secs(30), || {
+        press(&display, "s");
+        std::thread::sleep(Duration::from_millis(300));
+        !screenshots(shots.path()).is_empty()
+    });
+    press(&display, "q");
+    wait_for("the demo to quit on q", Duration::from_secs(10), || {
+        matches!(demo.0.try_wait(), Ok(Some(_)))
+    });
+    assert!(demo.0.try_wait().unwrap().unwrap().success());
+
+    let shot = image::open(&screenshots(shots.path())[0])
+        .unwrap()
+        .into_rgb8();
+    assert_eq!(
+        shot.dimensions(),
+        (370, 216),
+        "the screenshot is the last photo, two_portraits.png"
+    );
+    let mut colours: Vec<u32> = shot
+        .pixels()
+        .map(|p| u32::from_be_bytes([0, p[0], p[1], p[2]]))
+        .collect();
+    let overlay_pixels = colours.iter().filter(|c| CLASS_COLORS.contains(c)).count();
+    colours.sort_unstable();
+    colours.dedup();
+    assert!(
+        colours.len() > 1000,
+        "a blank-looking screenshot: {} colours",
+        colours.len()
+    );
+    assert!(
+        overlay_pixels > 300,
+        "only {overlay_pixels} pixels in overlay colours"
+    );
+}

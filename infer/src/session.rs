@@ -1,0 +1,200 @@
+//! The mutable half of plan/state: a session owns every buffer one classification needs,
+//! sized when it is created, so classifying allocates nothing.
+
+use crate::error::ClassifyError;
+use crate::image::{FaceRegion, ImageView};
+use crate::kernels::{softmax, Parallel, Sequential};
+use crate::model::{Model, MAX_CLASSES};
+use crate::network::Activations;
+use crate::preprocess::Preprocessor;
+use alloc::vec;
+use alloc::vec::Vec;
+
+/// Largest `max_width` / `max_height` a session accepts (larger values are clamped).
+pub const MAX_SIDE: usize = 16384;
+/// Most threads a session starts.
+pub const MAX_THREADS: usize = 64;
+
+/// Limits a session is sized for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionConfig {
+    /// Widest image (or face crop) `classify` accepts, in pixels.
+    pub max_width: usize,
+    /// Tallest image (or face crop) `classify` accepts, in pixels.
+    pub max_height: usize,
+    /// Threads per forward pass, the caller's included (`1` = no pool; always 1 without `std`).
+    pub threads: usize,
+}
+
+impl Default for SessionConfig {
+    /// Full-HD frames, one thread.
+    fn default() -> Self {
+        SessionConfig {
+            max_width: 1920,
+            max_height: 1080,
+            threads: 1,
+        }
+    }
+}
+
+/// Class probabilities of one face.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Prediction {
+    /// Softmax probabilities in the model's class order; entries past `num_classes` are 0.
+    pub probs: [f32; MAX_CLASSES],
+    pub num_classes: usize,
+    /// Index of the most probable class.
+    pub class: usize,
+    /// `probs[class]`.
+    pub confidence: f32,
+}
+
+impl Prediction {
+    pub const EMPTY: Prediction = Prediction {
+        probs: [0.0; MAX_CLASSES],
+        num_classes: 0,
+        class: 0,
+        confidence: 0.0,
+    };
+
+    /// The probabilities of the model's classes only.
+    pub fn probs(&self) -> &[f32] {
+        &self.probs[..self.num_classes]
+    }
+
+    fn from_logits(logits: &[f32]) -> Prediction {
+        let mut probs = [0.0; MAX_CLASSES];
+        let n = logits.len().min(MAX_CLASSES);
+        // Lengths match by construction, so this cannot fail.
+        let _ = softmax(&logits[..n], &mut probs[..n]);
+        let mut class = 0;
+        for (i, &p) in probs[..n].iter().enumerate() {
+            if p > probs[class] {
+                class = i;
+            }
+        }
+        Prediction {
+            probs,
+            num_classes: n,
+            class,
+            confidence: probs[class],
+        }
+    }
+}
+
+/// Reusable per-thread state for classifying with one [`Model`].
+pub struct Session<'m> {
+    model: &'m Model,
+    config: SessionConfig,
+    preprocessor: Preprocessor,
+    input: Vec<f32>,
+    logits: Vec<f32>,
+    activations: Activations,
+    #[cfg(feature = "std")]
+    pool: Option<crate::WorkerPool>,
+}
+
+impl<'m> Session<'m> {
+    /// Allocates every buffer for `config` (sides clamped to [`MAX_SIDE`], threads to
+    /// `1..=MAX_THREADS`); falls back to one thread if worker threads cannot be started.
+    pub fn new(model: &'m Model, config: SessionConfig) -> Session<'m> {
+        let config = SessionConfig {
+            max_width: config.max_width.clamp(1, MAX_SIDE),
+            max_height: config.max_height.clamp(1, MAX_SIDE),
+            threads: if cfg!(feature = "std") { config.threads.clamp(1, MAX_THREADS) } else { 1 },
+        };
+        #[cfg(feature = "std")]
+        let pool = if config.threads > 1 { crate::WorkerPool::new(config.threads).ok() } else { None };
+        #[cfg(feature = "std")]
+        let threads = pool.as_ref().map_or(1, |p| p.threads());
+        #[cfg(not(feature = "std"))]
+        let threads = 1;
+        let s = model.input_size();
+        Session {
+            model,
+            config: SessionConfig { threads, ..config },
+            preprocessor: Preprocessor::new(s, config.max_width, config.max_height),
+            input: vec![0.0; 3 * s * s],
+            logits: vec![0.0; model.num_classes()],
+            activations: model.network.activations(threads),
+            #[cfg(feature = "std")]
+            pool,
+        }
+    }
+
+    pub fn model(&self) -> &'m Model {
+        self.model
+    }
+
+    /// The configuration in force (after clamping; `threads` is what actually runs).
+    pub fn config(&self) -> SessionConfig {
+        self.config
+    }
+
+    /// Classifies the whole image as one face crop.
+    pub fn classify(&mut self, image: &ImageView<'_>) -> Result<Prediction, ClassifyError> {
+        self.preprocess(image, None)?;
+        self.run_network()
+    }
+
+    /// Classifies one face: aligned by its landmarks when present, else cropped to its box.
+    pub fn classify_face(&mut self, image: &ImageView<'_>, face: &FaceRegion) -> Result<Prediction, ClassifyError> {
+        self.preprocess(image, Some(face))?;
+        self.run_network()
+    }
+
+    /// Classifies every face of one frame into `out` (same length as `faces`).
+    pub fn classify_batch(&mut self, image: &ImageView<'_>, faces: &[FaceRegion], out: &mut [Prediction]) -> Result<(), ClassifyError> {
+        if out.len() != faces.len() {
+            return Err(ClassifyError::Length {
+                what: "classify_batch output",
+                expected: faces.len(),
+                found: out.len(),
+            });
+        }
+        for (face, slot) in faces.iter().zip(out.iter_mut()) {
+            *slot = self.classify_face(image, face)?;
+        }
+        Ok(())
+    }
+
+    /// Runs preprocessing only and returns the normalised `[3, S, S]` network input.
+    pub fn preprocess(&mut self, image: &ImageView<'_>, face: Option<&FaceRegion>) -> Result<&[f32], ClassifyError> {
+        let model = self.model;
+        self.preprocessor.run(image, face, model.mean(), model.std(), &mut self.input)?;
+        Ok(&self.input)
+    }
+
+    /// Logits of an already normalised CHW input of `3 * S * S` floats (for parity checks).
+    pub fn forward_chw(&mut self, input: &[f32]) -> Result<&[f32], ClassifyError> {
+        if input.len() != self.input.len() {
+            return Err(ClassifyError::Length {
+                what: "forward_chw input",
+                expected: self.input.len(),
+                found: input.len(),
+            });
+        }
+        self.input.copy_from_slice(input);
+        self.forward_input()?;
+        Ok(&self.logits)
+    }
+
+    fn run_network(&mut self) -> Result<Prediction, ClassifyError> {
+        self.forward_input()?;
+        Ok(Prediction::from_logits(&self.logits))
+    }
+
+    fn forward_input(&mut self) -> Result<(), ClassifyError> {
+        #[cfg(feature = "std")]
+        let par: &dyn Parallel = match &self.pool {
+            Some(pool) => pool,
+            None => &Sequential,
+        };
+        #[cfg(not(feature = "std"))]
+        let par: &dyn Parallel = &Sequential;
+        self.model
+            .network
+            .forward(&self.input, &mut self.activations, par, &mut self.logits)?;
+        Ok(())
+    }
+}

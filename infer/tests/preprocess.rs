@@ -1,0 +1,147 @@
+//! Preprocessing against the trainer's contract: `image::imageops::resize` with
+//! `FilterType::Triangle`, then `(x/255 - mean) / std`, in every pixel format and with strides.
+
+mod common;
+
+use common::{model_file, random_pixels, Spec};
+use face2exp_infer::{yuv_to_rgb, ClassifyError, FaceRegion, ImageView, Model, PixelFormat, Session, SessionConfig, ALIGN_TEMPLATE};
+use image::imageops::{resize, FilterType};
+use image::RgbImage;
+
+fn model(size: usize) -> Model {
+    Model::from_bytes(&model_file(&Spec { arch: "resnet18", stem: "small", input_size: size, classes: 7 }, 5)).unwrap()
+}
+
+/// Undo normalisation: the 8-bit level each input value came from.
+fn levels(input: &[f32], model: &Model) -> Vec<[f32; 3]> {
+    let plane = input.len() / 3;
+    let (mean, std) = (model.mean(), model.std());
+    (0..plane)
+        .map(|i| core::array::from_fn(|c| (input[c * plane + i] * std[c] + mean[c]) * 255.0))
+        .collect()
+}
+
+/// Encodes an RGB image in `format` with `pad` extra bytes per row.
+fn encode(rgb: &RgbImage, format: PixelFormat, pad: usize) -> (Vec<u8>, usize) {
+    let (w, h) = (rgb.width() as usize, rgb.height() as usize);
+    let stride = w * format.bytes_per_pixel() + pad;
+    let mut out = vec![0xAB; stride * h];
+    for y in 0..h {
+        for x in 0..w {
+            let [r, g, b] = rgb.get_pixel(x as u32, y as u32).0;
+            let at = y * stride + x * format.bytes_per_pixel();
+            match format {
+                PixelFormat::Rgb8 => out[at..at + 3].copy_from_slice(&[r, g, b]),
+                PixelFormat::Bgr8 => out[at..at + 3].copy_from_slice(&[b, g, r]),
+                PixelFormat::Rgba8 => out[at..at + 4].copy_from_slice(&[r, g, b, 200]),
+                PixelFormat::Bgra8 => out[at..at + 4].copy_from_slice(&[b, g, r, 200]),
+                PixelFormat::Gray8 => out[at] = r,
+                PixelFormat::Yuyv => unreachable!(),
+            }
+        }
+    }
+    (out, stride)
+}
+
+fn max_diff(model: &Model, session: &mut Session, view: &ImageView, face: Option<&FaceRegion>, want: &RgbImage) -> f32 {
+    let got = levels(session.preprocess(view, face).unwrap(), model);
+    let mut worst = 0.0f32;
+    for (i, p) in want.pixels().enumerate() {
+        for c in 0..3 {
+            worst = worst.max((got[i][c] - p.0[c] as f32).abs());
+        }
+    }
+    worst
+}
+
+#[test]
+fn resize_matches_image_crate_in_every_format() {
+    for (size, (w, h)) in [(48, (97, 61)), (64, (64, 64)), (64, (23, 40)), (16, (300, 211))] {
+        let model = model(size);
+        let mut session = Session::new(&model, SessionConfig::default());
+        for format in [PixelFormat::Rgb8, PixelFormat::Bgr8, PixelFormat::Rgba8, PixelFormat::Bgra8, PixelFormat::Gray8] {
+            let mut rgb = RgbImage::from_raw(w, h, random_pixels((w * h * 3) as usize, w as u64)).unwrap();
+            if format == PixelFormat::Gray8 {
+                rgb.pixels_mut().for_each(|p| p.0 = [p.0[0]; 3]);
+            }
+            let want = resize(&rgb, size as u32, size as u32, FilterType::Triangle);
+            let (bytes, stride) = encode(&rgb, format, 5);
+            let view = ImageView::new(&bytes, w as usize, h as usize, stride, format).unwrap();
+            let diff = max_diff(&model, &mut session, &view, None, &want);
+            assert!(diff <= 1.0 + 1e-3, "{format:?} {w}x{h}->{size}: max diff {diff} grey levels");
+        }
+    }
+}
+
+#[test]
+fn face_box_crops_then_resizes() {
+    let model = model(32);
+    let mut session = Session::new(&model, SessionConfig::default());
+    let (w, h) = (120u32, 90u32);
+    let rgb = RgbImage::from_raw(w, h, random_pixels((w * h * 3) as usize, 9)).unwrap();
+    let (bytes, stride) = encode(&rgb, PixelFormat::Rgb8, 0);
+    let view = ImageView::new(&bytes, w as usize, h as usize, stride, PixelFormat::Rgb8).unwrap();
+    let crop = image::imageops::crop_imm(&rgb, 30, 12, 50, 61).to_image();
+    let want = resize(&crop, 32, 32, FilterType::Triangle);
+    let face = FaceRegion::from_bbox([30.2, 11.8, 49.9, 61.1]);
+    let diff = max_diff(&model, &mut session, &view, Some(&face), &want);
+    assert!(diff <= 1.0 + 1e-3, "max diff {diff}");
+    // A box hanging over the border is clipped to the image.
+    let clipped = FaceRegion::from_bbox([100.0, 70.0, 50.0, 50.0]);
+    let crop = image::imageops::crop_imm(&rgb, 100, 70, 20, 20).to_image();
+    let want = resize(&crop, 32, 32, FilterType::Triangle);
+    assert!(max_diff(&model, &mut session, &view, Some(&clipped), &want) <= 1.0 + 1e-3);
+    let outside = FaceRegion::from_bbox([500.0, 0.0, 10.0, 10.0]);
+    assert!(matches!(session.classify_face(&view, &outside), Err(ClassifyError::BadFace(_))));
+}
+
+#[test]
+fn yuyv_decodes_bt601() {
+    assert_eq!(yuv_to_rgb(16, 128, 128), [0.0, 0.0, 0.0]);
+    let white = yuv_to_rgb(235, 128, 128);
+    assert!(white.iter().all(|&v| (v - 255.0).abs() < 0.5), "{white:?}");
+    // A uniform YUYV frame resizes to that colour everywhere.
+    let model = model(16);
+    let mut session = Session::new(&model, SessionConfig::default());
+    let frame: Vec<u8> = [81u8, 90, 81, 240].repeat(40 * 30 / 2);
+    let view = ImageView::packed(&frame, 40, 30, PixelFormat::Yuyv).unwrap();
+    let want = yuv_to_rgb(81, 90, 240);
+    for px in levels(session.preprocess(&view, None).unwrap(), &model) {
+        for c in 0..3 {
+            assert!((px[c] - want[c].round()).abs() < 1e-3, "{px:?} vs {want:?}");
+        }
+    }
+}
+
+#[test]
+fn landmarks_align_face_to_template() {
+    // A face drawn at known landmarks, rotated and scaled by 3: after alignment each landmark
+    // must land on its template position. Mark each landmark with a bright square.
+    let size = 48usize;
+    let model = model(size);
+    let mut session = Session::new(&model, SessionConfig::default());
+    let (w, h) = (400usize, 300usize);
+    let (angle, scale, tx, ty) = (0.3f32, 3.0f32, 120.0f32, 40.0f32);
+    let to_image = |p: [f32; 2]| {
+        let (x, y) = (p[0] * size as f32, p[1] * size as f32);
+        [scale * (angle.cos() * x - angle.sin() * y) + tx, scale * (angle.sin() * x + angle.cos() * y) + ty]
+    };
+    let landmarks: [[f32; 2]; 5] = core::array::from_fn(|i| to_image(ALIGN_TEMPLATE[i]));
+    let mut grey = vec![0u8; w * h];
+    for p in &landmarks {
+        for y in (p[1] as usize - 4)..(p[1] as usize + 4) {
+            for x in (p[0] as usize - 4)..(p[0] as usize + 4) {
+                grey[y * w + x] = 255;
+            }
+        }
+    }
+    let view = ImageView::packed(&grey, w, h, PixelFormat::Gray8).unwrap();
+    let face = FaceRegion { bbox: [0.0, 0.0, 1.0, 1.0], landmarks: Some(landmarks) };
+    let got = levels(session.preprocess(&view, Some(&face)).unwrap(), &model);
+    for t in ALIGN_TEMPLATE {
+        let (x, y) = ((t[0] * size as f32) as usize, (t[1] * size as f32) as usize);
+        assert!(got[y * size + x][0] > 200.0, "template point {t:?} is dark: {}", got[y * size + x][0]);
+    }
+    // Far from any landmark the aligned crop is black.
+    assert!(got[2 * size + 2][0] < 1.0);
+}

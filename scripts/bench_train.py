@@ -1,0 +1,190 @@
+#!/usr/bin/env python3
+"""ResNet-18 CPU training step: candle with trainer/src/ops kernels vs PyTorch, side by side.
+
+For every configuration the Rust benchmark (trainer/benches/train_step.rs) and the same step in
+PyTorch run one after the other, each in its own process so the peak RSS belongs to that run.
+The step is forward (train-mode BatchNorm) + cross-entropy + backward + plain SGD (lr 0.01) on
+random images and labels, 7 classes, torchvision's ResNet-18 (7x7/2 stem and 3x3/2 max pool).
+
+    pip install torch numpy         # CPU is enough; any recent torch 2.x
+    python3 scripts/bench_train.py --threads 2
+    python3 scripts/bench_train.py --sizes 64 --batches 32 --reps 2 --candle-baseline
+
+Prints a markdown table: median seconds per step (after one warm-up), ratio candle/torch
+(< 1 means candle is faster) and the peak RSS of each process.
+"""
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+NUM_CLASSES = 7
+
+
+# --------------------------------------------------------------------------- PyTorch side
+def torch_resnet18(torch):
+    """torchvision.models.resnet18(num_classes=7) without needing torchvision."""
+    nn = torch.nn
+
+    class BasicBlock(nn.Module):
+        def __init__(self, c_in, planes, stride):
+            super().__init__()
+            self.conv1 = nn.Conv2d(c_in, planes, 3, stride, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(planes)
+            self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+            self.bn2 = nn.BatchNorm2d(planes)
+            self.relu = nn.ReLU(inplace=True)
+            self.downsample = None
+            if stride != 1 or c_in != planes:
+                self.downsample = nn.Sequential(
+                    nn.Conv2d(c_in, planes, 1, stride, bias=False), nn.BatchNorm2d(planes)
+                )
+
+        def forward(self, x):
+            identity = x if self.downsample is None else self.downsample(x)
+            out = self.relu(self.bn1(self.conv1(x)))
+            out = self.bn2(self.conv2(out))
+            return self.relu(out + identity)
+
+    layers = [
+        nn.Conv2d(3, 64, 7, 2, 3, bias=False),
+        nn.BatchNorm2d(64),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(3, 2, 1),
+    ]
+    c_in = 64
+    for i, planes in enumerate([64, 128, 256, 512]):
+        for b in range(2):
+            layers.append(BasicBlock(c_in, planes, 2 if (i > 0 and b == 0) else 1))
+            c_in = planes
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, NUM_CLASSES)]
+    return nn.Sequential(*layers)
+
+
+def torch_worker(what, image, batch, reps, threads):
+    import torch
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = torch_resnet18(torch)
+    images = torch.rand(batch, 3, image, image) * 4 - 2
+    labels = torch.randint(0, NUM_CLASSES, (batch,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    if what == "forward":
+        model.eval()
+    times = []
+    for rep in range(reps + 1):
+        start = time.perf_counter()
+        if what == "step":
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(model(images), labels)
+            loss.backward()
+            opt.step()
+            value = loss.item()
+        else:
+            with torch.no_grad():
+                value = model(images).sum().item()
+        if rep > 0:
+            times.append(time.perf_counter() - start)
+    assert value == value, "non-finite result"
+    times.sort()
+    print(json.dumps({
+        "impl": f"torch-{torch.__version__}",
+        "what": what, "image": image, "batch": batch, "threads": torch.get_num_threads(),
+        "median_s": times[len(times) // 2], "min_s": times[0],
+        # ru_maxrss is KiB on Linux.
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }))
+
+
+# --------------------------------------------------------------------------- orchestration
+def build_rust_bench(repo):
+    """Builds the benchmark in the bench profile and returns the executable's path."""
+    out = subprocess.run(
+        ["cargo", "bench", "-p", "face2exp-trainer", "--bench", "train_step", "--no-run",
+         "--message-format=json"],
+        cwd=repo, check=True, stdout=subprocess.PIPE, text=True,
+    ).stdout
+    for line in out.splitlines():
+        msg = json.loads(line)
+        if msg.get("reason") == "compiler-artifact" and msg["target"]["name"] == "train_step" \
+                and msg.get("executable"):
+            return msg["executable"]
+    sys.exit("could not find the train_step benchmark executable in cargo's output")
+
+
+def run_json(cmd, env):
+    proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed:\n{proc.stderr}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--sizes", default="64,112", help="square input sides")
+    ap.add_argument("--batches", default="32,64")
+    ap.add_argument("--reps", type=int, default=3, help="timed steps after one warm-up")
+    ap.add_argument("--forward-reps", type=int, default=10)
+    ap.add_argument("--candle-baseline", action="store_true",
+                    help="also time candle's built-in kernels (slow)")
+    ap.add_argument("--minimal-model", action="store_true",
+                    help="also time the bench's minimal ResNet-18 that uses the fused train-mode BatchNorm")
+    ap.add_argument("--bench-exe", help="prebuilt train_step executable (skips cargo)")
+    ap.add_argument("--torch-worker", nargs=3, metavar=("WHAT", "IMAGE", "BATCH"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+
+    if args.torch_worker:
+        what, image, batch = args.torch_worker
+        reps = args.reps if what == "step" else args.forward_reps
+        torch_worker(what, int(image), int(batch), reps, args.threads)
+        return
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    exe = args.bench_exe or build_rust_bench(repo)
+    env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads), OMP_NUM_THREADS=str(args.threads))
+    jobs = [("step", s, b) for s in map(int, args.sizes.split(",")) for b in map(int, args.batches.split(","))]
+    jobs += [("forward", s, 1) for s in map(int, args.sizes.split(","))]
+    rows = []
+    for what, image, batch in jobs:
+        reps = args.reps if what == "step" else args.forward_reps
+        common = [what, "--image", str(image), "--batch", str(batch), "--reps", str(reps)]
+        fast = run_json([exe, *common, "--kernels", "fast"], env)
+        torch_res = run_json([sys.executable, os.path.abspath(__file__), "--threads", str(args.threads),
+                              "--reps", str(args.reps), "--forward-reps", str(args.forward_reps),
+                              "--torch-worker", what, str(image), str(batch)], env)
+        base = run_json([exe, *common, "--kernels", "candle"], env) if args.candle_baseline else None
+        minimal = run_json([exe, *common, "--model", "minimal"], env) if args.minimal_model else None
+        rows.append((what, image, batch, fast, torch_res, base, minimal))
+        print(f"done {what} {image}px batch {batch}", file=sys.stderr, flush=True)
+
+    print(f"\nthreads: {args.threads}, {torch_res['impl']}, median of {args.reps} steps / "
+          f"{args.forward_reps} forwards after one warm-up\n")
+    head = "| what | image | batch | candle+ops s | torch s | ratio | RSS candle MiB | RSS torch MiB |"
+    sep = "|---|---|---|---|---|---|---|---|"
+    if args.minimal_model:
+        head += " minimal+fused BN s | ratio | RSS MiB |"
+        sep += "---|---|---|"
+    if args.candle_baseline:
+        head += " candle built-in s | RSS built-in MiB |"
+        sep += "---|---|"
+    print(head)
+    print(sep)
+    for what, image, batch, fast, t, base, minimal in rows:
+        line = (f"| {what} | {image} | {batch} | {fast['median_s']:.3f} | {t['median_s']:.3f} | "
+                f"{fast['median_s'] / t['median_s']:.2f} | {fast['peak_rss_mib']:.0f} | {t['peak_rss_mib']:.0f} |")
+        if minimal:
+            line += (f" {minimal['median_s']:.3f} | {minimal['median_s'] / t['median_s']:.2f} |"
+                     f" {minimal['peak_rss_mib']:.0f} |")
+        if base:
+            line += f" {base['median_s']:.3f} | {base['peak_rss_mib']:.0f} |"
+        print(line)
+
+
+if __name__ == "__main__":
+    main()

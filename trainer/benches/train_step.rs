@@ -1,0 +1,324 @@
+//! Training-step and forward benchmark of the project's ResNet-18 on the CPU, with this crate's
+//! fast kernels or candle's own (`--kernels candle`), printing a table.
+//!
+//! One configuration per process so that the peak RSS belongs to it alone:
+//!   cargo bench -p face2exp-trainer --bench train_step                    # default suite, table
+//!   cargo bench -p face2exp-trainer --bench train_step -- step --image 112 --batch 32
+//!   cargo bench -p face2exp-trainer --bench train_step -- forward --image 112
+//! `step`/`forward` print one JSON line; scripts/bench_train.py runs them next to PyTorch.
+//! Threads: rayon's (`RAYON_NUM_THREADS`, default all cores).
+
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{loss::cross_entropy, Optimizer, VarBuilder, VarMap, SGD};
+use clap::{Parser, Subcommand, ValueEnum};
+use face2exp_trainer::model::{trainable_vars, Arch, ResNet, ResNetConfig, Stem};
+use face2exp_trainer::ops;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+const NUM_CLASSES: usize = 7;
+
+#[derive(Parser)]
+#[command(about = "ResNet-18 CPU training-step benchmark")]
+struct Cli {
+    #[command(subcommand)]
+    what: Option<What>,
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+#[derive(Subcommand)]
+enum What {
+    /// Time forward + backward + SGD update in train mode.
+    Step(Config),
+    /// Time an eval-mode forward pass.
+    Forward(Config),
+}
+
+#[derive(clap::Args, Clone)]
+struct Config {
+    /// Square input side in pixels.
+    #[arg(long, default_value_t = 112)]
+    image: usize,
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+    /// Timed repetitions after one warm-up.
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    #[arg(long, value_enum, default_value_t = Kernels::Fast)]
+    kernels: Kernels,
+    /// Which ResNet-18: the project's (trainer/src/model) or this file's minimal one, which
+    /// also uses the fused train-mode BatchNorm (`ops::batch_norm_train`).
+    #[arg(long, value_enum, default_value_t = ModelKind::Project)]
+    model: ModelKind,
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+#[derive(ValueEnum, Clone, Copy, PartialEq, Eq, Debug)]
+enum Kernels {
+    /// trainer/src/ops custom ops.
+    Fast,
+    /// candle's built-in conv2d and the portable max pool.
+    Candle,
+}
+
+#[derive(ValueEnum, Clone, Copy, PartialEq, Eq, Debug)]
+enum ModelKind {
+    Project,
+    Minimal,
+}
+
+/// torchvision's ResNet-18 (BasicBlock, 7x7/2 stem, 3x3/2 max pool) from `ops` alone.
+struct MinimalResNet18 {
+    stem: ConvBn,
+    blocks: Vec<(ConvBn, ConvBn, Option<ConvBn>)>,
+    fc: candle_nn::Linear,
+}
+
+struct ConvBn {
+    weight: Tensor,
+    stride: usize,
+    padding: usize,
+    gamma: Tensor,
+    beta: Tensor,
+}
+
+impl ConvBn {
+    fn new(c_in: usize, c_out: usize, k: usize, stride: usize, vb: VarBuilder) -> Result<Self> {
+        let init = candle_nn::init::DEFAULT_KAIMING_NORMAL;
+        Ok(Self {
+            weight: vb.get_with_hints((c_out, c_in, k, k), "conv", init)?,
+            stride,
+            padding: k / 2,
+            gamma: vb.get_with_hints(c_out, "bn.weight", candle_nn::Init::Const(1.0))?,
+            beta: vb.get_with_hints(c_out, "bn.bias", candle_nn::Init::Const(0.0))?,
+        })
+    }
+
+    /// Train mode: batch statistics (running estimates are not kept in this benchmark model).
+    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let y = ops::conv2d(x, &self.weight, self.stride, self.padding)?;
+        if train {
+            Ok(ops::batch_norm_train(&y, &self.gamma, &self.beta, 1e-5)?.0)
+        } else {
+            let per_channel = (1, self.gamma.dim(0)?, 1, 1);
+            let scale = (&self.gamma / (1.0f64 + 1e-5).sqrt())?;
+            Ok(y.broadcast_mul(&scale.reshape(per_channel)?)?
+                .broadcast_add(&self.beta.reshape(per_channel)?)?)
+        }
+    }
+}
+
+impl MinimalResNet18 {
+    fn new(vb: VarBuilder) -> Result<Self> {
+        let stem = ConvBn::new(3, 64, 7, 2, vb.pp("stem"))?;
+        let mut blocks = Vec::new();
+        let mut c_in = 64;
+        for (stage, planes) in [64, 128, 256, 512].into_iter().enumerate() {
+            for b in 0..2 {
+                let stride = if stage > 0 && b == 0 { 2 } else { 1 };
+                let vb = vb.pp(format!("layer{}.{b}", stage + 1));
+                let down = (stride != 1 || c_in != planes)
+                    .then(|| ConvBn::new(c_in, planes, 1, stride, vb.pp("downsample")))
+                    .transpose()?;
+                blocks.push((
+                    ConvBn::new(c_in, planes, 3, stride, vb.pp("a"))?,
+                    ConvBn::new(planes, planes, 3, 1, vb.pp("b"))?,
+                    down,
+                ));
+                c_in = planes;
+            }
+        }
+        let fc = candle_nn::linear(512, NUM_CLASSES, vb.pp("fc"))?;
+        Ok(Self { stem, blocks, fc })
+    }
+
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let mut y = ops::max_pool_3x3_s2_p1(&self.stem.forward(x, train)?.relu()?)?;
+        for (a, b, down) in &self.blocks {
+            let identity = match down {
+                Some(d) => d.forward(&y, train)?,
+                None => y.clone(),
+            };
+            let out = b.forward(&a.forward(&y, train)?.relu()?, train)?;
+            y = (out + identity)?.relu()?;
+        }
+        Ok(candle_nn::Module::forward(
+            &self.fc,
+            &ops::global_avg_pool(&y)?,
+        )?)
+    }
+}
+
+enum Model {
+    Project(ResNet),
+    Minimal(MinimalResNet18),
+}
+
+impl Model {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        match self {
+            Model::Project(m) => Ok(m.forward_t(x, train)?),
+            Model::Minimal(m) => m.forward_t(x, train),
+        }
+    }
+}
+
+/// Peak resident set size of this process in MiB (Linux `VmHWM`).
+fn peak_rss_mib() -> Result<f64> {
+    let status =
+        std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .context("no VmHWM line in /proc/self/status")?;
+    let kib: f64 = line
+        .split_whitespace()
+        .nth(1)
+        .context("malformed VmHWM")?
+        .parse()?;
+    Ok(kib / 1024.0)
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(|a, b| a.total_cmp(b));
+    xs[xs.len() / 2]
+}
+
+fn run(what: &str, cfg: &Config) -> Result<()> {
+    ops::set_fast_cpu_kernels(cfg.kernels == Kernels::Fast);
+    let dev = Device::Cpu;
+    let varmap = VarMap::new();
+    let config = ResNetConfig {
+        arch: Arch::Resnet18,
+        stem: Stem::Imagenet,
+        num_classes: NUM_CLASSES,
+        input_size: cfg.image,
+    };
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
+    let model = match cfg.model {
+        ModelKind::Project => Model::Project(ResNet::new(&config, vb)?),
+        ModelKind::Minimal => Model::Minimal(MinimalResNet18::new(vb)?),
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let pixels = cfg.batch * 3 * cfg.image * cfg.image;
+    let images: Vec<f32> = (0..pixels).map(|_| rng.gen_range(-2.0f32..2.0)).collect();
+    let images = Tensor::from_vec(images, (cfg.batch, 3, cfg.image, cfg.image), &dev)?;
+    let labels: Vec<u32> = (0..cfg.batch)
+        .map(|_| rng.gen_range(0..NUM_CLASSES as u32))
+        .collect();
+    let labels = Tensor::from_vec(labels, cfg.batch, &dev)?;
+    let vars = trainable_vars(&varmap)
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect();
+    let mut sgd = SGD::new(vars, 0.01)?;
+    let mut times = Vec::with_capacity(cfg.reps);
+    let mut last_loss = f32::NAN;
+    for rep in 0..=cfg.reps {
+        let start = Instant::now();
+        match what {
+            "step" => {
+                let loss = cross_entropy(&model.forward_t(&images, true)?, &labels)?;
+                sgd.backward_step(&loss)?;
+                last_loss = loss.to_scalar::<f32>()?;
+            }
+            _ => {
+                let logits = model.forward_t(&images, false)?;
+                last_loss = logits.sum_all()?.to_scalar::<f32>()?;
+            }
+        }
+        if rep > 0 {
+            times.push(start.elapsed().as_secs_f64());
+        }
+    }
+    if !last_loss.is_finite() {
+        bail!("the {what} produced a non-finite value {last_loss}");
+    }
+    println!(
+        "{{\"impl\":\"candle-{:?}-{:?}\",\"what\":\"{what}\",\"image\":{},\"batch\":{},\"threads\":{},\"median_s\":{:.5},\"min_s\":{:.5},\"peak_rss_mib\":{:.1}}}",
+        cfg.kernels,
+        cfg.model,
+        cfg.image,
+        cfg.batch,
+        rayon::current_num_threads(),
+        median(times.clone()),
+        times.iter().cloned().fold(f64::INFINITY, f64::min),
+        peak_rss_mib()?
+    );
+    Ok(())
+}
+
+/// The default suite: every configuration in its own child process, then one table.
+fn suite() -> Result<()> {
+    let exe = std::env::current_exe()?;
+    let mut rows = Vec::new();
+    let jobs: &[(&str, usize, usize, &str, &str)] = &[
+        ("step", 64, 32, "fast", "project"),
+        ("step", 64, 32, "fast", "minimal"),
+        ("step", 64, 32, "candle", "project"),
+        ("step", 112, 32, "fast", "project"),
+        ("step", 112, 32, "fast", "minimal"),
+        ("forward", 112, 1, "fast", "project"),
+        ("forward", 112, 1, "candle", "project"),
+    ];
+    for &(what, image, batch, kernels, model) in jobs {
+        let out = Command::new(&exe)
+            .args([
+                what,
+                "--image",
+                &image.to_string(),
+                "--batch",
+                &batch.to_string(),
+            ])
+            .args(["--kernels", kernels, "--model", model])
+            .args(["--reps", if what == "step" { "2" } else { "5" }])
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "{what} {image}/{batch}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let json = String::from_utf8(out.stdout)?;
+        let field = |name: &str| -> Result<f64> {
+            let start = json
+                .find(&format!("\"{name}\":"))
+                .context("field missing")?
+                + name.len()
+                + 3;
+            let end = json[start..].find([',', '}']).context("field end")? + start;
+            Ok(json[start..end].parse()?)
+        };
+        rows.push((
+            what,
+            image,
+            batch,
+            kernels,
+            model,
+            field("median_s")?,
+            field("peak_rss_mib")?,
+        ));
+    }
+    println!("| what | image | batch | kernels | model | median s | peak RSS MiB |");
+    println!("|---|---|---|---|---|---|---|");
+    for (what, image, batch, kernels, model, secs, rss) in rows {
+        println!("| {what} | {image} | {batch} | {kernels} | {model} | {secs:.3} | {rss:.0} |");
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().what {
+        Some(What::Step(cfg)) => run("step", &cfg),
+        Some(What::Forward(cfg)) => run("forward", &cfg),
+        None => suite(),
+    }
+}

@@ -1,0 +1,312 @@
+//! `face2exp`: train (SL or Meta-Face2Exp), evaluate and export facial-expression networks.
+//! A thin front end: every command is a library call.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use face2exp_trainer::model::{Arch, Stem};
+use face2exp_trainer::train::{self, Feedback, Method, RunOptions, TrainConfig};
+use face2exp_trainer::{commands, data};
+
+#[derive(Parser)]
+#[command(
+    name = "face2exp",
+    version,
+    about = "Train, evaluate and export facial-expression recognition networks (Meta-Face2Exp, CVPR 2022)",
+    long_about = "Train, evaluate and export facial-expression recognition networks.\n\n\
+        Data is named by a spec `KIND:PATH[#SPLIT]` wherever a command takes data:\n  \
+        imagefolder:DIR     DIR/<class>/*.png|jpg (e.g. FER2013 as class folders)\n  \
+        fer2013-csv:FILE    the original fer2013.csv (#train, #publictest, #privatetest)\n  \
+        rafdb:DIR           RAF-DB basic (#train, #test)\n  \
+        affectnet:CSV       AffectNet training.csv / validation.csv\n  \
+        folder:DIR          unlabeled faces, every image under DIR (LFW, VGGFace2, ...)\n\n\
+        Set RUST_LOG=debug for more log detail."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a base network: supervised (`--method sl`) or Meta-Face2Exp (`--method meta`).
+    Train(Box<TrainArgs>),
+    /// Evaluate exported weights: overall / mean / std of per-class accuracy and the confusion matrix.
+    Eval(EvalArgs),
+    /// Write inference weights (safetensors + metadata) from a run folder.
+    Export(ExportArgs),
+    /// Redraw a run folder's training curves (curves.png, val_curves.png).
+    Plot {
+        /// The run folder.
+        #[arg(long)]
+        run: PathBuf,
+    },
+}
+
+/// Flags override the `--config` file, which overrides the defaults.
+#[derive(Args)]
+struct TrainArgs {
+    /// TOML file with any TrainConfig field (see docs/CONFIG.md); flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Run folder: config.toml, checkpoint, metrics.jsonl, plots, best weights.
+    #[arg(long)]
+    out: PathBuf,
+    /// Continue the run in --out from its last checkpoint (bit-for-bit).
+    #[arg(long)]
+    resume: bool,
+    #[arg(long, value_enum)]
+    method: Option<Method>,
+    /// Labeled FER data, e.g. imagefolder:../shared/data/fer2013/train
+    #[arg(long)]
+    labeled: Option<String>,
+    /// Unlabeled face images for Meta-Face2Exp, e.g. folder:../shared/data/lfw
+    #[arg(long)]
+    unlabeled: Option<String>,
+    /// Validation data, evaluated every --eval-every steps.
+    #[arg(long)]
+    val: Option<String>,
+    /// Training steps (of the meta phase for --method meta).
+    #[arg(long)]
+    steps: Option<u64>,
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Use this fraction of the labeled data, e.g. 0.1.
+    #[arg(long)]
+    labeled_fraction: Option<f64>,
+    /// Make the labeled subset class-balanced (same count per class where possible).
+    #[arg(long)]
+    balanced: bool,
+    /// Draw labeled batches class-balanced instead of by shuffled epochs.
+    #[arg(long)]
+    balanced_sampler: bool,
+    /// Reuse the labeled subset listed in this file (a run's subset.txt).
+    #[arg(long)]
+    subset_list: Option<PathBuf>,
+    /// resnet18, resnet34 or resnet50.
+    #[arg(long)]
+    arch: Option<Arch>,
+    /// imagenet (7x7/2 conv + max pool) or small (3x3/1 conv, no pool).
+    #[arg(long)]
+    stem: Option<Stem>,
+    /// Square input side in pixels (48..224 typical).
+    #[arg(long)]
+    input_size: Option<usize>,
+    /// Start from a torchvision/timm checkpoint saved as safetensors.
+    #[arg(long)]
+    init: Option<PathBuf>,
+    /// Peak learning rate of B (SL: of the only network).
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Peak learning rate of the adaptation network A.
+    #[arg(long)]
+    lr_adaptation: Option<f64>,
+    #[arg(long)]
+    warmup_steps: Option<u64>,
+    #[arg(long)]
+    weight_decay: Option<f64>,
+    #[arg(long)]
+    label_smoothing: Option<f64>,
+    /// Keep an EMA of B's weights with this decay (e.g. 0.999); eval/export use it.
+    #[arg(long)]
+    ema: Option<f64>,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// cpu or cuda:N (CUDA needs a build with --features cuda).
+    #[arg(long)]
+    device: Option<String>,
+    #[arg(long)]
+    eval_every: Option<u64>,
+    #[arg(long)]
+    checkpoint_every: Option<u64>,
+    #[arg(long)]
+    log_every: Option<u64>,
+    /// Decoding/augmentation worker threads.
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Meta-Face2Exp: unlabeled batch = mu x labeled batch.
+    #[arg(long)]
+    mu: Option<usize>,
+    /// Meta-Face2Exp: how the feedback coefficient f is computed.
+    #[arg(long, value_enum)]
+    feedback: Option<Feedback>,
+    /// Meta-Face2Exp: pseudo-label confidence threshold.
+    #[arg(long)]
+    threshold: Option<f64>,
+    /// Meta-Face2Exp: weight of the consistency loss after ramp-up.
+    #[arg(long)]
+    lambda_u: Option<f64>,
+    /// Meta-Face2Exp: steps of the lambda_u ramp-up.
+    #[arg(long)]
+    uda_steps: Option<u64>,
+    /// Meta-Face2Exp: fine-tune B on the labeled data for this many steps afterwards.
+    #[arg(long)]
+    finetune_steps: Option<u64>,
+    /// Central fraction of each unlabeled image kept (LFW: about 0.5).
+    #[arg(long)]
+    unlabeled_center_crop: Option<f32>,
+    /// No progress bars (logs only).
+    #[arg(long)]
+    quiet: bool,
+}
+
+impl TrainArgs {
+    fn into_config(self) -> anyhow::Result<(TrainConfig, RunOptions)> {
+        let mut c = match &self.config {
+            Some(path) => TrainConfig::from_toml_file(path)?,
+            None => TrainConfig::default(),
+        };
+        macro_rules! set {
+            ($flag:expr => $($field:tt)+) => {
+                if let Some(v) = $flag {
+                    c.$($field)+ = v;
+                }
+            };
+        }
+        set!(self.method => method);
+        set!(self.labeled => labeled);
+        set!(self.unlabeled.map(Some) => unlabeled);
+        set!(self.val.map(Some) => val);
+        set!(self.steps => steps);
+        set!(self.batch_size => batch_size);
+        set!(self.labeled_fraction => labeled_fraction);
+        set!(self.subset_list.map(Some) => subset_list);
+        set!(self.arch => model.arch);
+        set!(self.stem => model.stem);
+        set!(self.input_size => model.input_size);
+        set!(self.init.map(Some) => model.init);
+        set!(self.lr => schedule.lr);
+        set!(self.lr_adaptation => meta.adaptation_schedule.lr);
+        set!(self.weight_decay => sgd.weight_decay);
+        set!(self.label_smoothing => label_smoothing);
+        set!(self.ema.map(Some) => ema_decay);
+        set!(self.seed => seed);
+        set!(self.device => device);
+        set!(self.eval_every => eval_every);
+        set!(self.checkpoint_every => checkpoint_every);
+        set!(self.log_every => log_every);
+        set!(self.workers => workers);
+        set!(self.mu => meta.mu);
+        set!(self.feedback => meta.feedback);
+        set!(self.threshold => meta.threshold);
+        set!(self.lambda_u => meta.lambda_u);
+        set!(self.uda_steps => meta.uda_steps);
+        set!(self.finetune_steps => meta.finetune_steps);
+        set!(self.unlabeled_center_crop => unlabeled_center_crop);
+        if let Some(w) = self.warmup_steps {
+            c.schedule.warmup_steps = w;
+            c.meta.adaptation_schedule.warmup_steps = w;
+        }
+        c.balanced |= self.balanced;
+        c.balanced_sampler |= self.balanced_sampler;
+        let options = RunOptions {
+            out: self.out,
+            resume: self.resume,
+            stop_after: None,
+            progress: !self.quiet,
+        };
+        Ok((c, options))
+    }
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// Inference weights written by `face2exp export` (or a run's best_base.safetensors).
+    #[arg(long)]
+    weights: PathBuf,
+    /// Labeled data to evaluate on, e.g. imagefolder:../shared/data/fer2013/val
+    #[arg(long)]
+    data: String,
+    /// Print exactly one JSON object on stdout instead of tables.
+    #[arg(long)]
+    json: bool,
+    /// Also draw the confusion matrix to this PNG.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    #[arg(long, default_value_t = 128)]
+    batch_size: usize,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Which {
+    /// The weights at the run's last checkpoint (EMA weights when the run kept an EMA).
+    Last,
+    /// The base network with the best validation mean class accuracy (best_base.safetensors).
+    Best,
+}
+
+#[derive(Args)]
+struct ExportArgs {
+    /// The run folder to export from.
+    #[arg(long)]
+    run: PathBuf,
+    /// base (B, the network apps run) or adaptation (A).
+    #[arg(long, default_value = "base")]
+    net: String,
+    #[arg(long, value_enum, default_value = "last")]
+    from: Which,
+    /// Output .safetensors file.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(error) = run(Cli::parse()) {
+        eprintln!("error: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Train(args) => {
+            let (config, options) = args.into_config()?;
+            let summary = train::train(config, &options)?;
+            if let Some(m) = &summary.base_metrics {
+                println!("{}", m.table());
+            }
+            println!(
+                "trained {} steps in {:.0} s; run folder {}",
+                summary.steps,
+                summary.seconds,
+                options.out.display()
+            );
+            Ok(())
+        }
+        Command::Eval(args) => {
+            let spec: data::DatasetSpec = args.data.parse()?;
+            let metrics =
+                commands::eval_weights(&args.weights, &spec, &args.device, args.batch_size)?;
+            if let Some(plot) = &args.plot {
+                face2exp_trainer::plot::confusion_png(plot, &metrics)
+                    .with_context(|| format!("drawing {}", plot.display()))?;
+            }
+            if args.json {
+                println!("{}", serde_json::to_string(&metrics.to_json())?);
+            } else {
+                println!("{}", metrics.table());
+            }
+            Ok(())
+        }
+        Command::Export(args) => {
+            let best = matches!(args.from, Which::Best);
+            commands::export_run(&args.run, &args.net, best, &args.out)?;
+            eprintln!("wrote {}", args.out.display());
+            Ok(())
+        }
+        Command::Plot { run } => {
+            train::run::write_plots(&run, None)?;
+            eprintln!("wrote plots in {}", run.display());
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,286 @@
+//! BatchNorm2d in training mode (batch statistics) as one fused CPU op with its backward.
+//!
+//! candle composes train-mode BatchNorm from about ten single-threaded elementwise and reduction
+//! ops forward and more backward, each a full pass over the activations. Here the forward is two
+//! passes (statistics, normalise) and the backward two (per-channel sums, input gradient), all
+//! spread over rayon's threads. The forward's statistics are kept for the backward and handed
+//! to the caller for the running estimates.
+
+use std::sync::{Arc, Mutex};
+
+use super::conv::contiguous_f32;
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+/// Per-channel numbers shared between the forward op, its backward and the caller.
+#[derive(Debug, Default)]
+struct Saved {
+    mean: Vec<f32>,
+    /// Biased variance (divides by the element count), as used to normalise.
+    var: Vec<f32>,
+    inv_std: Vec<f32>,
+    /// Backward: sum of dL/dy and of dL/dy * x_hat per channel.
+    sum_grad: Vec<f32>,
+    sum_grad_xhat: Vec<f32>,
+}
+
+type Shared = Arc<Mutex<Saved>>;
+
+fn lock(saved: &Shared) -> std::sync::MutexGuard<'_, Saved> {
+    // A poisoned lock only means another thread panicked mid-update; the numbers are rewritten
+    // by every forward, so carry on with them.
+    saved.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// `(sum of f(value, channel))` per channel over an (N, C, plane) buffer, with f32 sums inside a
+/// plane and f64 across planes.
+fn per_channel_sums(
+    n: usize,
+    c: usize,
+    plane: usize,
+    f: impl Fn(usize, usize) -> f32 + Sync,
+) -> Vec<f64> {
+    (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            (0..n)
+                .map(|b| {
+                    let base = (b * c + ch) * plane;
+                    (base..base + plane).map(|i| f(i, ch)).sum::<f32>() as f64
+                })
+                .sum::<f64>()
+        })
+        .collect()
+}
+
+/// Forward: `x.apply_op3(weight, bias, BatchNormTrain)` -> y, statistics left in `saved`.
+struct BatchNormTrain {
+    eps: f64,
+    saved: Shared,
+}
+
+impl CustomOp3 for BatchNormTrain {
+    fn name(&self) -> &'static str {
+        "face2exp-batch-norm-train"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = l1.shape().dims4()?;
+        let x = contiguous_f32("batch norm input", s1, l1)?;
+        let weight = contiguous_f32("batch norm weight", s2, l2)?;
+        let bias = contiguous_f32("batch norm bias", s3, l3)?;
+        if weight.len() != c || bias.len() != c {
+            candle_core::bail!(
+                "batch norm: input has {c} channels, weight {} and bias {} values",
+                weight.len(),
+                bias.len()
+            );
+        }
+        let plane = h * w;
+        let count = (n * plane) as f64;
+        if count < 2.0 {
+            candle_core::bail!("batch norm in train mode needs more than one value per channel, input is {n}x{c}x{h}x{w}");
+        }
+        let mean: Vec<f32> = per_channel_sums(n, c, plane, |i, _| x[i])
+            .into_iter()
+            .map(|s| (s / count) as f32)
+            .collect();
+        let var: Vec<f32> = per_channel_sums(n, c, plane, |i, ch| {
+            let d = x[i] - mean[ch];
+            d * d
+        })
+        .into_iter()
+        .map(|s| (s / count) as f32)
+        .collect();
+        let inv_std: Vec<f32> = var
+            .iter()
+            .map(|v| (1.0 / (*v as f64 + self.eps).sqrt()) as f32)
+            .collect();
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(plane)
+            .zip(x.par_chunks(plane))
+            .enumerate()
+            .for_each(|(p, (out, inp))| {
+                let ch = p % c;
+                let scale = weight[ch] * inv_std[ch];
+                let shift = bias[ch] - mean[ch] * scale;
+                for (o, v) in out.iter_mut().zip(inp) {
+                    *o = v * scale + shift;
+                }
+            });
+        let mut saved = lock(&self.saved);
+        saved.mean = mean;
+        saved.var = var;
+        saved.inv_std = inv_std;
+        Ok((CpuStorage::F32(y), Shape::from((n, c, h, w))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        bias: &Tensor,
+        _y: &Tensor,
+        grad_y: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad_y = grad_y.contiguous()?;
+        // One op computes the per-channel sums (they are the weight and bias gradients) and keeps
+        // them for the input gradient that follows.
+        let sums = x.apply_op2_no_bwd(
+            &grad_y,
+            &BatchNormParamGrad {
+                saved: self.saved.clone(),
+            },
+        )?;
+        let grad_weight = weight.track_op().then(|| sums.get(0)).transpose()?;
+        let grad_bias = bias.track_op().then(|| sums.get(1)).transpose()?;
+        let grad_x = if x.track_op() {
+            Some(x.apply_op3_no_bwd(
+                &grad_y,
+                weight,
+                &BatchNormInputGrad {
+                    saved: self.saved.clone(),
+                },
+            )?)
+        } else {
+            None
+        };
+        Ok((grad_x, grad_weight, grad_bias))
+    }
+}
+
+/// `x.apply_op2_no_bwd(grad_y, ...)` -> (2, C): [dL/dweight, dL/dbias].
+struct BatchNormParamGrad {
+    saved: Shared,
+}
+
+impl candle_core::CustomOp2 for BatchNormParamGrad {
+    fn name(&self) -> &'static str {
+        "face2exp-batch-norm-param-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = l1.shape().dims4()?;
+        if l2.shape().dims4()? != (n, c, h, w) {
+            candle_core::bail!(
+                "batch norm backward: gradient shape {:?} does not match input {:?}",
+                l2.shape(),
+                l1.shape()
+            );
+        }
+        let x = contiguous_f32("batch norm input", s1, l1)?;
+        let grad_y = contiguous_f32("batch norm output gradient", s2, l2)?;
+        let mut saved = lock(&self.saved);
+        if saved.mean.len() != c {
+            candle_core::bail!(
+                "batch norm backward: no statistics from the forward pass for {c} channels"
+            );
+        }
+        let (mean, inv_std) = (&saved.mean, &saved.inv_std);
+        let plane = h * w;
+        let sum_grad: Vec<f32> = per_channel_sums(n, c, plane, |i, _| grad_y[i])
+            .into_iter()
+            .map(|s| s as f32)
+            .collect();
+        let sum_grad_xhat: Vec<f32> = per_channel_sums(n, c, plane, |i, ch| {
+            grad_y[i] * (x[i] - mean[ch]) * inv_std[ch]
+        })
+        .into_iter()
+        .map(|s| s as f32)
+        .collect();
+        let mut out = sum_grad_xhat.clone();
+        out.extend_from_slice(&sum_grad);
+        saved.sum_grad = sum_grad;
+        saved.sum_grad_xhat = sum_grad_xhat;
+        Ok((CpuStorage::F32(out), Shape::from((2, c))))
+    }
+}
+
+/// `x.apply_op3_no_bwd(grad_y, weight, ...)` -> dL/dx, after [`BatchNormParamGrad`] ran.
+struct BatchNormInputGrad {
+    saved: Shared,
+}
+
+impl CustomOp3 for BatchNormInputGrad {
+    fn name(&self) -> &'static str {
+        "face2exp-batch-norm-input-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = l1.shape().dims4()?;
+        let x = contiguous_f32("batch norm input", s1, l1)?;
+        let grad_y = contiguous_f32("batch norm output gradient", s2, l2)?;
+        let weight = contiguous_f32("batch norm weight", s3, l3)?;
+        let saved = lock(&self.saved);
+        if saved.sum_grad.len() != c || weight.len() != c {
+            candle_core::bail!("batch norm backward: per-channel sums missing for {c} channels");
+        }
+        let plane = h * w;
+        let count = (n * plane) as f32;
+        let mut grad_x = vec![0f32; x.len()];
+        grad_x
+            .par_chunks_mut(plane)
+            .enumerate()
+            .for_each(|(p, out)| {
+                let ch = p % c;
+                let base = p * plane;
+                let (mean, inv_std) = (saved.mean[ch], saved.inv_std[ch]);
+                let mean_grad = saved.sum_grad[ch] / count;
+                let mean_grad_xhat = saved.sum_grad_xhat[ch] / count;
+                let scale = weight[ch] * inv_std;
+                for (i, o) in out.iter_mut().enumerate() {
+                    let xhat = (x[base + i] - mean) * inv_std;
+                    *o = scale * (grad_y[base + i] - mean_grad - xhat * mean_grad_xhat);
+                }
+            });
+        Ok((CpuStorage::F32(grad_x), Shape::from((n, c, h, w))))
+    }
+}
+
+/// Train-mode BatchNorm2d on the CPU: returns `y` (differentiable in x, weight and bias) and the
+/// batch mean and biased variance (C,), detached, for the caller's running estimates.
+pub fn batch_norm_train_cpu(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let saved = Shared::default();
+    let op = BatchNormTrain {
+        eps,
+        saved: saved.clone(),
+    };
+    let y = x
+        .contiguous()?
+        .apply_op3(&weight.contiguous()?, &bias.contiguous()?, op)?;
+    let (mean, var) = {
+        let s = lock(&saved);
+        (s.mean.clone(), s.var.clone())
+    };
+    let c = mean.len();
+    let mean = Tensor::from_vec(mean, c, x.device())?;
+    let var = Tensor::from_vec(var, c, x.device())?;
+    Ok((y, mean, var))
+}

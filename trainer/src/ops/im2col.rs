@@ -1,0 +1,348 @@
+//! The building blocks of the CPU convolution: its geometry, the im2col/col2im copies that turn a
+//! convolution into one matrix product, and a bounds-checked front end for the `gemm` crate.
+//!
+//! Layouts are row-major. A "column matrix" for a chunk of `b` images has `C_in*K*K` rows and
+//! `b*P` columns (`P = OH*OW`), image-major along the columns, so one GEMM covers the whole chunk.
+
+use gemm::Parallelism;
+
+/// Shape of one convolution: NCHW input, (C_out, C_in, K, K) weight, square kernel/stride/padding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvGeometry {
+    pub batch: usize,
+    pub c_in: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c_out: usize,
+    pub k: usize,
+    pub stride: usize,
+    pub padding: usize,
+    pub out_h: usize,
+    pub out_w: usize,
+}
+
+impl ConvGeometry {
+    /// Validates the pieces and derives the output size, naming what is wrong otherwise.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        (batch, c_in, h, w): (usize, usize, usize, usize),
+        (c_out, w_c_in, kh, kw): (usize, usize, usize, usize),
+        stride: usize,
+        padding: usize,
+    ) -> candle_core::Result<Self> {
+        if w_c_in != c_in {
+            candle_core::bail!("conv2d: input has {c_in} channels but the weight expects {w_c_in}");
+        }
+        if kh != kw || kh == 0 {
+            candle_core::bail!(
+                "conv2d: only square non-empty kernels are supported, got {kh}x{kw}"
+            );
+        }
+        if stride == 0 {
+            candle_core::bail!("conv2d: stride must be at least 1");
+        }
+        if h + 2 * padding < kh || w + 2 * padding < kw {
+            candle_core::bail!(
+                "conv2d: kernel {kh}x{kw} is larger than the padded input {}x{}",
+                h + 2 * padding,
+                w + 2 * padding
+            );
+        }
+        let out_h = (h + 2 * padding - kh) / stride + 1;
+        let out_w = (w + 2 * padding - kw) / stride + 1;
+        Ok(Self {
+            batch,
+            c_in,
+            h,
+            w,
+            c_out,
+            k: kh,
+            stride,
+            padding,
+            out_h,
+            out_w,
+        })
+    }
+
+    /// Output pixels per image and channel.
+    pub fn out_plane(&self) -> usize {
+        self.out_h * self.out_w
+    }
+
+    /// Input pixels per image and channel.
+    pub fn in_plane(&self) -> usize {
+        self.h * self.w
+    }
+
+    /// Rows of the column matrix: one per (input channel, kernel row, kernel column).
+    pub fn col_rows(&self) -> usize {
+        self.c_in * self.k * self.k
+    }
+
+    /// A 1x1, stride-1, unpadded convolution reads the input image as its column matrix as is.
+    pub fn is_pointwise(&self) -> bool {
+        self.k == 1 && self.stride == 1 && self.padding == 0
+    }
+
+    /// Range of output columns `ow` whose input column `ow*stride + kw - padding` is inside the image.
+    fn valid_out_cols(&self, kw: usize) -> (usize, usize) {
+        valid_range(kw, self.padding, self.stride, self.w, self.out_w)
+    }
+
+    fn valid_out_rows(&self, kh: usize) -> (usize, usize) {
+        valid_range(kh, self.padding, self.stride, self.h, self.out_h)
+    }
+}
+
+/// Outputs `o` in `[lo, hi)` satisfy `0 <= o*stride + offset - padding < size`.
+fn valid_range(
+    offset: usize,
+    padding: usize,
+    stride: usize,
+    size: usize,
+    out: usize,
+) -> (usize, usize) {
+    let lo = if padding > offset {
+        (padding - offset).div_ceil(stride)
+    } else {
+        0
+    };
+    let limit = size + padding; // o*stride + offset < limit
+    let hi = if limit > offset {
+        (limit - offset).div_ceil(stride)
+    } else {
+        0
+    };
+    let hi = hi.min(out);
+    (lo.min(hi), hi)
+}
+
+/// Writes the column matrix of one image (`C_in*H*W` values) into `col`, whose rows are
+/// `row_len` long, starting at column `col_offset`.
+pub fn im2col(g: &ConvGeometry, image: &[f32], col: &mut [f32], row_len: usize, col_offset: usize) {
+    let (k, s, ow_n) = (g.k, g.stride, g.out_w);
+    let plane = g.out_plane();
+    for c in 0..g.c_in {
+        let src_plane = &image[c * g.in_plane()..(c + 1) * g.in_plane()];
+        for kh in 0..k {
+            let (oh_lo, oh_hi) = g.valid_out_rows(kh);
+            for kw in 0..k {
+                let row = (c * k + kh) * k + kw;
+                let dst = &mut col[row * row_len + col_offset..row * row_len + col_offset + plane];
+                let (ow_lo, ow_hi) = g.valid_out_cols(kw);
+                dst[..oh_lo * ow_n].fill(0.0);
+                dst[oh_hi * ow_n..].fill(0.0);
+                for oh in oh_lo..oh_hi {
+                    let ih = oh * s + kh - g.padding;
+                    let src_row = &src_plane[ih * g.w..(ih + 1) * g.w];
+                    let dst_row = &mut dst[oh * ow_n..(oh + 1) * ow_n];
+                    dst_row[..ow_lo].fill(0.0);
+                    dst_row[ow_hi..].fill(0.0);
+                    if ow_lo < ow_hi {
+                        let iw0 = ow_lo * s + kw - g.padding;
+                        if s == 1 {
+                            dst_row[ow_lo..ow_hi]
+                                .copy_from_slice(&src_row[iw0..iw0 + ow_hi - ow_lo]);
+                        } else {
+                            for (d, x) in dst_row[ow_lo..ow_hi]
+                                .iter_mut()
+                                .zip(src_row[iw0..].iter().step_by(s))
+                            {
+                                *d = *x;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The adjoint of [`im2col`]: adds every entry of one image's column matrix back onto the input
+/// pixel it was read from. `image` must be zeroed (or hold a gradient to add to).
+pub fn col2im(g: &ConvGeometry, col: &[f32], row_len: usize, col_offset: usize, image: &mut [f32]) {
+    let (k, s, ow_n) = (g.k, g.stride, g.out_w);
+    let plane = g.out_plane();
+    let in_plane = g.in_plane();
+    for c in 0..g.c_in {
+        let dst_plane = &mut image[c * in_plane..(c + 1) * in_plane];
+        for kh in 0..k {
+            let (oh_lo, oh_hi) = g.valid_out_rows(kh);
+            for kw in 0..k {
+                let row = (c * k + kh) * k + kw;
+                let src = &col[row * row_len + col_offset..row * row_len + col_offset + plane];
+                let (ow_lo, ow_hi) = g.valid_out_cols(kw);
+                if ow_lo >= ow_hi {
+                    continue;
+                }
+                for oh in oh_lo..oh_hi {
+                    let ih = oh * s + kh - g.padding;
+                    let dst_row = &mut dst_plane[ih * g.w..(ih + 1) * g.w];
+                    let src_row = &src[oh * ow_n + ow_lo..oh * ow_n + ow_hi];
+                    let iw0 = ow_lo * s + kw - g.padding;
+                    if s == 1 {
+                        for (d, x) in dst_row[iw0..iw0 + src_row.len()].iter_mut().zip(src_row) {
+                            *d += *x;
+                        }
+                    } else {
+                        for (d, x) in dst_row[iw0..].iter_mut().step_by(s).zip(src_row) {
+                            *d += *x;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A row-major matrix view: element (r, c) lives at `data[r*row_stride + c*col_stride]`.
+#[derive(Clone, Copy)]
+pub struct MatRef<'a> {
+    pub data: &'a [f32],
+    pub row_stride: usize,
+    pub col_stride: usize,
+}
+
+/// `dst (m x n) = [dst +] lhs (m x k) * rhs (k x n)` through the `gemm` crate, with `dst`
+/// row-major and dense (row stride `n`). Accumulates into `dst` when `accumulate` is set.
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    accumulate: bool,
+    lhs: MatRef<'_>,
+    rhs: MatRef<'_>,
+    parallelism: Parallelism,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(dst.len() >= m * n, "gemm destination too small");
+    if k == 0 {
+        if !accumulate {
+            dst[..m * n].fill(0.0);
+        }
+        return;
+    }
+    let last = |v: &MatRef<'_>, rows: usize, cols: usize| {
+        (rows - 1) * v.row_stride + (cols - 1) * v.col_stride
+    };
+    assert!(last(&lhs, m, k) < lhs.data.len(), "gemm lhs out of bounds");
+    assert!(last(&rhs, k, n) < rhs.data.len(), "gemm rhs out of bounds");
+    // SAFETY: the asserts above keep every element the kernel touches inside the slices, the
+    // destination is borrowed mutably and cannot alias the (shared) operands.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.data.as_ptr(),
+            lhs.col_stride as isize,
+            lhs.row_stride as isize,
+            rhs.data.as_ptr(),
+            rhs.col_stride as isize,
+            rhs.row_stride as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// im2col by the definition, one element at a time.
+    fn im2col_reference(g: &ConvGeometry, image: &[f32]) -> Vec<f32> {
+        let p = g.out_plane();
+        let mut col = vec![0.0; g.col_rows() * p];
+        for c in 0..g.c_in {
+            for kh in 0..g.k {
+                for kw in 0..g.k {
+                    for oh in 0..g.out_h {
+                        for ow in 0..g.out_w {
+                            let ih = (oh * g.stride + kh) as isize - g.padding as isize;
+                            let iw = (ow * g.stride + kw) as isize - g.padding as isize;
+                            if ih >= 0 && iw >= 0 && (ih as usize) < g.h && (iw as usize) < g.w {
+                                col[((c * g.k + kh) * g.k + kw) * p + oh * g.out_w + ow] =
+                                    image[c * g.in_plane() + ih as usize * g.w + iw as usize];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        col
+    }
+
+    #[test]
+    fn im2col_and_col2im_are_adjoint_and_match_the_definition() -> candle_core::Result<()> {
+        let cases = [
+            (2, 5, 7, 3, 1, 1),
+            (1, 6, 6, 3, 2, 1),
+            (3, 9, 8, 7, 2, 3),
+            (2, 5, 5, 1, 2, 0),
+            (1, 4, 3, 1, 1, 0),
+            (1, 2, 2, 3, 1, 1),
+            (1, 3, 3, 3, 3, 2),
+        ];
+        for &(c, h, w, k, s, p) in &cases {
+            let g = ConvGeometry::new((1, c, h, w), (1, c, k, k), s, p)?;
+            let image: Vec<f32> = (0..c * h * w).map(|i| (i as f32 * 0.37).sin()).collect();
+            // Leave one column of garbage on both sides to check the offset handling.
+            let plane = g.out_plane();
+            let row_len = plane + 2;
+            let mut col = vec![f32::NAN; g.col_rows() * row_len];
+            im2col(&g, &image, &mut col, row_len, 1);
+            let expect = im2col_reference(&g, &image);
+            for r in 0..g.col_rows() {
+                assert_eq!(
+                    &col[r * row_len + 1..r * row_len + 1 + plane],
+                    &expect[r * plane..(r + 1) * plane]
+                );
+            }
+            // <im2col(x), y> == <x, col2im(y)> for every y.
+            let y: Vec<f32> = (0..col.len()).map(|i| (i as f32 * 0.11).cos()).collect();
+            let mut back = vec![0.0; image.len()];
+            col2im(&g, &y, row_len, 1, &mut back);
+            let lhs: f64 = (0..g.col_rows())
+                .flat_map(|r| (0..plane).map(move |j| (r, j)))
+                .map(|(r, j)| expect[r * plane + j] as f64 * y[r * row_len + 1 + j] as f64)
+                .sum();
+            let rhs: f64 = image
+                .iter()
+                .zip(&back)
+                .map(|(a, b)| *a as f64 * *b as f64)
+                .sum();
+            assert!(
+                (lhs - rhs).abs() < 1e-4 * (1.0 + lhs.abs()),
+                "{lhs} vs {rhs} for {:?}",
+                g
+            );
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn geometry_rejects_mismatched_shapes_with_a_message() {
+        let err = ConvGeometry::new((1, 3, 8, 8), (4, 2, 3, 3), 1, 1).unwrap_err();
+        assert!(err.to_string().contains("3 channels"), "{err}");
+        let err = ConvGeometry::new((1, 3, 2, 2), (4, 3, 7, 7), 1, 1).unwrap_err();
+        assert!(
+            err.to_string().contains("larger than the padded input"),
+            "{err}"
+        );
+        let err = ConvGeometry::new((1, 3, 8, 8), (4, 3, 3, 3), 0, 1).unwrap_err();
+        assert!(err.to_string().contains("stride"), "{err}");
+    }
+}

@@ -1,0 +1,164 @@
+//! The network's heavy operations behind one facade, so the model code never cares which
+//! implementation runs: candle's own kernels (always on CUDA, and for dtypes other than f32), or
+//! this crate's fast CPU kernels (candle custom ops with their own backward).
+//!
+//! Every function here is differentiable through candle's autograd.
+
+mod batch_norm;
+mod conv;
+mod im2col;
+mod pool;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use candle_core::{DType, Result, Tensor, D};
+
+pub use conv::Conv2dOp;
+pub use pool::MaxPool3x3S2P1;
+
+static FAST_CPU_KERNELS: AtomicBool = AtomicBool::new(true);
+
+/// Switches the fast CPU kernels on (the default) or off for the whole process, so benchmarks
+/// and bug hunts can compare them with candle's own kernels on the same model.
+pub fn set_fast_cpu_kernels(enabled: bool) {
+    FAST_CPU_KERNELS.store(enabled, Ordering::Relaxed);
+}
+
+/// Whether [`set_fast_cpu_kernels`] left the fast CPU kernels on.
+pub fn fast_cpu_kernels() -> bool {
+    FAST_CPU_KERNELS.load(Ordering::Relaxed)
+}
+
+/// Whether the fast CPU kernels handle these tensors: f32 on the CPU (CUDA keeps candle's).
+fn use_cpu_kernels(tensors: &[&Tensor]) -> bool {
+    fast_cpu_kernels()
+        && tensors
+            .iter()
+            .all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
+}
+
+/// 2-D convolution without bias, `groups = 1`, square kernel, dilation 1.
+/// `x`: (N, C_in, H, W), `w`: (C_out, C_in, K, K).
+pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
+    if use_cpu_kernels(&[x, w]) {
+        x.contiguous()?
+            .apply_op2(&w.contiguous()?, Conv2dOp { stride, padding })
+    } else {
+        x.conv2d(w, padding, stride, 1, 1)
+    }
+}
+
+/// ResNet's stem pooling: max pool, kernel 3, stride 2, padding 1 (padding never wins the max).
+pub fn max_pool_3x3_s2_p1(x: &Tensor) -> Result<Tensor> {
+    if use_cpu_kernels(&[x]) {
+        x.contiguous()?.apply_op1(MaxPool3x3S2P1)
+    } else {
+        max_pool_3x3_s2_p1_candle(x)
+    }
+}
+
+/// BatchNorm2d in training mode: normalises with the batch's per-channel mean and biased
+/// variance. `x`: (N, C, H, W), `weight`/`bias`: (C,). Returns `(y, batch_mean, batch_var)`,
+/// the statistics detached (C,) so the caller can update its running estimates.
+pub fn batch_norm_train(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    if use_cpu_kernels(&[x, weight, bias]) {
+        batch_norm::batch_norm_train_cpu(x, weight, bias, eps)
+    } else {
+        batch_norm_train_candle(x, weight, bias, eps)
+    }
+}
+
+/// The same from candle's ops (any device and float dtype).
+fn batch_norm_train_candle(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let c = x.dim(1)?;
+    let per_channel = (1, c, 1, 1);
+    let mean = x.mean_keepdim((0, 2, 3))?;
+    let centred = x.broadcast_sub(&mean)?;
+    let var = centred.sqr()?.mean_keepdim((0, 2, 3))?;
+    let scale = (&var + eps)?
+        .sqrt()?
+        .recip()?
+        .broadcast_mul(&weight.reshape(per_channel)?)?;
+    let y = centred
+        .broadcast_mul(&scale)?
+        .broadcast_add(&bias.reshape(per_channel)?)?;
+    Ok((y, mean.detach().flatten_all()?, var.detach().flatten_all()?))
+}
+
+/// Global average pool: (N, C, H, W) -> (N, C).
+pub fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
+    x.flatten_from(2)?.mean(D::Minus1)
+}
+
+/// The portable max pool: candle's `max_pool2d` has no backward when kernel != stride, so this
+/// is the maximum of nine strided views of the padded input, which autograd handles.
+fn max_pool_3x3_s2_p1_candle(x: &Tensor) -> Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    let out_h = (h - 1) / 2 + 1;
+    let out_w = (w - 1) / 2 + 1;
+    // Pad one row/column in front and enough behind that every view of length 2*out is in range.
+    let padded = pad_with_value(x, 1, 2 * out_h + 1 - h, 1, 2 * out_w + 1 - w, -1e30)?;
+    let mut result: Option<Tensor> = None;
+    for kh in 0..3 {
+        for kw in 0..3 {
+            let view = padded
+                .narrow(2, kh, 2 * out_h)?
+                .narrow(3, kw, 2 * out_w)?
+                .reshape((n, c, out_h, 2, out_w, 2))?
+                .narrow(3, 0, 1)?
+                .narrow(5, 0, 1)?
+                .reshape((n, c, out_h, out_w))?;
+            result = Some(match result {
+                None => view,
+                Some(acc) => acc.maximum(&view)?,
+            });
+        }
+    }
+    result.ok_or_else(|| candle_core::Error::Msg("empty pooling window".into()))
+}
+
+fn pad_with_value(
+    x: &Tensor,
+    top: usize,
+    bottom: usize,
+    left: usize,
+    right: usize,
+    value: f64,
+) -> Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    let fill = |rows: usize, cols: usize| {
+        Tensor::full(value as f32, (n, c, rows, cols), x.device())?.to_dtype(x.dtype())
+    };
+    let mut parts = Vec::with_capacity(3);
+    if top > 0 {
+        parts.push(fill(top, w)?);
+    }
+    parts.push(x.clone());
+    if bottom > 0 {
+        parts.push(fill(bottom, w)?);
+    }
+    let x = Tensor::cat(&parts, 2)?;
+    let h = h + top + bottom;
+    let mut parts = Vec::with_capacity(3);
+    if left > 0 {
+        parts.push(fill(h, left)?);
+    }
+    parts.push(x);
+    if right > 0 {
+        parts.push(fill(h, right)?);
+    }
+    Tensor::cat(&parts, 3)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,258 @@
+//! Everything a training run is configured by. A TOML file (`--config`) sets any field, flags
+//! override it, and the resolved config is written to the run folder so the run can be repeated
+//! and resumed exactly.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+use super::optim::SgdConfig;
+use super::schedule::ScheduleConfig;
+use crate::model::{Arch, Stem};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// Supervised learning on the labeled data only (the paper's SL baseline).
+    Sl,
+    /// Meta-Face2Exp: base network B + adaptation network A with circuit feedback.
+    Meta,
+}
+
+/// How the circuit-feedback coefficient f is computed (see docs/METHOD.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Feedback {
+    /// The paper's formula: f = dot(grad of CE(y, A') at the new weights, applied update of A).
+    Exact,
+    /// First-order approximation: CE_l(A old) - CE_l(A new), both on the labeled batch alone.
+    Taylor,
+    /// As the official code: CE_l(A old) from A's forward on cat(x_l, x_us), CE_l(A new) on x_l.
+    Official,
+}
+
+/// Which of B's views supplies the hard pseudo label for A and for the feedback loss.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum PseudoView {
+    /// argmax B(x_us), as the official code (and Meta Pseudo Labels) do.
+    Strong,
+    /// argmax B(x_uw), the usual FixMatch-style choice.
+    Weak,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelSpec {
+    pub arch: Arch,
+    pub stem: Stem,
+    pub input_size: usize,
+    /// Optional torchvision/timm checkpoint (safetensors) to start both networks from.
+    pub init: Option<PathBuf>,
+}
+
+impl Default for ModelSpec {
+    fn default() -> Self {
+        Self {
+            arch: Arch::Resnet18,
+            stem: Stem::Imagenet,
+            input_size: 64,
+            init: None,
+        }
+    }
+}
+
+/// Meta-Face2Exp's own settings; defaults follow the official implementation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetaConfig {
+    /// Unlabeled batch = mu * labeled batch.
+    pub mu: usize,
+    /// Softmax temperature of B's pseudo distribution.
+    pub temperature: f64,
+    /// Confidence threshold of the pseudo-label mask.
+    pub threshold: f64,
+    /// Apply the confidence mask to the consistency loss L_c (the official default does not).
+    pub mask_consistency: bool,
+    /// Weight of L_c after ramp-up.
+    pub lambda_u: f64,
+    /// Steps of the linear ramp-up of lambda_u.
+    pub uda_steps: u64,
+    pub feedback: Feedback,
+    pub pseudo_view: PseudoView,
+    /// Decay of a moving-average baseline subtracted from f (None: no baseline).
+    pub feedback_baseline_decay: Option<f64>,
+    /// Learning-rate schedule of the adaptation network A (B uses the run's `schedule`).
+    pub adaptation_schedule: ScheduleConfig,
+    /// Fine-tune B on the labeled data for this many steps after the meta phase.
+    pub finetune_steps: u64,
+    /// Force f = 0 (ablation: B then learns from L_s + L_c only).
+    pub zero_feedback: bool,
+}
+
+impl Default for MetaConfig {
+    fn default() -> Self {
+        Self {
+            mu: 7,
+            temperature: 1.0,
+            threshold: 0.95,
+            mask_consistency: false,
+            lambda_u: 1.0,
+            uda_steps: 5000,
+            feedback: Feedback::Official,
+            pseudo_view: PseudoView::Strong,
+            feedback_baseline_decay: None,
+            adaptation_schedule: ScheduleConfig {
+                lr: 1e-3,
+                ..ScheduleConfig::default()
+            },
+            finetune_steps: 0,
+            zero_feedback: false,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    pub method: Method,
+    /// Labeled FER data, a `KIND:PATH` dataset spec.
+    pub labeled: String,
+    /// Unlabeled FR faces (Meta-Face2Exp only), a `KIND:PATH` dataset spec.
+    pub unlabeled: Option<String>,
+    /// Validation data evaluated every `eval_every` steps.
+    pub val: Option<String>,
+    pub steps: u64,
+    pub batch_size: usize,
+    /// Use only this fraction of the labeled data (1.0 = all).
+    pub labeled_fraction: f64,
+    /// Make the labeled subset class-balanced (same count per class where possible).
+    pub balanced: bool,
+    /// Draw labeled batches class-balanced (each class equally likely) instead of by epochs.
+    pub balanced_sampler: bool,
+    /// Reuse the exact labeled subset listed in this file (written as `subset.txt` by a run).
+    pub subset_list: Option<PathBuf>,
+    pub model: ModelSpec,
+    pub seed: u64,
+    pub sgd: SgdConfig,
+    /// Learning-rate schedule of the base network B (and of SL training).
+    pub schedule: ScheduleConfig,
+    pub label_smoothing: f64,
+    /// Keep an exponential moving average of B's weights with this decay; eval and export use it.
+    pub ema_decay: Option<f64>,
+    pub eval_every: u64,
+    pub checkpoint_every: u64,
+    pub log_every: u64,
+    /// Decoding/augmentation worker threads.
+    pub workers: usize,
+    /// Batches prepared ahead of the training step.
+    pub prefetch: usize,
+    /// Central fraction of each unlabeled image kept (LFW frames faces wider than FER crops).
+    pub unlabeled_center_crop: f32,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+    /// `cpu` or `cuda:N`.
+    pub device: String,
+    pub meta: MetaConfig,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            method: Method::Sl,
+            labeled: String::new(),
+            unlabeled: None,
+            val: None,
+            steps: 10_000,
+            batch_size: 64,
+            labeled_fraction: 1.0,
+            balanced: false,
+            balanced_sampler: false,
+            subset_list: None,
+            model: ModelSpec::default(),
+            seed: 0,
+            sgd: SgdConfig::default(),
+            schedule: ScheduleConfig::default(),
+            label_smoothing: 0.0,
+            ema_decay: None,
+            eval_every: 500,
+            checkpoint_every: 200,
+            log_every: 20,
+            workers: 2,
+            prefetch: 4,
+            unlabeled_center_crop: 1.0,
+            mean: [0.485, 0.456, 0.406],
+            std: [0.229, 0.224, 0.225],
+            device: "cpu".into(),
+            meta: MetaConfig::default(),
+        }
+    }
+}
+
+impl TrainConfig {
+    pub fn from_toml_file(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))
+    }
+
+    pub fn to_toml(&self) -> anyhow::Result<String> {
+        Ok(toml::to_string_pretty(self)?)
+    }
+
+    /// Checks combinations that are legal TOML but cannot train.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            !self.labeled.is_empty(),
+            "no labeled data: pass --labeled KIND:PATH"
+        );
+        anyhow::ensure!(self.steps > 0, "--steps must be positive");
+        anyhow::ensure!(self.batch_size > 0, "--batch-size must be positive");
+        anyhow::ensure!(
+            self.labeled_fraction > 0.0 && self.labeled_fraction <= 1.0,
+            "--labeled-fraction must be in (0, 1], got {}",
+            self.labeled_fraction
+        );
+        anyhow::ensure!(
+            (16..=512).contains(&self.model.input_size),
+            "--input-size {} is outside 16..=512",
+            self.model.input_size
+        );
+        if self.method == Method::Meta {
+            anyhow::ensure!(
+                self.unlabeled.is_some(),
+                "--method meta needs unlabeled face data: pass --unlabeled KIND:PATH"
+            );
+            anyhow::ensure!(self.meta.mu > 0, "meta.mu must be positive");
+        }
+        anyhow::ensure!(
+            self.unlabeled_center_crop > 0.0 && self.unlabeled_center_crop <= 1.0,
+            "unlabeled_center_crop must be in (0, 1]"
+        );
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_round_trip_and_partial_files() -> anyhow::Result<()> {
+        let config = TrainConfig {
+            labeled: "imagefolder:/data/train".into(),
+            ..TrainConfig::default()
+        };
+        let back: TrainConfig = toml::from_str(&config.to_toml()?)?;
+        assert_eq!(back, config);
+        let partial: TrainConfig = toml::from_str(
+            "method = \"meta\"\nunlabeled = \"folder:/lfw\"\n[meta]\nfeedback = \"exact\"\n",
+        )?;
+        assert_eq!(partial.method, Method::Meta);
+        assert_eq!(partial.meta.feedback, Feedback::Exact);
+        assert_eq!(partial.meta.mu, 7);
+        assert!(toml::from_str::<TrainConfig>("stepz = 3").is_err());
+        Ok(())
+    }
+}

@@ -1,0 +1,176 @@
+//! One Meta-Face2Exp step (docs/METHOD.md walks through it with the paper's notation).
+//!
+//! B = base network (teacher, learns from labeled FER data), A = adaptation network (student,
+//! learns only from B's pseudo labels on unlabeled face-recognition images). A's step on the
+//! pseudo labels is judged on the labeled batch, and that judgement, f, scales B's loss on its
+//! own pseudo labels: the circuit feedback.
+
+use candle_core::{DType, Device, Tensor, D};
+use candle_nn::ops::softmax_last_dim;
+
+use super::config::{Feedback, MetaConfig, PseudoView};
+use super::losses::{cross_entropy, soft_cross_entropy};
+use super::network::Network;
+use super::run::StepRecord;
+use super::sl::batch_accuracy;
+use crate::data::{LabeledBatch, UnlabeledBatch};
+use crate::model::BnMode;
+
+/// Learning rates of this step and the ramp-up position.
+pub struct StepRates {
+    pub lr_base: f64,
+    pub lr_adaptation: f64,
+    /// 0-based step index, for the lambda_u ramp-up.
+    pub step: u64,
+}
+
+/// State carried from step to step (saved in checkpoints).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct MetaState {
+    /// Moving average of f, subtracted when `feedback_baseline_decay` is set.
+    pub feedback_baseline: f64,
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn step(
+    base: &mut Network,
+    adaptation: &mut Network,
+    labeled: &LabeledBatch,
+    unlabeled: &UnlabeledBatch,
+    rates: &StepRates,
+    cfg: &MetaConfig,
+    label_smoothing: f64,
+    state: &mut MetaState,
+    device: &Device,
+) -> anyhow::Result<StepRecord> {
+    let x_l = labeled.to_tensor(device)?;
+    let y = labeled.labels_tensor(device)?;
+    let x_uw = unlabeled.to_tensor(device)?;
+    let x_us = unlabeled.strong_tensor(device)?;
+    let n_l = x_l.dim(0)?;
+    let n_u = x_uw.dim(0)?;
+
+    // 1. B on everything at once (one set of BatchNorm statistics, as the official code).
+    let b_logits = base
+        .model
+        .forward_with(&Tensor::cat(&[&x_l, &x_uw, &x_us], 0)?, BnMode::Train)?;
+    let b_l = b_logits.narrow(0, 0, n_l)?;
+    let b_uw = b_logits.narrow(0, n_l, n_u)?.detach();
+    let b_us = b_logits.narrow(0, n_l + n_u, n_u)?;
+    let loss_s = cross_entropy(&b_l, &y, label_smoothing)?;
+
+    // 2. Consistency L_c between B's weak-view distribution (no gradient) and its strong view.
+    let pseudo_probs = softmax_last_dim(&(&b_uw / cfg.temperature)?)?;
+    let confidence = pseudo_probs.max(D::Minus1)?;
+    let mask = confidence.ge(cfg.threshold)?.to_dtype(DType::F32)?;
+    let per_sample = soft_cross_entropy(&b_us, &pseudo_probs)?;
+    let loss_c = if cfg.mask_consistency {
+        (per_sample * &mask)?.mean_all()?
+    } else {
+        per_sample.mean_all()?
+    };
+    let ramp = ((rates.step + 1) as f64 / cfg.uda_steps.max(1) as f64).min(1.0);
+    let weight_u = cfg.lambda_u * ramp;
+    let hard_pseudo = match cfg.pseudo_view {
+        PseudoView::Strong => b_us.detach().argmax(D::Minus1)?,
+        PseudoView::Weak => b_uw.argmax(D::Minus1)?,
+    };
+
+    // 3. A learns from the hard pseudo labels only; remember its labeled loss before the step.
+    let (loss_u, loss_l_before) = match cfg.feedback {
+        Feedback::Official => {
+            let a_logits = adaptation
+                .model
+                .forward_with(&Tensor::cat(&[&x_l, &x_us], 0)?, BnMode::Train)?;
+            let before = cross_entropy(&a_logits.narrow(0, 0, n_l)?.detach(), &y, 0.0)?;
+            let a_us = a_logits.narrow(0, n_l, n_u)?;
+            (
+                cross_entropy(&a_us, &hard_pseudo, label_smoothing)?,
+                Some(before),
+            )
+        }
+        Feedback::Taylor => {
+            let a_l = adaptation
+                .model
+                .forward_with(&x_l, BnMode::TrainNoStatsUpdate)?;
+            let before = cross_entropy(&a_l.detach(), &y, 0.0)?;
+            let a_us = adaptation.model.forward_with(&x_us, BnMode::Train)?;
+            (
+                cross_entropy(&a_us, &hard_pseudo, label_smoothing)?,
+                Some(before),
+            )
+        }
+        Feedback::Exact => {
+            let a_us = adaptation.model.forward_with(&x_us, BnMode::Train)?;
+            (cross_entropy(&a_us, &hard_pseudo, label_smoothing)?, None)
+        }
+    };
+    let grads_u = loss_u.backward()?;
+    // L_u must reach A only: B's pseudo labels are integer argmaxes of detached logits.
+    if let Some((name, _)) = base
+        .optimizer
+        .params()
+        .iter()
+        .find(|(_, v)| grads_u.get(v.as_tensor()).is_some())
+    {
+        anyhow::bail!("internal error: L_u produced a gradient for B's `{name}`");
+    }
+    let applied = adaptation.optimizer.step(&grads_u, rates.lr_adaptation)?;
+    adaptation.update_ema()?;
+
+    // 4. The feedback coefficient f: how much A's step on pseudo labels helped it on real labels.
+    let new_mode = match cfg.feedback {
+        // The official code evaluates A' in train mode, which also moves its BN statistics.
+        Feedback::Official => BnMode::Train,
+        Feedback::Taylor | Feedback::Exact => BnMode::TrainNoStatsUpdate,
+    };
+    let a_l_new = adaptation.model.forward_with(&x_l, new_mode)?;
+    let loss_l_after = cross_entropy(&a_l_new, &y, 0.0)?;
+    let raw_f = match loss_l_before {
+        Some(before) => (before.to_scalar::<f32>()? - loss_l_after.to_scalar::<f32>()?) as f64,
+        None => {
+            // f = eta_A * <grad CE(y, A(x_l; theta')), d> where theta' = theta - eta_A * d is
+            // the update A's optimizer applied (d = g_u for plain SGD; with momentum, the
+            // momentum direction actually applied).
+            let grads_new = loss_l_after.backward()?;
+            let params = adaptation.optimizer.params();
+            let mut dot = 0f64;
+            for (index, direction) in &applied {
+                if let Some(g) = grads_new.get(params[*index].1.as_tensor()) {
+                    dot += (g * direction)?.sum_all()?.to_scalar::<f32>()? as f64;
+                }
+            }
+            rates.lr_adaptation * dot
+        }
+    };
+    let mut f = raw_f;
+    if let Some(decay) = cfg.feedback_baseline_decay {
+        state.feedback_baseline = decay * state.feedback_baseline + (1.0 - decay) * raw_f;
+        f -= state.feedback_baseline;
+    }
+    if cfg.zero_feedback {
+        f = 0.0;
+    }
+
+    // 5. B's loss: supervised + consistency + feedback on its own hard pseudo labels.
+    let loss_f = (cross_entropy(&b_us, &hard_pseudo, 0.0)? * f)?;
+    let total = ((&loss_s + (&loss_c * weight_u)?)? + &loss_f)?;
+    let grads_b = total.backward()?;
+    base.optimizer.step(&grads_b, rates.lr_base)?;
+    base.update_ema()?;
+
+    let mut record = StepRecord::default();
+    record.add("loss", total.to_scalar::<f32>()? as f64);
+    record.add("loss_s", loss_s.to_scalar::<f32>()? as f64);
+    record.add("loss_c", loss_c.to_scalar::<f32>()? as f64);
+    record.add("loss_u", loss_u.to_scalar::<f32>()? as f64);
+    record.add("loss_f", loss_f.to_scalar::<f32>()? as f64);
+    record.add("f", f);
+    record.add("f_raw", raw_f);
+    record.add("mask_rate", mask.mean_all()?.to_scalar::<f32>()? as f64);
+    record.add("weight_u", weight_u);
+    record.add("train_acc", batch_accuracy(&b_l, &y)?);
+    record.add("lr", rates.lr_base);
+    record.add("lr_adaptation", rates.lr_adaptation);
+    Ok(record)
+}

@@ -1,0 +1,44 @@
+//! Generated datasets for the trainer's integration tests: small PNG class folders whose
+//! classes differ visibly (so a few steps of training move the loss), and unlabeled faces.
+
+#![allow(dead_code)]
+
+use std::path::Path;
+
+use image::{Rgb, RgbImage};
+
+pub const CLASS_FOLDERS: [&str; 7] = [
+    "angry", "disgust", "fear", "happy", "neutral", "sad", "surprise",
+];
+
+/// Writes `per_class` images of `size` px per class under `dir/<class>/`.
+pub fn write_imagefolder(dir: &Path, per_class: usize, size: u32) {
+    for (c, class) in CLASS_FOLDERS.iter().enumerate() {
+        let folder = dir.join(class);
+        std::fs::create_dir_all(&folder).unwrap();
+        for i in 0..per_class {
+            let img = RgbImage::from_fn(size, size, |x, y| {
+                let stripe = ((x + y * (c as u32 + 1)) / 4 + i as u32) % 2;
+                let v = (30 * c as u32 + 60 * stripe + 7 * i as u32) as u8;
+                Rgb([v, v.wrapping_mul(3), 255 - v])
+            });
+            img.save(folder.join(format!("img_{i:03}.png"))).unwrap();
+        }
+    }
+}
+
+/// Writes `count` unlabeled "face" images (smooth gradients) in nested folders, like LFW.
+pub fn write_unlabeled(dir: &Path, count: usize, size: u32) {
+    for i in 0..count {
+        let folder = dir.join(format!("person_{}", i % 3));
+        std::fs::create_dir_all(&folder).unwrap();
+        let img = RgbImage::from_fn(size, size, |x, y| {
+            Rgb([
+                (x * 3 + i as u32 * 11) as u8,
+                (y * 5) as u8,
+                ((x + y) * 2) as u8,
+            ])
+        });
+        img.save(folder.join(format!("face_{i:03}.jpg"))).unwrap();
+    }
+}
