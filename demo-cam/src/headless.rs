@@ -49,6 +49,8 @@ pub fn run<A: Analyzer>(
         let error = match step {
             Ok(Next::End) => break,
             Ok(Next::Frame) => None,
+            // A camera that fails (unplugged, stalled) will not recover: end the run.
+            Err(e) if source.is_live() => return Err(e),
             Err(e) => Some(format!("{e:#}")),
         };
         let name = source.frame_name();

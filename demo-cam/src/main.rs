@@ -3,7 +3,6 @@
 //! track -> overlay, each in its own module.
 
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Result;
 use clap::Parser;
@@ -91,7 +90,7 @@ fn open_source(args: &Args) -> Result<Box<dyn FrameSource>> {
     }
     #[cfg(feature = "camera")]
     {
-        let timeout = Duration::from_secs_f32(args.frame_timeout.max(0.1));
+        let timeout = std::time::Duration::from_secs_f32(args.frame_timeout.max(0.1));
         let camera = camera::CameraSource::open(args.camera, args.mode_request(), timeout)?;
         eprintln!("camera {}: {}", args.camera, camera.mode());
         Ok(Box::new(camera))
@@ -107,7 +106,7 @@ fn run_window<A: face2exp_demo::pipeline::Analyzer>(
     source: &mut dyn FrameSource,
 ) -> Result<()> {
     let options = face2exp_demo::window::WindowOptionsCli {
-        delay: Duration::from_secs_f32(args.delay.max(0.0)),
+        delay: std::time::Duration::from_secs_f32(args.delay.max(0.0)),
         screenshot_dir: args.screenshot_dir.clone(),
         max_frames: args.max_frames,
     };

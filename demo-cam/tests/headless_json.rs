@@ -311,3 +311,32 @@ fn bad_invocations_fail_with_a_clear_message() {
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn without_a_camera_the_demo_says_so_instead_of_hanging_or_panicking() {
+    let has_camera = std::fs::read_dir("/dev")
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .any(|e| e.file_name().to_string_lossy().starts_with("video"))
+        })
+        .unwrap_or(false);
+    if has_camera || !cfg!(feature = "camera") {
+        eprintln!("SKIPPED: this machine has a /dev/video* device, or the camera feature is off");
+        return;
+    }
+    let classifier = common::classifier_weights();
+    for args in [
+        &["--list-cameras"][..],
+        &["--headless", "--weights", classifier.to_str().unwrap()][..],
+    ] {
+        let output = demo(args);
+        assert_eq!(output.status.code(), Some(1), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("no camera found; use --input PATH"),
+            "{args:?}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}

@@ -3,6 +3,8 @@
 //! the annotated last photo: its size, many colours, and the overlay's box colours present.
 //! Skips, saying why, without Xvfb, xdotool or the detector weights.
 
+#![cfg(feature = "window")]
+
 mod common;
 
 use std::path::{Path, PathBuf};

@@ -68,7 +68,10 @@ fn peak_gflops() -> f64 {
 }
 
 fn main() {
-    let iters: usize = std::env::var("INFER_BENCH_ITERS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
+    let iters: usize = std::env::var("INFER_BENCH_ITERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
     let peak = peak_gflops();
     println!("face2exp-infer latency, batch 1, micro-kernel {}, measured 1-core FMA peak {peak:.1} GFLOP/s", simd_name());
     println!();
@@ -77,12 +80,24 @@ fn main() {
     let frame = random_pixels(640 * 480 * 3, 1);
     let image = ImageView::packed(&frame, 640, 480, PixelFormat::Rgb8).unwrap();
     for (stem, size) in [("imagenet", 64), ("imagenet", 112), ("small", 64)] {
-        let spec = Spec { arch: "resnet18", stem, input_size: size, classes: 7 };
+        let spec = Spec {
+            arch: "resnet18",
+            stem,
+            input_size: size,
+            classes: 7,
+        };
         let model = Model::from_bytes(&model_file(&spec, 1)).unwrap();
         let gflop = 2.0 * model.macs() as f64 / 1e9;
         let input = random_input(size, 2);
         for threads in [1, 2] {
-            let mut session = Session::new(&model, SessionConfig { max_width: 640, max_height: 480, threads });
+            let mut session = Session::new(
+                &model,
+                SessionConfig {
+                    max_width: 640,
+                    max_height: 480,
+                    threads,
+                },
+            );
             let forward = median_ms(iters, || {
                 black_box(session.forward_chw(&input).unwrap());
             });

@@ -11,9 +11,15 @@ use core::fmt;
 #[non_exhaustive]
 pub enum LoadError {
     /// The file could not be read.
-    Io { path: String, message: String },
+    Io {
+        path: String,
+        message: String,
+    },
     /// Any other error, with the file it came from.
-    InFile { path: String, error: Box<LoadError> },
+    InFile {
+        path: String,
+        error: Box<LoadError>,
+    },
     /// Not a safetensors container: truncated, bad header length, invalid JSON, offsets out of range.
     Container(String),
     /// A required `__metadata__` key is absent.
@@ -33,11 +39,20 @@ pub enum LoadError {
         found: Vec<usize>,
     },
     /// Neither F32, F16 nor BF16.
-    WrongDtype { tensor: String, dtype: String },
+    WrongDtype {
+        tensor: String,
+        dtype: String,
+    },
     /// NaN or infinite weights, negative BatchNorm variance.
-    BadValues { tensor: String, problem: &'static str },
+    BadValues {
+        tensor: String,
+        problem: &'static str,
+    },
     /// A layer could not be built (a bug if the checks above passed).
-    Kernel { layer: String, error: KernelError },
+    Kernel {
+        layer: String,
+        error: KernelError,
+    },
 }
 
 impl fmt::Display for LoadError {
@@ -47,18 +62,32 @@ impl fmt::Display for LoadError {
             LoadError::InFile { path, error } => write!(f, "{path}: {error}"),
             LoadError::Container(msg) => write!(f, "not a valid safetensors file: {msg}"),
             LoadError::MissingMetadata(key) => write!(f, "header metadata has no `{key}` entry"),
-            LoadError::BadMetadata { key, value, problem } => {
+            LoadError::BadMetadata {
+                key,
+                value,
+                problem,
+            } => {
                 write!(f, "header metadata `{key}` = {value:?}: {problem}")
             }
             LoadError::UnknownArch(arch) => {
                 write!(f, "unknown architecture {arch:?} (expected resnet18, resnet34 or resnet50 with stem imagenet or small)")
             }
             LoadError::MissingTensor(name) => write!(f, "tensor `{name}` is missing"),
-            LoadError::WrongShape { tensor, expected, found } => {
-                write!(f, "tensor `{tensor}` has shape {found:?}, expected {expected:?}")
+            LoadError::WrongShape {
+                tensor,
+                expected,
+                found,
+            } => {
+                write!(
+                    f,
+                    "tensor `{tensor}` has shape {found:?}, expected {expected:?}"
+                )
             }
             LoadError::WrongDtype { tensor, dtype } => {
-                write!(f, "tensor `{tensor}` has dtype {dtype}, expected F32, F16 or BF16")
+                write!(
+                    f,
+                    "tensor `{tensor}` has dtype {dtype}, expected F32, F16 or BF16"
+                )
             }
             LoadError::BadValues { tensor, problem } => write!(f, "tensor `{tensor}`: {problem}"),
             LoadError::Kernel { layer, error } => write!(f, "layer `{layer}`: {error}"),
@@ -89,12 +118,20 @@ impl fmt::Display for ImageError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ImageError::Empty { width, height } => write!(f, "image is empty ({width}x{height})"),
-            ImageError::OddYuyvWidth(w) => write!(f, "YUYV image width {w} is odd; YUYV stores pixel pairs"),
+            ImageError::OddYuyvWidth(w) => {
+                write!(f, "YUYV image width {w} is odd; YUYV stores pixel pairs")
+            }
             ImageError::StrideTooSmall { stride, row_bytes } => {
-                write!(f, "stride {stride} is smaller than a row of {row_bytes} bytes")
+                write!(
+                    f,
+                    "stride {stride} is smaller than a row of {row_bytes} bytes"
+                )
             }
             ImageError::TooShort { needed, found } => {
-                write!(f, "pixel buffer has {found} bytes, the image needs {needed}")
+                write!(
+                    f,
+                    "pixel buffer has {found} bytes, the image needs {needed}"
+                )
             }
             ImageError::TooLarge => write!(f, "image size overflows"),
         }
@@ -139,7 +176,11 @@ impl fmt::Display for ClassifyError {
                 "image {width}x{height} exceeds the session maximum {max_width}x{max_height}"
             ),
             ClassifyError::BadFace(why) => write!(f, "bad face region: {why}"),
-            ClassifyError::Length { what, expected, found } => {
+            ClassifyError::Length {
+                what,
+                expected,
+                found,
+            } => {
                 write!(f, "{what}: expected {expected} values, found {found}")
             }
             ClassifyError::Kernel(e) => write!(f, "kernel error: {e}"),

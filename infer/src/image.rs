@@ -49,14 +49,22 @@ pub struct ImageView<'a> {
 }
 
 impl<'a> ImageView<'a> {
-    pub fn new(data: &'a [u8], width: usize, height: usize, stride: usize, format: PixelFormat) -> Result<Self, ImageError> {
+    pub fn new(
+        data: &'a [u8],
+        width: usize,
+        height: usize,
+        stride: usize,
+        format: PixelFormat,
+    ) -> Result<Self, ImageError> {
         if width == 0 || height == 0 {
             return Err(ImageError::Empty { width, height });
         }
         if format == PixelFormat::Yuyv && width % 2 != 0 {
             return Err(ImageError::OddYuyvWidth(width));
         }
-        let row_bytes = width.checked_mul(format.bytes_per_pixel()).ok_or(ImageError::TooLarge)?;
+        let row_bytes = width
+            .checked_mul(format.bytes_per_pixel())
+            .ok_or(ImageError::TooLarge)?;
         if stride < row_bytes {
             return Err(ImageError::StrideTooSmall { stride, row_bytes });
         }
@@ -80,8 +88,15 @@ impl<'a> ImageView<'a> {
     }
 
     /// A tightly packed image (`stride = width * bytes_per_pixel`).
-    pub fn packed(data: &'a [u8], width: usize, height: usize, format: PixelFormat) -> Result<Self, ImageError> {
-        let stride = width.checked_mul(format.bytes_per_pixel()).ok_or(ImageError::TooLarge)?;
+    pub fn packed(
+        data: &'a [u8],
+        width: usize,
+        height: usize,
+        format: PixelFormat,
+    ) -> Result<Self, ImageError> {
+        let stride = width
+            .checked_mul(format.bytes_per_pixel())
+            .ok_or(ImageError::TooLarge)?;
         ImageView::new(data, width, height, stride, format)
     }
 
@@ -164,6 +179,9 @@ pub struct FaceRegion {
 
 impl FaceRegion {
     pub fn from_bbox(bbox: [f32; 4]) -> FaceRegion {
-        FaceRegion { bbox, landmarks: None }
+        FaceRegion {
+            bbox,
+            landmarks: None,
+        }
     }
 }

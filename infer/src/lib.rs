@@ -22,9 +22,9 @@
 
 extern crate alloc;
 
+pub mod detect;
 mod error;
 mod image;
-pub mod detect;
 pub mod kernels;
 mod model;
 mod network;

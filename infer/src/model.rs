@@ -2,8 +2,8 @@
 //! BatchNorm folded into the convolutions and weights packed for the kernels.
 
 use crate::error::LoadError;
-use crate::network::{Block, Network, Stem};
 use crate::kernels::{fold_batch_norm, Conv2d, Conv2dParams, Linear};
+use crate::network::{Block, Network, Stem};
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
@@ -93,19 +93,32 @@ impl Model {
         let tensors = SafeTensors::deserialize(bytes).map_err(container)?;
         let empty = Default::default();
         let meta = header.metadata().as_ref().unwrap_or(&empty);
-        let get = |key: &'static str| meta.get(key).map(|s| s.trim()).ok_or(LoadError::MissingMetadata(key));
+        let get = |key: &'static str| {
+            meta.get(key)
+                .map(|s| s.trim())
+                .ok_or(LoadError::MissingMetadata(key))
+        };
 
         let format_version = get("face2exp.format")?;
         if format_version != "1" {
-            return Err(bad("face2exp.format", format_version, "unsupported format version (this reader knows 1)"));
+            return Err(bad(
+                "face2exp.format",
+                format_version,
+                "unsupported format version (this reader knows 1)",
+            ));
         }
         let arch_name = get("arch")?;
-        let arch = Arch::parse(arch_name).ok_or_else(|| LoadError::UnknownArch(arch_name.to_string()))?;
+        let arch =
+            Arch::parse(arch_name).ok_or_else(|| LoadError::UnknownArch(arch_name.to_string()))?;
         let stem_name = get("stem")?;
         let stem = match stem_name {
             "imagenet" => Stem::Imagenet,
             "small" => Stem::Small,
-            other => return Err(LoadError::UnknownArch(format!("{arch_name} with stem {other}"))),
+            other => {
+                return Err(LoadError::UnknownArch(format!(
+                    "{arch_name} with stem {other}"
+                )))
+            }
         };
         let size_text = get("input_size")?;
         let input_size: usize = size_text
@@ -115,9 +128,16 @@ impl Model {
             return Err(bad("input_size", size_text, "outside 8..=1024"));
         }
         let classes_text = get("classes")?;
-        let class_names: Vec<String> = classes_text.split(',').map(|c| c.trim().to_string()).collect();
+        let class_names: Vec<String> = classes_text
+            .split(',')
+            .map(|c| c.trim().to_string())
+            .collect();
         if class_names.iter().any(|c| c.is_empty()) || class_names.len() > MAX_CLASSES {
-            return Err(bad("classes", classes_text, "need 1 to 8 non-empty comma-separated names"));
+            return Err(bad(
+                "classes",
+                classes_text,
+                "need 1 to 8 non-empty comma-separated names",
+            ));
         }
         let mean = parse_triplet("mean", get("mean")?)?;
         let std = parse_triplet("std", get("std")?)?;
@@ -193,7 +213,9 @@ fn parse_triplet(key: &'static str, text: &str) -> Result<[f32; 3], LoadError> {
     let mut out = [0.0f32; 3];
     let mut parts = text.split(',');
     for slot in out.iter_mut() {
-        let part = parts.next().ok_or_else(|| bad(key, text, "need three comma-separated numbers"))?;
+        let part = parts
+            .next()
+            .ok_or_else(|| bad(key, text, "need three comma-separated numbers"))?;
         *slot = part
             .trim()
             .parse()
@@ -214,7 +236,10 @@ struct Reader<'a, 'data> {
 impl Reader<'_, '_> {
     /// The tensor `name` as f32, checked against `shape` and for finite values.
     fn get(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, LoadError> {
-        let view = self.tensors.tensor(name).map_err(|_| LoadError::MissingTensor(name.to_string()))?;
+        let view = self
+            .tensors
+            .tensor(name)
+            .map_err(|_| LoadError::MissingTensor(name.to_string()))?;
         if view.shape() != shape {
             return Err(LoadError::WrongShape {
                 tensor: name.to_string(),
@@ -224,8 +249,14 @@ impl Reader<'_, '_> {
         }
         let data = view.data();
         let values: Vec<f32> = match view.dtype() {
-            Dtype::F32 => data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-            Dtype::F16 => data.chunks_exact(2).map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]]))).collect(),
+            Dtype::F32 => data
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            Dtype::F16 => data
+                .chunks_exact(2)
+                .map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]])))
+                .collect(),
             Dtype::BF16 => data
                 .chunks_exact(2)
                 .map(|b| f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16))
@@ -272,7 +303,8 @@ impl Reader<'_, '_> {
             layer: conv.to_string(),
             error,
         };
-        fold_batch_norm(&mut weight, &mut bias, &gamma, &beta, &mean, &var, BN_EPS).map_err(kernel_err)?;
+        fold_batch_norm(&mut weight, &mut bias, &gamma, &beta, &mean, &var, BN_EPS)
+            .map_err(kernel_err)?;
         Conv2d::new(params, &weight, Some(&bias)).map_err(kernel_err)
     }
 }
@@ -295,14 +327,22 @@ fn f16_to_f32(h: u16) -> f32 {
     f32::from_bits(bits)
 }
 
-fn build_network(r: &Reader<'_, '_>, arch: Arch, stem: Stem, input_size: usize, classes: usize) -> Result<Network, LoadError> {
+fn build_network(
+    r: &Reader<'_, '_>,
+    arch: Arch,
+    stem: Stem,
+    input_size: usize,
+    classes: usize,
+) -> Result<Network, LoadError> {
     let too_small = || bad_size(input_size);
     let stem_params = match stem {
         Stem::Imagenet => Conv2dParams::new(3, 64, 7, 2, 3),
         Stem::Small => Conv2dParams::new(3, 64, 3, 1, 1),
     };
     let stem_conv = r.conv_bn("conv1", "bn1", stem_params)?;
-    let (mut h, mut w) = stem_conv.output_size(input_size, input_size).ok_or_else(too_small)?;
+    let (mut h, mut w) = stem_conv
+        .output_size(input_size, input_size)
+        .ok_or_else(too_small)?;
     let mut macs = (64 * 3 * stem_params.kernel_h * stem_params.kernel_w * h * w) as u64;
     let mut max_activation = 64 * h * w;
     if stem == Stem::Imagenet {
@@ -321,18 +361,42 @@ fn build_network(r: &Reader<'_, '_>, arch: Arch, stem: Stem, input_size: usize, 
             let needs_projection = stride != 1 || in_channels != out_channels;
             let downsample = if needs_projection {
                 let params = Conv2dParams::new(in_channels, out_channels, 1, stride, 0);
-                Some(r.conv_bn(&format!("{name}.downsample.0"), &format!("{name}.downsample.1"), params)?)
+                Some(r.conv_bn(
+                    &format!("{name}.downsample.0"),
+                    &format!("{name}.downsample.1"),
+                    params,
+                )?)
             } else {
                 None
             };
             let (conv1, conv2, conv3) = if arch.bottleneck() {
-                let c1 = r.conv_bn(&format!("{name}.conv1"), &format!("{name}.bn1"), Conv2dParams::new(in_channels, width, 1, 1, 0))?;
-                let c2 = r.conv_bn(&format!("{name}.conv2"), &format!("{name}.bn2"), Conv2dParams::new(width, width, 3, stride, 1))?;
-                let c3 = r.conv_bn(&format!("{name}.conv3"), &format!("{name}.bn3"), Conv2dParams::new(width, out_channels, 1, 1, 0))?;
+                let c1 = r.conv_bn(
+                    &format!("{name}.conv1"),
+                    &format!("{name}.bn1"),
+                    Conv2dParams::new(in_channels, width, 1, 1, 0),
+                )?;
+                let c2 = r.conv_bn(
+                    &format!("{name}.conv2"),
+                    &format!("{name}.bn2"),
+                    Conv2dParams::new(width, width, 3, stride, 1),
+                )?;
+                let c3 = r.conv_bn(
+                    &format!("{name}.conv3"),
+                    &format!("{name}.bn3"),
+                    Conv2dParams::new(width, out_channels, 1, 1, 0),
+                )?;
                 (c1, c2, Some(c3))
             } else {
-                let c1 = r.conv_bn(&format!("{name}.conv1"), &format!("{name}.bn1"), Conv2dParams::new(in_channels, width, 3, stride, 1))?;
-                let c2 = r.conv_bn(&format!("{name}.conv2"), &format!("{name}.bn2"), Conv2dParams::new(width, width, 3, 1, 1))?;
+                let c1 = r.conv_bn(
+                    &format!("{name}.conv1"),
+                    &format!("{name}.bn1"),
+                    Conv2dParams::new(in_channels, width, 3, stride, 1),
+                )?;
+                let c2 = r.conv_bn(
+                    &format!("{name}.conv2"),
+                    &format!("{name}.bn2"),
+                    Conv2dParams::new(width, width, 3, 1, 1),
+                )?;
                 (c1, c2, None)
             };
             let mut block = Block {
@@ -355,9 +419,11 @@ fn build_network(r: &Reader<'_, '_>, arch: Arch, stem: Stem, input_size: usize, 
     }
     let fc_weight = r.get("fc.weight", &[classes, in_channels])?;
     let fc_bias = r.get("fc.bias", &[classes])?;
-    let fc = Linear::new(in_channels, classes, &fc_weight, Some(&fc_bias)).map_err(|error| LoadError::Kernel {
-        layer: "fc".to_string(),
-        error,
+    let fc = Linear::new(in_channels, classes, &fc_weight, Some(&fc_bias)).map_err(|error| {
+        LoadError::Kernel {
+            layer: "fc".to_string(),
+            error,
+        }
     })?;
     macs += (classes * in_channels) as u64;
     Ok(Network {

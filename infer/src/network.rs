@@ -1,6 +1,8 @@
 //! The ResNet forward pass over pre-sized buffers (the "plan" half of plan/state).
 
-use crate::kernels::{global_avg_pool, max_pool2d, Activation, Conv2d, KernelError, Linear, Parallel};
+use crate::kernels::{
+    global_avg_pool, max_pool2d, Activation, Conv2d, KernelError, Linear, Parallel,
+};
 use alloc::vec;
 use alloc::vec::Vec;
 
@@ -29,7 +31,14 @@ impl Block {
     /// Lets each convolution pick its GEMM shape for the output size it will see.
     pub fn prepare_for_input(&mut self) {
         let (mut h, mut w) = (self.in_h, self.in_w);
-        for conv in [Some(&mut self.conv1), Some(&mut self.conv2), self.conv3.as_mut()].into_iter().flatten() {
+        for conv in [
+            Some(&mut self.conv1),
+            Some(&mut self.conv2),
+            self.conv3.as_mut(),
+        ]
+        .into_iter()
+        .flatten()
+        {
             if let Some((oh, ow)) = conv.output_size(h, w) {
                 conv.prepare_for_output_pixels(oh * ow);
                 (h, w) = (oh, ow);
@@ -47,10 +56,14 @@ impl Block {
         let mut macs = 0u64;
         let mut largest = self.in_channels * self.in_h * self.in_w;
         let (mut h, mut w) = (self.in_h, self.in_w);
-        for conv in [Some(&self.conv1), Some(&self.conv2), self.conv3.as_ref()].into_iter().flatten() {
+        for conv in [Some(&self.conv1), Some(&self.conv2), self.conv3.as_ref()]
+            .into_iter()
+            .flatten()
+        {
             let p = conv.params();
             (h, w) = conv.output_size(h, w)?;
-            macs += (p.out_channels * p.in_channels / p.groups * p.kernel_h * p.kernel_w * h * w) as u64;
+            macs += (p.out_channels * p.in_channels / p.groups * p.kernel_h * p.kernel_w * h * w)
+                as u64;
             largest = largest.max(p.out_channels * h * w);
         }
         if let Some(ds) = &self.downsample {
@@ -103,7 +116,13 @@ impl Network {
     }
 
     /// Logits of one normalised CHW input `[3, S, S]`. Allocation-free.
-    pub fn forward(&self, input: &[f32], a: &mut Activations, par: &dyn Parallel, logits: &mut [f32]) -> Result<(), KernelError> {
+    pub fn forward(
+        &self,
+        input: &[f32],
+        a: &mut Activations,
+        par: &dyn Parallel,
+        logits: &mut [f32],
+    ) -> Result<(), KernelError> {
         let s = self.input_size;
         let relu = Activation::Relu;
         let (mut h, mut w) = self
@@ -112,36 +131,97 @@ impl Network {
             .ok_or(KernelError::InvalidParams("input smaller than the stem"))?;
         match self.stem {
             Stem::Imagenet => {
-                self.stem_conv.forward(input, s, s, &mut a.t1, None, relu, &mut a.scratch, par)?;
+                self.stem_conv
+                    .forward(input, s, s, &mut a.t1, None, relu, &mut a.scratch, par)?;
                 (h, w) = max_pool2d(&a.t1[..64 * h * w], (64, h, w), 3, 2, 1, &mut a.x)?;
             }
-            Stem::Small => self.stem_conv.forward(input, s, s, &mut a.x, None, relu, &mut a.scratch, par)?,
+            Stem::Small => {
+                self.stem_conv
+                    .forward(input, s, s, &mut a.x, None, relu, &mut a.scratch, par)?
+            }
         }
         let mut channels = 64;
         for block in &self.blocks {
             let (bh, bw) = (h, w);
-            let (h1, w1) = block.conv1.output_size(bh, bw).ok_or(KernelError::InvalidParams("block input too small"))?;
-            block.conv1.forward(&a.x, bh, bw, &mut a.t1, None, relu, &mut a.scratch, par)?;
+            let (h1, w1) = block
+                .conv1
+                .output_size(bh, bw)
+                .ok_or(KernelError::InvalidParams("block input too small"))?;
+            block
+                .conv1
+                .forward(&a.x, bh, bw, &mut a.t1, None, relu, &mut a.scratch, par)?;
             if let Some(ds) = &block.downsample {
-                ds.forward(&a.x, bh, bw, &mut a.shortcut, None, Activation::None, &mut a.scratch, par)?;
+                ds.forward(
+                    &a.x,
+                    bh,
+                    bw,
+                    &mut a.shortcut,
+                    None,
+                    Activation::None,
+                    &mut a.scratch,
+                    par,
+                )?;
             }
             match &block.conv3 {
                 None => {
-                    let shortcut = if block.downsample.is_some() { &a.shortcut } else { &a.x };
-                    block.conv2.forward(&a.t1, h1, w1, &mut a.t2, Some(shortcut), relu, &mut a.scratch, par)?;
+                    let shortcut = if block.downsample.is_some() {
+                        &a.shortcut
+                    } else {
+                        &a.x
+                    };
+                    block.conv2.forward(
+                        &a.t1,
+                        h1,
+                        w1,
+                        &mut a.t2,
+                        Some(shortcut),
+                        relu,
+                        &mut a.scratch,
+                        par,
+                    )?;
                     core::mem::swap(&mut a.x, &mut a.t2);
                     (h, w) = (h1, w1);
                 }
                 Some(conv3) => {
-                    let (h2, w2) = block.conv2.output_size(h1, w1).ok_or(KernelError::InvalidParams("block input too small"))?;
-                    block.conv2.forward(&a.t1, h1, w1, &mut a.t2, None, relu, &mut a.scratch, par)?;
-                    let shortcut = if block.downsample.is_some() { &a.shortcut } else { &a.x };
-                    conv3.forward(&a.t2, h2, w2, &mut a.t1, Some(shortcut), relu, &mut a.scratch, par)?;
+                    let (h2, w2) = block
+                        .conv2
+                        .output_size(h1, w1)
+                        .ok_or(KernelError::InvalidParams("block input too small"))?;
+                    block.conv2.forward(
+                        &a.t1,
+                        h1,
+                        w1,
+                        &mut a.t2,
+                        None,
+                        relu,
+                        &mut a.scratch,
+                        par,
+                    )?;
+                    let shortcut = if block.downsample.is_some() {
+                        &a.shortcut
+                    } else {
+                        &a.x
+                    };
+                    conv3.forward(
+                        &a.t2,
+                        h2,
+                        w2,
+                        &mut a.t1,
+                        Some(shortcut),
+                        relu,
+                        &mut a.scratch,
+                        par,
+                    )?;
                     core::mem::swap(&mut a.x, &mut a.t1);
                     (h, w) = (h2, w2);
                 }
             }
-            channels = block.conv3.as_ref().unwrap_or(&block.conv2).params().out_channels;
+            channels = block
+                .conv3
+                .as_ref()
+                .unwrap_or(&block.conv2)
+                .params()
+                .out_channels;
         }
         global_avg_pool(&a.x[..channels * h * w], channels, h * w, &mut a.pooled)?;
         self.fc.forward(&a.pooled, logits)

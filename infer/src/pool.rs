@@ -37,7 +37,9 @@ struct Shared {
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn work_on(&self, job: &(dyn Fn(usize, usize) + Sync), tasks: usize, worker: usize) {
@@ -134,7 +136,8 @@ impl Parallel for WorkerPool {
         let _exclusive = self.run_lock.lock().unwrap_or_else(|p| p.into_inner());
         // SAFETY: erasing the lifetime is sound because this function waits below until no
         // worker holds the pointer any more.
-        let job: *const Job = unsafe { core::mem::transmute::<&(dyn Fn(usize, usize) + Sync), &'static Job>(f) };
+        let job: *const Job =
+            unsafe { core::mem::transmute::<&(dyn Fn(usize, usize) + Sync), &'static Job>(f) };
         self.shared.next_task.store(0, Ordering::Relaxed);
         self.shared.panicked.store(false, Ordering::Relaxed);
         {
@@ -148,7 +151,11 @@ impl Parallel for WorkerPool {
         self.shared.work_on(f, tasks, 0);
         let mut state = self.shared.lock();
         while state.busy_workers > 0 {
-            state = self.shared.done.wait(state).unwrap_or_else(|p| p.into_inner());
+            state = self
+                .shared
+                .done
+                .wait(state)
+                .unwrap_or_else(|p| p.into_inner());
         }
         state.job = None;
         drop(state);

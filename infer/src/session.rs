@@ -101,10 +101,18 @@ impl<'m> Session<'m> {
         let config = SessionConfig {
             max_width: config.max_width.clamp(1, MAX_SIDE),
             max_height: config.max_height.clamp(1, MAX_SIDE),
-            threads: if cfg!(feature = "std") { config.threads.clamp(1, MAX_THREADS) } else { 1 },
+            threads: if cfg!(feature = "std") {
+                config.threads.clamp(1, MAX_THREADS)
+            } else {
+                1
+            },
         };
         #[cfg(feature = "std")]
-        let pool = if config.threads > 1 { crate::WorkerPool::new(config.threads).ok() } else { None };
+        let pool = if config.threads > 1 {
+            crate::WorkerPool::new(config.threads).ok()
+        } else {
+            None
+        };
         #[cfg(feature = "std")]
         let threads = pool.as_ref().map_or(1, |p| p.threads());
         #[cfg(not(feature = "std"))]
@@ -138,13 +146,22 @@ impl<'m> Session<'m> {
     }
 
     /// Classifies one face: aligned by its landmarks when present, else cropped to its box.
-    pub fn classify_face(&mut self, image: &ImageView<'_>, face: &FaceRegion) -> Result<Prediction, ClassifyError> {
+    pub fn classify_face(
+        &mut self,
+        image: &ImageView<'_>,
+        face: &FaceRegion,
+    ) -> Result<Prediction, ClassifyError> {
         self.preprocess(image, Some(face))?;
         self.run_network()
     }
 
     /// Classifies every face of one frame into `out` (same length as `faces`).
-    pub fn classify_batch(&mut self, image: &ImageView<'_>, faces: &[FaceRegion], out: &mut [Prediction]) -> Result<(), ClassifyError> {
+    pub fn classify_batch(
+        &mut self,
+        image: &ImageView<'_>,
+        faces: &[FaceRegion],
+        out: &mut [Prediction],
+    ) -> Result<(), ClassifyError> {
         if out.len() != faces.len() {
             return Err(ClassifyError::Length {
                 what: "classify_batch output",
@@ -159,9 +176,14 @@ impl<'m> Session<'m> {
     }
 
     /// Runs preprocessing only and returns the normalised `[3, S, S]` network input.
-    pub fn preprocess(&mut self, image: &ImageView<'_>, face: Option<&FaceRegion>) -> Result<&[f32], ClassifyError> {
+    pub fn preprocess(
+        &mut self,
+        image: &ImageView<'_>,
+        face: Option<&FaceRegion>,
+    ) -> Result<&[f32], ClassifyError> {
         let model = self.model;
-        self.preprocessor.run(image, face, model.mean(), model.std(), &mut self.input)?;
+        self.preprocessor
+            .run(image, face, model.mean(), model.std(), &mut self.input)?;
         Ok(&self.input)
     }
 

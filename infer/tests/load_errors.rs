@@ -5,9 +5,16 @@ mod common;
 use common::{metadata, random_weights, to_safetensors, Spec};
 use face2exp_infer::{LoadError, Model};
 
-const SPEC: Spec = Spec { arch: "resnet18", stem: "small", input_size: 8, classes: 7 };
+const SPEC: Spec = Spec {
+    arch: "resnet18",
+    stem: "small",
+    input_size: 8,
+    classes: 7,
+};
 
-fn load_with(edit: impl FnOnce(&mut common::Weights, &mut std::collections::HashMap<String, String>)) -> LoadError {
+fn load_with(
+    edit: impl FnOnce(&mut common::Weights, &mut std::collections::HashMap<String, String>),
+) -> LoadError {
     let mut weights = random_weights(&SPEC, 1);
     let mut meta = metadata(&SPEC);
     edit(&mut weights, &mut meta);
@@ -19,14 +26,20 @@ fn missing_tensor_is_named() {
     let err = load_with(|w, _| {
         w.remove("layer3.1.bn2.running_var");
     });
-    assert_eq!(err, LoadError::MissingTensor("layer3.1.bn2.running_var".into()));
+    assert_eq!(
+        err,
+        LoadError::MissingTensor("layer3.1.bn2.running_var".into())
+    );
     assert!(err.to_string().contains("layer3.1.bn2.running_var"));
 }
 
 #[test]
 fn misshaped_tensor_is_named_with_both_shapes() {
     let err = load_with(|w, _| {
-        w.insert("layer2.0.conv1.weight".into(), (vec![128, 64, 3, 1], vec![0.0; 128 * 64 * 3]));
+        w.insert(
+            "layer2.0.conv1.weight".into(),
+            (vec![128, 64, 3, 1], vec![0.0; 128 * 64 * 3]),
+        );
     });
     assert_eq!(
         err,
@@ -41,9 +54,15 @@ fn misshaped_tensor_is_named_with_both_shapes() {
 #[test]
 fn bad_values_and_metadata_are_rejected() {
     let err = load_with(|w, _| w.get_mut("fc.bias").unwrap().1[2] = f32::NAN);
-    assert!(matches!(err, LoadError::BadValues { ref tensor, .. } if tensor == "fc.bias"), "{err}");
+    assert!(
+        matches!(err, LoadError::BadValues { ref tensor, .. } if tensor == "fc.bias"),
+        "{err}"
+    );
     let err = load_with(|w, _| w.get_mut("bn1.running_var").unwrap().1[0] = -1.0);
-    assert!(matches!(err, LoadError::BadValues { ref tensor, .. } if tensor == "bn1.running_var"), "{err}");
+    assert!(
+        matches!(err, LoadError::BadValues { ref tensor, .. } if tensor == "bn1.running_var"),
+        "{err}"
+    );
     let err = load_with(|_, m| {
         m.insert("arch".into(), "vgg16".into());
     });
@@ -55,19 +74,43 @@ fn bad_values_and_metadata_are_rejected() {
     let err = load_with(|_, m| {
         m.insert("face2exp.format".into(), "2".into());
     });
-    assert!(matches!(err, LoadError::BadMetadata { key: "face2exp.format", .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            LoadError::BadMetadata {
+                key: "face2exp.format",
+                ..
+            }
+        ),
+        "{err}"
+    );
     let err = load_with(|_, m| {
         m.insert("mean".into(), "0.5,0.5".into());
     });
-    assert!(matches!(err, LoadError::BadMetadata { key: "mean", .. }), "{err}");
+    assert!(
+        matches!(err, LoadError::BadMetadata { key: "mean", .. }),
+        "{err}"
+    );
     let err = load_with(|_, m| {
         m.insert("input_size".into(), "4".into());
     });
-    assert!(matches!(err, LoadError::BadMetadata { key: "input_size", .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            LoadError::BadMetadata {
+                key: "input_size",
+                ..
+            }
+        ),
+        "{err}"
+    );
     let err = load_with(|_, m| {
         m.insert("classes".into(), "a,b,c,d,e,f,g,h,i".into());
     });
-    assert!(matches!(err, LoadError::BadMetadata { key: "classes", .. }), "{err}");
+    assert!(
+        matches!(err, LoadError::BadMetadata { key: "classes", .. }),
+        "{err}"
+    );
 }
 
 #[test]
@@ -80,16 +123,27 @@ fn wrong_dtype_is_named() {
                 let ints: Vec<u8> = v.iter().flat_map(|x| (*x as i32).to_le_bytes()).collect();
                 (n.clone(), s.clone(), ints, safetensors::Dtype::I32)
             } else {
-                (n.clone(), s.clone(), v.iter().flat_map(|x| x.to_le_bytes()).collect(), safetensors::Dtype::F32)
+                (
+                    n.clone(),
+                    s.clone(),
+                    v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                    safetensors::Dtype::F32,
+                )
             }
         })
         .collect();
-    let views = raw
-        .iter()
-        .map(|(n, s, d, t)| (n.clone(), safetensors::tensor::TensorView::new(*t, s.clone(), d).unwrap()));
+    let views = raw.iter().map(|(n, s, d, t)| {
+        (
+            n.clone(),
+            safetensors::tensor::TensorView::new(*t, s.clone(), d).unwrap(),
+        )
+    });
     let bytes = safetensors::tensor::serialize(views, Some(metadata(&SPEC))).unwrap();
     let err = Model::from_bytes(&bytes).unwrap_err();
-    assert!(matches!(err, LoadError::WrongDtype { ref tensor, .. } if tensor == "conv1.weight"), "{err}");
+    assert!(
+        matches!(err, LoadError::WrongDtype { ref tensor, .. } if tensor == "conv1.weight"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -97,14 +151,22 @@ fn truncated_and_missing_files_name_the_file() {
     let bytes = common::model_file(&SPEC, 2);
     for cut in [0, 7, 8, 100, bytes.len() / 2, bytes.len() - 1] {
         let err = Model::from_bytes(&bytes[..cut]).unwrap_err();
-        assert!(matches!(err, LoadError::Container(_)), "cut at {cut}: {err}");
+        assert!(
+            matches!(err, LoadError::Container(_)),
+            "cut at {cut}: {err}"
+        );
     }
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("truncated.safetensors");
     std::fs::write(&path, &bytes[..bytes.len() - 4]).unwrap();
     let msg = Model::load(&path).unwrap_err().to_string();
-    assert!(msg.contains("truncated.safetensors") && msg.contains("safetensors"), "{msg}");
-    let msg = Model::load(dir.path().join("absent.safetensors")).unwrap_err().to_string();
+    assert!(
+        msg.contains("truncated.safetensors") && msg.contains("safetensors"),
+        "{msg}"
+    );
+    let msg = Model::load(dir.path().join("absent.safetensors"))
+        .unwrap_err()
+        .to_string();
     assert!(msg.contains("absent.safetensors"), "{msg}");
     std::fs::write(&path, &bytes).unwrap();
     assert_eq!(Model::load(&path).unwrap().num_classes(), 7);

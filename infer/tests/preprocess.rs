@@ -4,12 +4,24 @@
 mod common;
 
 use common::{model_file, random_pixels, Spec};
-use face2exp_infer::{yuv_to_rgb, ClassifyError, FaceRegion, ImageView, Model, PixelFormat, Session, SessionConfig, ALIGN_TEMPLATE};
+use face2exp_infer::{
+    yuv_to_rgb, ClassifyError, FaceRegion, ImageView, Model, PixelFormat, Session, SessionConfig,
+    ALIGN_TEMPLATE,
+};
 use image::imageops::{resize, FilterType};
 use image::RgbImage;
 
 fn model(size: usize) -> Model {
-    Model::from_bytes(&model_file(&Spec { arch: "resnet18", stem: "small", input_size: size, classes: 7 }, 5)).unwrap()
+    Model::from_bytes(&model_file(
+        &Spec {
+            arch: "resnet18",
+            stem: "small",
+            input_size: size,
+            classes: 7,
+        },
+        5,
+    ))
+    .unwrap()
 }
 
 /// Undo normalisation: the 8-bit level each input value came from.
@@ -43,12 +55,18 @@ fn encode(rgb: &RgbImage, format: PixelFormat, pad: usize) -> (Vec<u8>, usize) {
     (out, stride)
 }
 
-fn max_diff(model: &Model, session: &mut Session, view: &ImageView, face: Option<&FaceRegion>, want: &RgbImage) -> f32 {
+fn max_diff(
+    model: &Model,
+    session: &mut Session,
+    view: &ImageView,
+    face: Option<&FaceRegion>,
+    want: &RgbImage,
+) -> f32 {
     let got = levels(session.preprocess(view, face).unwrap(), model);
     let mut worst = 0.0f32;
-    for (i, p) in want.pixels().enumerate() {
-        for c in 0..3 {
-            worst = worst.max((got[i][c] - p.0[c] as f32).abs());
+    for (g, p) in got.iter().zip(want.pixels()) {
+        for (&level, &reference) in g.iter().zip(&p.0) {
+            worst = worst.max((level - reference as f32).abs());
         }
     }
     worst
@@ -56,11 +74,23 @@ fn max_diff(model: &Model, session: &mut Session, view: &ImageView, face: Option
 
 #[test]
 fn resize_matches_image_crate_in_every_format() {
-    for (size, (w, h)) in [(48, (97, 61)), (64, (64, 64)), (64, (23, 40)), (16, (300, 211))] {
+    for (size, (w, h)) in [
+        (48, (97, 61)),
+        (64, (64, 64)),
+        (64, (23, 40)),
+        (16, (300, 211)),
+    ] {
         let model = model(size);
         let mut session = Session::new(&model, SessionConfig::default());
-        for format in [PixelFormat::Rgb8, PixelFormat::Bgr8, PixelFormat::Rgba8, PixelFormat::Bgra8, PixelFormat::Gray8] {
-            let mut rgb = RgbImage::from_raw(w, h, random_pixels((w * h * 3) as usize, w as u64)).unwrap();
+        for format in [
+            PixelFormat::Rgb8,
+            PixelFormat::Bgr8,
+            PixelFormat::Rgba8,
+            PixelFormat::Bgra8,
+            PixelFormat::Gray8,
+        ] {
+            let mut rgb =
+                RgbImage::from_raw(w, h, random_pixels((w * h * 3) as usize, w as u64)).unwrap();
             if format == PixelFormat::Gray8 {
                 rgb.pixels_mut().for_each(|p| p.0 = [p.0[0]; 3]);
             }
@@ -68,7 +98,10 @@ fn resize_matches_image_crate_in_every_format() {
             let (bytes, stride) = encode(&rgb, format, 5);
             let view = ImageView::new(&bytes, w as usize, h as usize, stride, format).unwrap();
             let diff = max_diff(&model, &mut session, &view, None, &want);
-            assert!(diff <= 1.0 + 1e-3, "{format:?} {w}x{h}->{size}: max diff {diff} grey levels");
+            assert!(
+                diff <= 1.0 + 1e-3,
+                "{format:?} {w}x{h}->{size}: max diff {diff} grey levels"
+            );
         }
     }
 }
@@ -92,7 +125,10 @@ fn face_box_crops_then_resizes() {
     let want = resize(&crop, 32, 32, FilterType::Triangle);
     assert!(max_diff(&model, &mut session, &view, Some(&clipped), &want) <= 1.0 + 1e-3);
     let outside = FaceRegion::from_bbox([500.0, 0.0, 10.0, 10.0]);
-    assert!(matches!(session.classify_face(&view, &outside), Err(ClassifyError::BadFace(_))));
+    assert!(matches!(
+        session.classify_face(&view, &outside),
+        Err(ClassifyError::BadFace(_))
+    ));
 }
 
 #[test]
@@ -124,7 +160,10 @@ fn landmarks_align_face_to_template() {
     let (angle, scale, tx, ty) = (0.3f32, 3.0f32, 120.0f32, 40.0f32);
     let to_image = |p: [f32; 2]| {
         let (x, y) = (p[0] * size as f32, p[1] * size as f32);
-        [scale * (angle.cos() * x - angle.sin() * y) + tx, scale * (angle.sin() * x + angle.cos() * y) + ty]
+        [
+            scale * (angle.cos() * x - angle.sin() * y) + tx,
+            scale * (angle.sin() * x + angle.cos() * y) + ty,
+        ]
     };
     let landmarks: [[f32; 2]; 5] = core::array::from_fn(|i| to_image(ALIGN_TEMPLATE[i]));
     let mut grey = vec![0u8; w * h];
@@ -136,12 +175,55 @@ fn landmarks_align_face_to_template() {
         }
     }
     let view = ImageView::packed(&grey, w, h, PixelFormat::Gray8).unwrap();
-    let face = FaceRegion { bbox: [0.0, 0.0, 1.0, 1.0], landmarks: Some(landmarks) };
+    let face = FaceRegion {
+        bbox: [0.0, 0.0, 1.0, 1.0],
+        landmarks: Some(landmarks),
+    };
     let got = levels(session.preprocess(&view, Some(&face)).unwrap(), &model);
     for t in ALIGN_TEMPLATE {
         let (x, y) = ((t[0] * size as f32) as usize, (t[1] * size as f32) as usize);
-        assert!(got[y * size + x][0] > 200.0, "template point {t:?} is dark: {}", got[y * size + x][0]);
+        assert!(
+            got[y * size + x][0] > 200.0,
+            "template point {t:?} is dark: {}",
+            got[y * size + x][0]
+        );
     }
     // Far from any landmark the aligned crop is black.
     assert!(got[2 * size + 2][0] < 1.0);
+}
+
+#[test]
+fn batch_matches_single_faces_and_sizes_are_enforced() {
+    let model = model(8);
+    let mut session = Session::new(
+        &model,
+        SessionConfig {
+            max_width: 100,
+            max_height: 80,
+            threads: 1,
+        },
+    );
+    let frame = random_pixels(120 * 90 * 3, 3);
+    let view = ImageView::packed(&frame, 120, 90, PixelFormat::Rgb8).unwrap();
+    let faces = [
+        FaceRegion::from_bbox([5.0, 5.0, 40.0, 50.0]),
+        FaceRegion::from_bbox([60.0, 20.0, 30.0, 30.0]),
+    ];
+    let mut batch = [face2exp_infer::Prediction::EMPTY; 2];
+    session.classify_batch(&view, &faces, &mut batch).unwrap();
+    for (face, got) in faces.iter().zip(&batch) {
+        let single = session.classify_face(&view, face).unwrap();
+        assert_eq!(&single, got);
+        let sum: f32 = got.probs().iter().sum();
+        assert!((sum - 1.0).abs() < 1e-5 && got.confidence == got.probs[got.class]);
+    }
+    assert!(matches!(
+        session.classify_batch(&view, &faces, &mut batch[..1]),
+        Err(ClassifyError::Length { .. })
+    ));
+    // The whole 120x90 frame exceeds the 100x80 maximum; a crop inside it does not.
+    assert!(matches!(
+        session.classify(&view),
+        Err(ClassifyError::TooLarge { .. })
+    ));
 }

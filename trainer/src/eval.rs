@@ -31,7 +31,10 @@ pub struct Metrics {
 
 impl Metrics {
     /// Computes the metrics of a square confusion matrix with one row per class name.
-    pub fn from_confusion(confusion: Vec<Vec<u64>>, class_names: Vec<String>) -> anyhow::Result<Self> {
+    pub fn from_confusion(
+        confusion: Vec<Vec<u64>>,
+        class_names: Vec<String>,
+    ) -> anyhow::Result<Self> {
         let k = class_names.len();
         if k == 0 || confusion.len() != k || confusion.iter().any(|row| row.len() != k) {
             bail!("the confusion matrix must be {k}x{k}, one row and column per class");
@@ -53,7 +56,11 @@ impl Metrics {
                 }
             })
             .collect();
-        let defined: Vec<f64> = per_class_acc.iter().copied().filter(|a| !a.is_nan()).collect();
+        let defined: Vec<f64> = per_class_acc
+            .iter()
+            .copied()
+            .filter(|a| !a.is_nan())
+            .collect();
         let mean = defined.iter().sum::<f64>() / defined.len() as f64;
         let var = defined.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / defined.len() as f64;
         Ok(Self {
@@ -75,7 +82,16 @@ impl Metrics {
             .class_names
             .iter()
             .zip(&self.per_class_acc)
-            .map(|(name, &acc)| (name.clone(), if acc.is_nan() { Value::Null } else { json!(acc) }))
+            .map(|(name, &acc)| {
+                (
+                    name.clone(),
+                    if acc.is_nan() {
+                        Value::Null
+                    } else {
+                        json!(acc)
+                    },
+                )
+            })
             .collect();
         json!({
             "n": self.n,
@@ -103,7 +119,13 @@ impl fmt::Display for Metrics {
             100. * self.mean_class_acc,
             100. * self.std_class_acc
         )?;
-        let width = self.class_names.iter().map(|s| s.len()).max().unwrap_or(5).max(8);
+        let width = self
+            .class_names
+            .iter()
+            .map(|s| s.len())
+            .max()
+            .unwrap_or(5)
+            .max(8);
         write!(f, "{:>width$} {:>7} {:>7} |", "true\\pred", "n", "acc")?;
         for name in &self.class_names {
             write!(f, " {:>8}", truncate(name, 8))?;
@@ -112,7 +134,11 @@ impl fmt::Display for Metrics {
         for (i, name) in self.class_names.iter().enumerate() {
             let total: u64 = self.confusion[i].iter().sum();
             let acc = self.per_class_acc[i];
-            let acc = if acc.is_nan() { "-".to_string() } else { format!("{:.2}%", 100. * acc) };
+            let acc = if acc.is_nan() {
+                "-".to_string()
+            } else {
+                format!("{:.2}%", 100. * acc)
+            };
             write!(f, "{name:>width$} {total:>7} {acc:>7} |")?;
             for count in &self.confusion[i] {
                 write!(f, " {count:>8}")?;
@@ -137,10 +163,14 @@ pub fn evaluate(
     let k = model.config().num_classes;
     let mut confusion = vec![vec![0u64; k]; k];
     for (index, batch) in batches.enumerate() {
-        let (images, labels) = batch.with_context(|| format!("loading evaluation batch {index}"))?;
+        let (images, labels) =
+            batch.with_context(|| format!("loading evaluation batch {index}"))?;
         let n = images.dim(0)?;
         if labels.len() != n {
-            bail!("evaluation batch {index} has {n} images but {} labels", labels.len());
+            bail!(
+                "evaluation batch {index} has {n} images but {} labels",
+                labels.len()
+            );
         }
         if let Some(&bad) = labels.iter().find(|&&l| l as usize >= k) {
             bail!("evaluation batch {index} has label {bad}, but the model has only {k} classes");
@@ -156,7 +186,10 @@ pub fn evaluate(
             confusion[truth as usize][predicted as usize] += 1;
         }
     }
-    let names = crate::labels::class_names(k).iter().map(|s| s.to_string()).collect();
+    let names = crate::labels::class_names(k)
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     Metrics::from_confusion(confusion, names)
 }
 
@@ -165,7 +198,10 @@ mod tests {
     use super::*;
 
     fn names(k: usize) -> Vec<String> {
-        crate::labels::class_names(k).iter().map(|s| s.to_string()).collect()
+        crate::labels::class_names(k)
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
     }
 
     #[test]
@@ -184,14 +220,24 @@ mod tests {
         let keys: Vec<&String> = json.as_object().unwrap().keys().collect();
         assert_eq!(
             keys,
-            ["confusion", "mean_class_acc", "n", "overall_acc", "per_class_acc", "std_class_acc"]
+            [
+                "confusion",
+                "mean_class_acc",
+                "n",
+                "overall_acc",
+                "per_class_acc",
+                "std_class_acc"
+            ]
         );
         assert_eq!(json["per_class_acc"]["happy"], 0.4);
         assert!(json["per_class_acc"]["sad"].is_null());
         assert_eq!(json["confusion"][1], json!([1, 2, 2]));
         let table = m.table();
         assert!(table.contains("overall acc = 66.67%"), "{table}");
-        assert!(table.contains("neutral") && table.contains("80.00%"), "{table}");
+        assert!(
+            table.contains("neutral") && table.contains("80.00%"),
+            "{table}"
+        );
     }
 
     #[test]
@@ -206,10 +252,21 @@ mod tests {
         use candle_nn::{VarBuilder, VarMap};
         let dev = Device::Cpu;
         let varmap = VarMap::new();
-        let cfg = ResNetConfig { arch: Arch::Resnet18, stem: Stem::Imagenet, num_classes: 7, input_size: 32 };
-        let model = ResNet::new(&cfg, VarBuilder::from_varmap(&varmap, candle_core::DType::F32, &dev))?;
+        let cfg = ResNetConfig {
+            arch: Arch::Resnet18,
+            stem: Stem::Imagenet,
+            num_classes: 7,
+            input_size: 32,
+        };
+        let model = ResNet::new(
+            &cfg,
+            VarBuilder::from_varmap(&varmap, candle_core::DType::F32, &dev),
+        )?;
         let images = Tensor::randn(0f32, 1., (5, 3, 32, 32), &dev)?;
-        let predicted: Vec<u32> = model.forward_t(&images, false)?.argmax(D::Minus1)?.to_vec1()?;
+        let predicted: Vec<u32> = model
+            .forward_t(&images, false)?
+            .argmax(D::Minus1)?
+            .to_vec1()?;
         // Label the first three as the network predicts, the last two as something else.
         let mut labels = predicted.clone();
         labels[3] = (predicted[3] + 1) % 7;
@@ -221,9 +278,13 @@ mod tests {
         let m = evaluate(&model, batches.into_iter(), &dev)?;
         assert_eq!(m.n, 5);
         assert!((m.overall_acc - 0.6).abs() < 1e-12);
-        assert_eq!(m.confusion[labels[3] as usize][predicted[3] as usize] >= 1, true);
+        let diagonal: u64 = (0..7).map(|i| m.confusion[i][i]).sum();
+        assert_eq!(diagonal, 3);
+        assert!(m.confusion[labels[3] as usize][predicted[3] as usize] >= 1);
         let bad = vec![Ok((images.narrow(0, 0, 1)?, vec![7u32]))];
-        let err = evaluate(&model, bad.into_iter(), &dev).unwrap_err().to_string();
+        let err = evaluate(&model, bad.into_iter(), &dev)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("label 7"), "{err}");
         Ok(())
     }

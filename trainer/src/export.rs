@@ -108,7 +108,9 @@ impl ModelMeta {
         };
         let format = get(KEY_FORMAT)?;
         if format != FORMAT_VERSION {
-            bail!("unsupported `{KEY_FORMAT}` `{format}`: this version reads format {FORMAT_VERSION}");
+            bail!(
+                "unsupported `{KEY_FORMAT}` `{format}`: this version reads format {FORMAT_VERSION}"
+            );
         }
         let input_size = get("input_size")?;
         let meta = Self {
@@ -146,12 +148,21 @@ impl ModelMeta {
                 );
             };
             if last.is_some_and(|l| index <= l) {
-                bail!("`classes` must be distinct canonical names in canonical order, got `{}`", self.classes.join(","));
+                bail!(
+                    "`classes` must be distinct canonical names in canonical order, got `{}`",
+                    self.classes.join(",")
+                );
             }
             last = Some(index);
         }
-        if self.std.iter().any(|&s| !(s > 0.0 && s.is_finite())) || self.mean.iter().any(|m| !m.is_finite()) {
-            bail!("`mean`/`std` must be finite and `std` positive, got {:?} / {:?}", self.mean, self.std);
+        if self.std.iter().any(|&s| !(s > 0.0 && s.is_finite()))
+            || self.mean.iter().any(|m| !m.is_finite())
+        {
+            bail!(
+                "`mean`/`std` must be finite and `std` positive, got {:?} / {:?}",
+                self.mean,
+                self.std
+            );
         }
         for key in self.extra.keys() {
             if RESERVED_KEYS.contains(&key.as_str()) {
@@ -186,13 +197,20 @@ pub fn varmap_tensors(varmap: &VarMap) -> Vec<(String, Tensor)> {
 /// Writes `tensors` (converted to contiguous F32 on the CPU) and `meta` to `path` atomically:
 /// a temporary file in the same directory is written, flushed to disk and renamed over `path`,
 /// so a reader never sees a half-written file.
-pub fn write_weights(path: &Path, tensors: &[(String, Tensor)], meta: &ModelMeta) -> anyhow::Result<()> {
+pub fn write_weights(
+    path: &Path,
+    tensors: &[(String, Tensor)],
+    meta: &ModelMeta,
+) -> anyhow::Result<()> {
     let metadata = meta.to_metadata()?;
     let mut f32_tensors = Vec::with_capacity(tensors.len());
     let mut seen = BTreeSet::new();
     for (name, tensor) in tensors {
         if !seen.insert(name.as_str()) {
-            bail!("cannot write {}: tensor `{name}` is given twice", path.display());
+            bail!(
+                "cannot write {}: tensor `{name}` is given twice",
+                path.display()
+            );
         }
         let t = tensor
             .to_device(&Device::Cpu)?
@@ -210,9 +228,12 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| anyhow!("cannot write weights to {}: not a file path", path.display()))?;
+    let file_name = path.file_name().ok_or_else(|| {
+        anyhow!(
+            "cannot write weights to {}: not a file path",
+            path.display()
+        )
+    })?;
     let tmp = dir.join(format!(
         ".{}.{}.tmp",
         file_name.to_string_lossy(),
@@ -249,7 +270,11 @@ fn parse_safetensors<'a>(path: &Path, bytes: &'a [u8]) -> anyhow::Result<SafeTen
     })
 }
 
-fn tensors_from(path: &Path, st: &SafeTensors, device: &Device) -> anyhow::Result<HashMap<String, Tensor>> {
+fn tensors_from(
+    path: &Path,
+    st: &SafeTensors,
+    device: &Device,
+) -> anyhow::Result<HashMap<String, Tensor>> {
     let mut out = HashMap::new();
     for (name, view) in st.tensors() {
         if name.ends_with("num_batches_tracked") {
@@ -280,7 +305,10 @@ pub fn read_tensors(path: &Path, device: &Device) -> anyhow::Result<HashMap<Stri
 }
 
 /// The tensors and metadata of a face2exp weights file.
-pub fn read_weights(path: &Path, device: &Device) -> anyhow::Result<(HashMap<String, Tensor>, ModelMeta)> {
+pub fn read_weights(
+    path: &Path,
+    device: &Device,
+) -> anyhow::Result<(HashMap<String, Tensor>, ModelMeta)> {
     let bytes = read_file(path)?;
     let st = parse_safetensors(path, &bytes)?;
     let (_, header) = SafeTensors::read_metadata(&bytes)
@@ -305,11 +333,22 @@ struct CheckedTensors {
 }
 
 impl SimpleBackend for CheckedTensors {
-    fn get(&self, shape: Shape, name: &str, _: Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+    fn get(
+        &self,
+        shape: Shape,
+        name: &str,
+        _: Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
         self.used.lock().expect("poisoned").insert(name.to_string());
         let problem = match self.tensors.get(name) {
             Some(t) if t.shape() == &shape => return t.to_device(dev)?.to_dtype(dtype),
-            Some(t) => format!("tensor `{name}` has shape {:?}, expected {:?}", t.dims(), shape.dims()),
+            Some(t) => format!(
+                "tensor `{name}` has shape {:?}, expected {:?}",
+                t.dims(),
+                shape.dims()
+            ),
             None => format!("missing tensor `{name}` (shape {:?})", shape.dims()),
         };
         self.problems.lock().expect("poisoned").push(problem);
@@ -343,17 +382,37 @@ pub fn model_from_tensors(
         used: Mutex::default(),
         problems: Mutex::default(),
     });
-    let vb = VarBuilder::from_backend(Box::new(ArcBackend(checked.clone())), DType::F32, device.clone());
-    let model = ResNet::new(config, vb).with_context(|| format!("{}: cannot build {} / {}", source.display(), config.arch, config.stem))?;
+    let vb = VarBuilder::from_backend(
+        Box::new(ArcBackend(checked.clone())),
+        DType::F32,
+        device.clone(),
+    );
+    let model = ResNet::new(config, vb).with_context(|| {
+        format!(
+            "{}: cannot build {} / {}",
+            source.display(),
+            config.arch,
+            config.stem
+        )
+    })?;
     let mut problems = checked.problems.lock().expect("poisoned").clone();
     let used = checked.used.lock().expect("poisoned");
-    let mut unused: Vec<&String> = checked.tensors.keys().filter(|k| !used.contains(*k)).collect();
+    let mut unused: Vec<&String> = checked
+        .tensors
+        .keys()
+        .filter(|k| !used.contains(*k))
+        .collect();
     unused.sort();
     if !unused.is_empty() {
         problems.push(format!(
             "unexpected tensor{} {} (not part of {} with stem {})",
             if unused.len() > 1 { "s" } else { "" },
-            unused.iter().take(5).map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", "),
+            unused
+                .iter()
+                .take(5)
+                .map(|s| format!("`{s}`"))
+                .collect::<Vec<_>>()
+                .join(", "),
             config.arch,
             config.stem
         ));
@@ -368,7 +427,11 @@ pub fn model_from_tensors(
             config.stem,
             config.num_classes,
             problems.join("; "),
-            if more > 0 { format!("; and {more} more") } else { String::new() }
+            if more > 0 {
+                format!("; and {more} more")
+            } else {
+                String::new()
+            }
         );
     }
     Ok(model)
@@ -377,7 +440,14 @@ pub fn model_from_tensors(
 struct ArcBackend(std::sync::Arc<CheckedTensors>);
 
 impl SimpleBackend for ArcBackend {
-    fn get(&self, s: Shape, name: &str, h: Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        h: Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
         self.0.get(s, name, h, dtype, dev)
     }
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
@@ -395,3 +465,171 @@ pub fn load_model(path: &Path, device: &Device) -> anyhow::Result<(ResNet, Model
     Ok((model, meta))
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::BnMode;
+
+    fn small_model() -> anyhow::Result<(VarMap, ResNet, ModelMeta)> {
+        let config = ResNetConfig {
+            arch: Arch::Resnet18,
+            stem: Stem::Imagenet,
+            num_classes: 7,
+            input_size: 48,
+        };
+        let varmap = VarMap::new();
+        let model = ResNet::new(
+            &config,
+            VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+        )?;
+        let mut meta = ModelMeta::new(&config);
+        meta.extra.insert("method".into(), "meta".into());
+        Ok((varmap, model, meta))
+    }
+
+    fn header(meta: &ModelMeta) -> HashMap<String, String> {
+        meta.to_metadata().unwrap()
+    }
+
+    #[test]
+    fn round_trip_keeps_tensors_metadata_and_outputs() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("model.safetensors");
+        let (varmap, model, meta) = small_model()?;
+        // Move the running statistics away from their init so the round trip is not trivial.
+        let x = Tensor::randn(0f32, 1., (4, 3, 48, 48), &Device::Cpu)?;
+        model.forward_with(&x, BnMode::Train)?;
+        write_weights(&path, &varmap_tensors(&varmap), &meta)?;
+        let leftovers: Vec<_> = fs::read_dir(dir.path())?.collect();
+        assert_eq!(leftovers.len(), 1, "temporary file left behind");
+        let (tensors, read_meta) = read_weights(&path, &Device::Cpu)?;
+        assert_eq!(read_meta, meta);
+        assert_eq!(read_meta.extra["preprocess"], "resize-triangle");
+        assert_eq!(tensors.len(), 102);
+        let (loaded, _) = load_model(&path, &Device::Cpu)?;
+        let want = model.forward_t(&x, false)?;
+        let got = loaded.forward_t(&x, false)?;
+        let diff = (want - got)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert_eq!(diff, 0.0);
+        Ok(())
+    }
+
+    #[test]
+    fn half_precision_and_num_batches_tracked_are_accepted() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("half.safetensors");
+        let (varmap, _, meta) = small_model()?;
+        let mut tensors: Vec<(String, Tensor)> = varmap_tensors(&varmap)
+            .into_iter()
+            .map(|(k, t)| (k, t.to_dtype(DType::F16).unwrap()))
+            .collect();
+        tensors.push((
+            "bn1.num_batches_tracked".into(),
+            Tensor::new(3i64, &Device::Cpu)?,
+        ));
+        let views: Vec<(&str, &Tensor)> = tensors.iter().map(|(k, t)| (k.as_str(), t)).collect();
+        fs::write(&path, safetensors::serialize(views, Some(header(&meta)))?)?;
+        let (model, _) = load_model(&path, &Device::Cpu)?;
+        let x = Tensor::randn(0f32, 1., (1, 3, 48, 48), &Device::Cpu)?;
+        assert_eq!(model.forward_t(&x, false)?.dims(), [1, 7]);
+        let (read, _) = read_weights(&path, &Device::Cpu)?;
+        assert_eq!(read["fc.weight"].dtype(), DType::F32);
+        assert!(!read.contains_key("bn1.num_batches_tracked"));
+        Ok(())
+    }
+
+    #[test]
+    fn truncated_and_corrupt_files_are_clear_errors() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("model.safetensors");
+        let (varmap, _, meta) = small_model()?;
+        write_weights(&path, &varmap_tensors(&varmap), &meta)?;
+        let bytes = fs::read(&path)?;
+        fs::write(&path, &bytes[..bytes.len() / 2])?;
+        let err = format!("{:#}", load_model(&path, &Device::Cpu).unwrap_err());
+        assert!(
+            err.contains("model.safetensors") && err.contains("truncated or corrupt"),
+            "{err}"
+        );
+        fs::write(&path, b"not a safetensors file at all")?;
+        let err = format!("{:#}", read_weights(&path, &Device::Cpu).unwrap_err());
+        assert!(err.contains("truncated or corrupt"), "{err}");
+        let missing = dir.path().join("absent.safetensors");
+        let err = format!("{:#}", load_model(&missing, &Device::Cpu).unwrap_err());
+        assert!(err.contains("absent.safetensors"), "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn wrong_metadata_is_rejected_with_the_key() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("meta.safetensors");
+        let (varmap, _, meta) = small_model()?;
+        let tensors = varmap_tensors(&varmap);
+        let views = || {
+            tensors
+                .iter()
+                .map(|(k, t)| (k.as_str(), t))
+                .collect::<Vec<_>>()
+        };
+        let cases: [(&str, &str, &str); 6] = [
+            ("face2exp.format", "2", "unsupported `face2exp.format` `2`"),
+            ("arch", "resnet19", "unknown architecture `resnet19`"),
+            ("classes", "neutral,happy,smirk", "`smirk`"),
+            ("classes", "happy,neutral", "canonical order"),
+            ("mean", "0.5,0.5", "needs 3 values"),
+            ("input_size", "big", "`input_size` `big`"),
+        ];
+        for (key, value, expected) in cases {
+            let mut map = header(&meta);
+            map.insert(key.into(), value.into());
+            fs::write(&path, safetensors::serialize(views(), Some(map))?)?;
+            let err = format!("{:#}", read_weights(&path, &Device::Cpu).unwrap_err());
+            assert!(
+                err.contains(expected) && err.contains("meta.safetensors"),
+                "{err}"
+            );
+        }
+        fs::write(&path, safetensors::serialize(views(), None)?)?;
+        let err = format!("{:#}", read_weights(&path, &Device::Cpu).unwrap_err());
+        assert!(err.contains("no face2exp metadata"), "{err}");
+        let mut bad = meta.clone();
+        bad.extra.insert("arch".into(), "resnet50".into());
+        assert!(write_weights(&path, &tensors, &bad).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn missing_misshapen_and_mistyped_tensors_are_named() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("broken.safetensors");
+        let (varmap, _, meta) = small_model()?;
+        let mut tensors = varmap_tensors(&varmap);
+        tensors.retain(|(k, _)| k != "layer1.0.conv1.weight");
+        for (k, t) in tensors.iter_mut() {
+            if k == "fc.weight" {
+                *t = Tensor::zeros((8, 512), DType::F32, &Device::Cpu)?;
+            }
+        }
+        tensors.push((
+            "extra.weight".into(),
+            Tensor::zeros(3, DType::F32, &Device::Cpu)?,
+        ));
+        write_weights(&path, &tensors, &meta)?;
+        let err = format!("{:#}", load_model(&path, &Device::Cpu).unwrap_err());
+        for needle in [
+            "broken.safetensors",
+            "missing tensor `layer1.0.conv1.weight`",
+            "`fc.weight` has shape [8, 512], expected [7, 512]",
+            "unexpected tensor `extra.weight`",
+        ] {
+            assert!(err.contains(needle), "`{needle}` not in: {err}");
+        }
+        let ints = Tensor::zeros(64, DType::U32, &Device::Cpu)?;
+        let views = vec![("bn1.weight", &ints)];
+        fs::write(&path, safetensors::serialize(views, Some(header(&meta)))?)?;
+        let err = format!("{:#}", read_weights(&path, &Device::Cpu).unwrap_err());
+        assert!(err.contains("`bn1.weight` has dtype U32"), "{err}");
+        Ok(())
+    }
+}

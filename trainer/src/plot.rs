@@ -128,10 +128,18 @@ fn blues(t: f64) -> Rgb<u8> {
 pub fn confusion_png(path: &Path, metrics: &Metrics) -> anyhow::Result<()> {
     let k = metrics.class_names.len() as i64;
     if k == 0 || metrics.confusion.len() != k as usize {
-        bail!("cannot plot {}: the confusion matrix does not match the class names", path.display());
+        bail!(
+            "cannot plot {}: the confusion matrix does not match the class names",
+            path.display()
+        );
     }
     let cell = 136i64;
-    let name_width = metrics.class_names.iter().map(|n| text_width(n, 2)).max().unwrap_or(0);
+    let name_width = metrics
+        .class_names
+        .iter()
+        .map(|n| text_width(n, 2))
+        .max()
+        .unwrap_or(0);
     let (left, top) = (name_width + 60, 110i64);
     let (width, height) = (left + k * cell + 40, top + k * cell + 110);
     let mut c = Canvas::new(width as u32, height as u32);
@@ -146,23 +154,49 @@ pub fn confusion_png(path: &Path, metrics: &Metrics) -> anyhow::Result<()> {
     c.text(10, top - 34, "true", 2, AXIS);
     for (i, name) in metrics.class_names.iter().enumerate() {
         let i = i as i64;
-        c.text_centered(left + i * cell + cell / 2, top + k * cell + 14, name, 2, BLACK);
-        c.text(left - 20 - text_width(name, 2), top + i * cell + cell / 2 - 8, name, 2, BLACK);
+        c.text_centered(
+            left + i * cell + cell / 2,
+            top + k * cell + 14,
+            name,
+            2,
+            BLACK,
+        );
+        c.text(
+            left - 20 - text_width(name, 2),
+            top + i * cell + cell / 2 - 8,
+            name,
+            2,
+            BLACK,
+        );
     }
     for (i, row) in metrics.confusion.iter().enumerate() {
         let total: u64 = row.iter().sum();
         for (j, &count) in row.iter().enumerate() {
-            let share = if total == 0 { 0. } else { count as f64 / total as f64 };
+            let share = if total == 0 {
+                0.
+            } else {
+                count as f64 / total as f64
+            };
             let (x, y) = (left + j as i64 * cell, top + i as i64 * cell);
             c.fill_rect(x, y, cell, cell, blues(share));
             c.rect_outline(x, y, cell, cell, GRID);
             let ink = if share > 0.5 { WHITE } else { BLACK };
-            let percent = if total == 0 { "-".to_string() } else { format!("{:.1}%", 100. * share) };
+            let percent = if total == 0 {
+                "-".to_string()
+            } else {
+                format!("{:.1}%", 100. * share)
+            };
             c.text_centered(x + cell / 2, y + cell / 2 - 22, &percent, 2, ink);
             c.text_centered(x + cell / 2, y + cell / 2 + 10, &count.to_string(), 2, ink);
         }
     }
-    c.text(10, height - 30, "rows: true class, normalised per row; cells: percent and count", 2, AXIS);
+    c.text(
+        10,
+        height - 30,
+        "rows: true class, normalised per row; cells: percent and count",
+        2,
+        AXIS,
+    );
     c.save(path)
 }
 
@@ -170,7 +204,10 @@ pub fn confusion_png(path: &Path, metrics: &Metrics) -> anyhow::Result<()> {
 fn nice_step(span: f64, target: f64) -> f64 {
     let raw = span / target;
     let magnitude = 10f64.powf(raw.log10().floor());
-    let step = [1., 2., 5., 10.].iter().map(|m| m * magnitude).find(|&s| s >= raw);
+    let step = [1., 2., 5., 10.]
+        .iter()
+        .map(|m| m * magnitude)
+        .find(|&s| s >= raw);
     step.unwrap_or(10. * magnitude)
 }
 
@@ -195,13 +232,30 @@ fn padded_range(lo: f64, hi: f64, pad: f64) -> (f64, f64) {
 
 /// Draws named (step, value) curves on shared axes with a legend, e.g. training loss and
 /// validation accuracy over steps. Non-finite values break the curve instead of failing.
-pub fn curves_png(path: &Path, title: &str, series: &[(&str, Vec<(f64, f64)>)]) -> anyhow::Result<()> {
-    let points = || series.iter().flat_map(|(_, p)| p.iter()).filter(|(x, y)| x.is_finite() && y.is_finite());
+pub fn curves_png(
+    path: &Path,
+    title: &str,
+    series: &[(&str, Vec<(f64, f64)>)],
+) -> anyhow::Result<()> {
+    let points = || {
+        series
+            .iter()
+            .flat_map(|(_, p)| p.iter())
+            .filter(|(x, y)| x.is_finite() && y.is_finite())
+    };
     if points().next().is_none() {
-        bail!("cannot plot {}: no finite data points in {} series", path.display(), series.len());
+        bail!(
+            "cannot plot {}: no finite data points in {} series",
+            path.display(),
+            series.len()
+        );
     }
     let fold = |f: fn(&(f64, f64)) -> f64| {
-        points().map(f).fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)))
+        points()
+            .map(f)
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+                (lo.min(v), hi.max(v))
+            })
     };
     let (x_lo, x_hi) = fold(|p| p.0);
     let (y_lo, y_hi) = fold(|p| p.1);
@@ -255,7 +309,12 @@ pub fn curves_png(path: &Path, title: &str, series: &[(&str, Vec<(f64, f64)>)]) 
         }
     }
     // Legend in the top-right corner of the plot area.
-    let legend_width = series.iter().map(|(n, _)| text_width(n, 2)).max().unwrap_or(0) + 60;
+    let legend_width = series
+        .iter()
+        .map(|(n, _)| text_width(n, 2))
+        .max()
+        .unwrap_or(0)
+        + 60;
     let (lx, ly) = (right - legend_width - 10, top + 10);
     c.fill_rect(lx, ly, legend_width, 26 * series.len() as i64 + 10, WHITE);
     c.rect_outline(lx, ly, legend_width, 26 * series.len() as i64 + 10, AXIS);
@@ -287,7 +346,10 @@ mod tests {
     fn confusion_png_is_written_and_shows_cells_and_text() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("confusion.png");
-        let names: Vec<String> = crate::labels::class_names(7).iter().map(|s| s.to_string()).collect();
+        let names: Vec<String> = crate::labels::class_names(7)
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         let mut confusion = vec![vec![3u64; 7]; 7];
         for (i, row) in confusion.iter_mut().enumerate() {
             row[i] = 40 + 10 * i as u64;
@@ -307,7 +369,9 @@ mod tests {
     fn curves_png_draws_every_series() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("curves.png");
-        let loss: Vec<(f64, f64)> = (0..50).map(|i| (i as f64 * 10., 2.0 * (-0.05 * i as f64).exp())).collect();
+        let loss: Vec<(f64, f64)> = (0..50)
+            .map(|i| (i as f64 * 10., 2.0 * (-0.05 * i as f64).exp()))
+            .collect();
         let acc: Vec<(f64, f64)> = (0..10).map(|i| (i as f64 * 50., 0.1 * i as f64)).collect();
         curves_png(&path, "training", &[("train loss", loss), ("val acc", acc)])?;
         let img = decode(&path);

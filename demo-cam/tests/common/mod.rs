@@ -69,7 +69,7 @@ impl Rng {
 pub fn write_random_resnet18(path: &Path, num_classes: usize, seed: u64) {
     let mut rng = Rng(seed | 1);
     let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
-    let mut conv = |name: String, out: usize, inp: usize, k: usize, rng: &mut Rng| {
+    let conv = |name: String, out: usize, inp: usize, k: usize, rng: &mut Rng| {
         let fan_in = (inp * k * k) as f32;
         let bound = (6.0 / fan_in).sqrt();
         let data = (0..out * inp * k * k)

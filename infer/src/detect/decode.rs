@@ -9,6 +9,7 @@
 use super::network::{HeadOutputs, Shapes, ANCHORS_PER_CELL, STRIDES};
 use super::{AnchorOutput, Face};
 use alloc::vec::Vec;
+use core::cmp::Ordering;
 
 /// Anchor sides in pixels per level (`min_sizes` of biubug6's `cfg_mnet`).
 pub(crate) const ANCHOR_SIZES: [[f32; ANCHORS_PER_CELL]; 3] =
@@ -69,12 +70,14 @@ pub(crate) fn collect_candidates(
         for cell in 0..plane {
             for a in 0..ANCHORS_PER_CELL {
                 let margin = class[(a * 2 + 1) * plane + cell] - class[(a * 2) * plane + cell];
-                if !(margin > min_margin) {
+                // `partial_cmp` so that NaN (a broken input) is rejected, never kept.
+                if margin.partial_cmp(&min_margin) != Some(Ordering::Greater) {
                     continue;
                 }
                 let score = face_probability(class, plane, a, cell);
-                // `!(score > t)` also rejects NaN.
-                if !(score > threshold) || out.len() == out.capacity() {
+                if score.partial_cmp(&threshold) != Some(Ordering::Greater)
+                    || out.len() == out.capacity()
+                {
                     continue;
                 }
                 let side = ANCHOR_SIZES[level][a];

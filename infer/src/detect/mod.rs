@@ -17,6 +17,7 @@
 //! left, eye on the image's right, nose tip, mouth corner on the image's left, on the right.
 
 mod decode;
+mod depthwise;
 mod input;
 mod network;
 mod weights;

@@ -6,7 +6,8 @@
 //! `fx.stage1.0.0`), `fpn.output{1,2,3}.0`, `fpn.merge{1,2}.0`, `ssh{1,2,3}.conv*`, and the heads
 //! `{class,bbox,landmark}_head.{..}_head.{0,1,2}`.
 
-use super::weights::{conv_from_tensors, TensorSource};
+use super::depthwise::Depthwise3x3;
+use super::weights::{conv_from_tensors, depthwise_from_tensors, TensorSource};
 use crate::kernels::{Activation, Conv2d, KernelError, Parallel};
 use crate::LoadError;
 use alloc::vec::Vec;
@@ -20,10 +21,17 @@ pub(crate) const ANCHORS_PER_CELL: usize = 2;
 /// Stride of each detection level in input pixels.
 pub(crate) const STRIDES: [usize; 3] = [8, 16, 32];
 
+/// The convolution of a layer: generic (GEMM) or MobileNet's depthwise 3x3.
+#[derive(Clone, Debug)]
+enum Op {
+    Conv(Conv2d),
+    Depthwise(Depthwise3x3),
+}
+
 /// One convolution and the activation fused after it.
 #[derive(Clone, Debug)]
 struct Layer {
-    conv: Conv2d,
+    op: Op,
     activation: Activation,
 }
 
@@ -36,19 +44,30 @@ impl Layer {
         scratch: &mut [f32],
         par: &dyn Parallel,
     ) -> Result<(usize, usize), KernelError> {
-        let out = self
-            .conv
-            .output_size(h, w)
-            .ok_or(KernelError::InvalidParams(
-                "detector input smaller than a kernel",
-            ))?;
-        self.conv
-            .forward(input, h, w, output, None, self.activation, scratch, par)?;
-        Ok(out)
+        match &self.op {
+            Op::Conv(conv) => {
+                let out = conv.output_size(h, w).ok_or(KernelError::InvalidParams(
+                    "detector input smaller than a kernel",
+                ))?;
+                conv.forward(input, h, w, output, None, self.activation, scratch, par)?;
+                Ok(out)
+            }
+            Op::Depthwise(dw) => dw.forward(input, (h, w), output, self.activation, par),
+        }
+    }
+
+    fn output_size(&self, h: usize, w: usize) -> Option<(usize, usize)> {
+        match &self.op {
+            Op::Conv(conv) => conv.output_size(h, w),
+            Op::Depthwise(dw) => dw.output_size(h, w),
+        }
     }
 
     fn out_channels(&self) -> usize {
-        self.conv.params().out_channels
+        match &self.op {
+            Op::Conv(conv) => conv.params().out_channels,
+            Op::Depthwise(dw) => dw.channels(),
+        }
     }
 }
 
@@ -109,7 +128,9 @@ fn layer(
 ) -> Result<Layer, LoadError> {
     let (in_ch, out_ch, kernel, stride, groups) = shape;
     Ok(Layer {
-        conv: conv_from_tensors(src, name, in_ch, out_ch, kernel, stride, groups)?,
+        op: Op::Conv(conv_from_tensors(
+            src, name, in_ch, out_ch, kernel, stride, groups,
+        )?),
         activation,
     })
 }
@@ -125,7 +146,10 @@ fn depthwise_separable(
 ) -> Result<(), LoadError> {
     let mut name = alloc::string::String::from(prefix);
     name.push_str(".0.0");
-    layers.push(layer(src, &name, (in_ch, in_ch, 3, stride, in_ch), LEAKY)?);
+    layers.push(Layer {
+        op: Op::Depthwise(depthwise_from_tensors(src, &name, in_ch, stride)?),
+        activation: LEAKY,
+    });
     name.truncate(prefix.len());
     name.push_str(".1.0");
     layers.push(layer(src, &name, (in_ch, out_ch, 1, 1, 1), LEAKY)?);
@@ -252,7 +276,7 @@ impl RetinaNet {
         let mut levels = [(0, 0); 3];
         for (stage, level) in self.stages.iter().zip(levels.iter_mut()) {
             for layer in stage {
-                size = layer.conv.output_size(size.0, size.1)?;
+                size = layer.output_size(size.0, size.1)?;
                 backbone_max = backbone_max.max(layer.out_channels() * size.0 * size.1);
             }
             *level = size;

@@ -1,5 +1,6 @@
 //! Reading the detector's safetensors file: header metadata checks and convolution tensors.
 
+use super::depthwise::Depthwise3x3;
 use crate::kernels::{Conv2d, Conv2dParams};
 use crate::LoadError;
 use alloc::string::{String, ToString};
@@ -129,6 +130,21 @@ pub(crate) fn conv_from_tensors(
         ..Conv2dParams::new(in_channels, out_channels, kernel, stride, kernel / 2)
     };
     Conv2d::new(params, &weight, Some(&bias)).map_err(|error| LoadError::Kernel {
+        layer: name.to_string(),
+        error,
+    })
+}
+
+/// `{name}.weight` (`[channels, 1, 3, 3]`) and `{name}.bias` as a depthwise 3x3 convolution.
+pub(crate) fn depthwise_from_tensors(
+    src: &TensorSource<'_>,
+    name: &str,
+    channels: usize,
+    stride: usize,
+) -> Result<Depthwise3x3, LoadError> {
+    let weight = src.f32_tensor(&alloc::format!("{name}.weight"), &[channels, 1, 3, 3])?;
+    let bias = src.f32_tensor(&alloc::format!("{name}.bias"), &[channels])?;
+    Depthwise3x3::new(channels, stride, &weight, &bias).map_err(|error| LoadError::Kernel {
         layer: name.to_string(),
         error,
     })

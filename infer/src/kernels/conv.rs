@@ -19,7 +19,13 @@ pub struct Conv2dParams {
 
 impl Conv2dParams {
     /// A square `kernel x kernel` convolution without groups.
-    pub fn new(in_channels: usize, out_channels: usize, kernel: usize, stride: usize, padding: usize) -> Self {
+    pub fn new(
+        in_channels: usize,
+        out_channels: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Self {
         Conv2dParams {
             in_channels,
             out_channels,
@@ -44,18 +50,32 @@ impl Conv2dParams {
         if span_h < self.kernel_h || span_w < self.kernel_w || self.stride == 0 {
             return None;
         }
-        Some(((span_h - self.kernel_h) / self.stride + 1, (span_w - self.kernel_w) / self.stride + 1))
+        Some((
+            (span_h - self.kernel_h) / self.stride + 1,
+            (span_w - self.kernel_w) / self.stride + 1,
+        ))
     }
 
     fn validate(&self) -> Result<(), KernelError> {
-        if self.in_channels == 0 || self.out_channels == 0 || self.kernel_h == 0 || self.kernel_w == 0 {
-            return Err(KernelError::InvalidParams("conv2d channels and kernel must be non-zero"));
+        if self.in_channels == 0
+            || self.out_channels == 0
+            || self.kernel_h == 0
+            || self.kernel_w == 0
+        {
+            return Err(KernelError::InvalidParams(
+                "conv2d channels and kernel must be non-zero",
+            ));
         }
         if self.stride == 0 {
             return Err(KernelError::InvalidParams("conv2d stride must be non-zero"));
         }
-        if self.groups == 0 || self.in_channels % self.groups != 0 || self.out_channels % self.groups != 0 {
-            return Err(KernelError::InvalidParams("conv2d groups must divide both channel counts"));
+        if self.groups == 0
+            || self.in_channels % self.groups != 0
+            || self.out_channels % self.groups != 0
+        {
+            return Err(KernelError::InvalidParams(
+                "conv2d groups must divide both channel counts",
+            ));
         }
         Ok(())
     }
@@ -76,7 +96,12 @@ pub fn fold_batch_norm(
     eps: f32,
 ) -> Result<(), KernelError> {
     let channels = bias.len();
-    for (what, len) in [("BN gamma", gamma.len()), ("BN beta", beta.len()), ("BN mean", mean.len()), ("BN var", var.len())] {
+    for (what, len) in [
+        ("BN gamma", gamma.len()),
+        ("BN beta", beta.len()),
+        ("BN mean", mean.len()),
+        ("BN var", var.len()),
+    ] {
         if len != channels {
             return Err(KernelError::Length {
                 what,
@@ -86,7 +111,9 @@ pub fn fold_batch_norm(
         }
     }
     if channels == 0 || weight.len() % channels != 0 {
-        return Err(KernelError::InvalidParams("BN channels do not divide the conv weight"));
+        return Err(KernelError::InvalidParams(
+            "BN channels do not divide the conv weight",
+        ));
     }
     let per_channel = weight.len() / channels;
     for o in 0..channels {
@@ -102,7 +129,10 @@ pub fn fold_batch_norm(
 #[derive(Clone, Debug)]
 enum Plan {
     /// One packed GEMM operand per group, and optionally the same packed for the narrow GEMM.
-    Gemm { groups: Vec<PackedA>, narrow: Vec<PackedAT> },
+    Gemm {
+        groups: Vec<PackedA>,
+        narrow: Vec<PackedAT>,
+    },
     /// `groups == in == out`: weights `[C, kh*kw]` applied per channel.
     Depthwise(Vec<f32>),
 }
@@ -117,7 +147,11 @@ pub struct Conv2d {
 
 impl Conv2d {
     /// `weight` in OIHW order (`[out, in/groups, kh, kw]`), `bias` per output channel.
-    pub fn new(params: Conv2dParams, weight: &[f32], bias: Option<&[f32]>) -> Result<Conv2d, KernelError> {
+    pub fn new(
+        params: Conv2dParams,
+        weight: &[f32],
+        bias: Option<&[f32]>,
+    ) -> Result<Conv2d, KernelError> {
         params.validate()?;
         if weight.len() != params.weight_len() {
             return Err(KernelError::Length {
@@ -145,7 +179,11 @@ impl Conv2d {
             let k = params.in_channels / params.groups * params.kernel_h * params.kernel_w;
             let mut packed = Vec::with_capacity(params.groups);
             for g in 0..params.groups {
-                packed.push(PackedA::new(out_g, k, &weight[g * out_g * k..(g + 1) * out_g * k])?);
+                packed.push(PackedA::new(
+                    out_g,
+                    k,
+                    &weight[g * out_g * k..(g + 1) * out_g * k],
+                )?);
             }
             Plan::Gemm {
                 groups: packed,
@@ -200,7 +238,9 @@ impl Conv2d {
         let p = &self.params;
         let (oh, ow) = self
             .output_size(height, width)
-            .ok_or(KernelError::InvalidParams("conv2d input smaller than its kernel"))?;
+            .ok_or(KernelError::InvalidParams(
+                "conv2d input smaller than its kernel",
+            ))?;
         check_len("conv2d input", input.len(), p.in_channels * height * width)?;
         let out_len = p.out_channels * oh * ow;
         check_len("conv2d output", output.len(), out_len)?;
@@ -210,7 +250,10 @@ impl Conv2d {
         let output = &mut output[..out_len];
         match &self.plan {
             Plan::Depthwise(weights) => {
-                depthwise(p, weights, &self.bias, input, height, width, oh, ow, output, residual, activation, par);
+                depthwise(
+                    p, weights, &self.bias, input, height, width, oh, ow, output, residual,
+                    activation, par,
+                );
                 Ok(())
             }
             Plan::Gemm { groups, narrow } => {
@@ -218,7 +261,8 @@ impl Conv2d {
                 let out_g = p.out_channels / p.groups;
                 let n = oh * ow;
                 for (g, packed) in groups.iter().enumerate() {
-                    let input_g = &input[g * in_g * height * width..(g + 1) * in_g * height * width];
+                    let input_g =
+                        &input[g * in_g * height * width..(g + 1) * in_g * height * width];
                     let rows = g * out_g * n..(g + 1) * out_g * n;
                     let epilogue = Epilogue {
                         bias: Some(&self.bias[g * out_g..(g + 1) * out_g]),
@@ -226,7 +270,8 @@ impl Conv2d {
                         activation,
                     };
                     let out_slice = &mut output[rows];
-                    let pointwise = p.kernel_h == 1 && p.kernel_w == 1 && p.stride == 1 && p.padding == 0;
+                    let pointwise =
+                        p.kernel_h == 1 && p.kernel_w == 1 && p.stride == 1 && p.padding == 0;
                     let dense;
                     let im2col;
                     let src: &dyn BSource = if pointwise {
@@ -287,49 +332,73 @@ impl BSource for Im2col<'_> {
     fn n(&self) -> usize {
         self.n
     }
-    fn pack(&self, k0: usize, kc: usize, j0: usize, nc: usize, panel_width: usize, dst: &mut [f32]) {
-        let (h, w, s, pad) = (self.height as isize, self.width as isize, self.stride as isize, self.padding as isize);
+    fn pack(
+        &self,
+        k0: usize,
+        kc: usize,
+        j0: usize,
+        nc: usize,
+        panel_width: usize,
+        dst: &mut [f32],
+    ) {
+        let (h, w, s, pad) = (
+            self.height as isize,
+            self.width as isize,
+            self.stride as isize,
+            self.padding as isize,
+        );
         let taps = self.kernel_h * self.kernel_w;
-        for (jp, panel) in dst.chunks_exact_mut(kc * panel_width).take(nc.div_ceil(panel_width)).enumerate() {
+        for (jp, panel) in dst
+            .chunks_exact_mut(kc * panel_width)
+            .take(nc.div_ceil(panel_width))
+            .enumerate()
+        {
             let col0 = j0 + jp * panel_width;
             let width = panel_width.min(j0 + nc - col0);
             let (oy0, ox0) = (col0 / self.out_w, col0 % self.out_w);
-            let one_row = ox0 + width <= self.out_w;
             for kk in 0..kc {
                 let row = k0 + kk;
                 let (ci, tap) = (row / taps, row % taps);
-                let (ky, kx) = ((tap / self.kernel_w) as isize, (tap % self.kernel_w) as isize);
-                let plane = &self.input[ci * self.height * self.width..][..self.height * self.width];
+                let (ky, kx) = (
+                    (tap / self.kernel_w) as isize,
+                    (tap % self.kernel_w) as isize,
+                );
+                let plane =
+                    &self.input[ci * self.height * self.width..][..self.height * self.width];
                 let out = &mut panel[kk * panel_width..(kk + 1) * panel_width];
-                let iy = oy0 as isize * s + ky - pad;
-                let ix0 = ox0 as isize * s + kx - pad;
-                let ix_last = ix0 + (width as isize - 1) * s;
-                if one_row && iy >= 0 && iy < h && ix0 >= 0 && ix_last < w {
-                    // Fast path: all columns of this panel read one input row inside the image.
-                    let src = &plane[iy as usize * self.width + ix0 as usize..];
-                    if s == 1 {
-                        out[..width].copy_from_slice(&src[..width]);
+                // The panel's columns, one output row at a time: within a row, the input
+                // positions are evenly spaced along one input row.
+                let (mut j, mut oy, mut ox) = (0, oy0, ox0);
+                while j < width {
+                    let seg = (width - j).min(self.out_w - ox);
+                    let dst = &mut out[j..j + seg];
+                    let iy = oy as isize * s + ky - pad;
+                    if iy < 0 || iy >= h {
+                        dst.fill(0.0);
                     } else {
-                        for (j, o) in out[..width].iter_mut().enumerate() {
-                            *o = src[j * s as usize];
-                        }
-                    }
-                } else {
-                    let (mut oy, mut ox) = (oy0, ox0);
-                    for o in out[..width].iter_mut() {
-                        let iy = oy as isize * s + ky - pad;
-                        let ix = ox as isize * s + kx - pad;
-                        *o = if iy >= 0 && iy < h && ix >= 0 && ix < w {
-                            plane[iy as usize * self.width + ix as usize]
+                        let src = &plane[iy as usize * self.width..][..self.width];
+                        let ix0 = ox as isize * s + kx - pad;
+                        if s == 1 {
+                            let lo = (-ix0).clamp(0, seg as isize) as usize;
+                            let hi = (w - ix0).clamp(lo as isize, seg as isize) as usize;
+                            dst[..lo].fill(0.0);
+                            let from = (ix0 + lo as isize) as usize;
+                            dst[lo..hi].copy_from_slice(&src[from..from + hi - lo]);
+                            dst[hi..].fill(0.0);
                         } else {
-                            0.0
-                        };
-                        ox += 1;
-                        if ox == self.out_w {
-                            ox = 0;
-                            oy += 1;
+                            for (t, d) in dst.iter_mut().enumerate() {
+                                let ix = ix0 + t as isize * s;
+                                *d = if ix >= 0 && ix < w {
+                                    src[ix as usize]
+                                } else {
+                                    0.0
+                                };
+                            }
                         }
                     }
+                    j += seg;
+                    ox = 0;
+                    oy += 1;
                 }
                 out[width..].fill(0.0);
             }
@@ -377,7 +446,8 @@ fn depthwise(
             let plane = &input[c * height * width..(c + 1) * height * width];
             let kernel = &weights[c * taps..(c + 1) * taps];
             // SAFETY: channel planes are disjoint between tasks.
-            let out = unsafe { core::slice::from_raw_parts_mut(out_ptr.get().add(c * oh * ow), oh * ow) };
+            let out =
+                unsafe { core::slice::from_raw_parts_mut(out_ptr.get().add(c * oh * ow), oh * ow) };
             for oy in 0..oh {
                 for ox in 0..ow {
                     let mut acc = bias[c];
@@ -452,20 +522,55 @@ mod tests {
             (Conv2dParams::new(6, 9, 1, 2, 0), 5, 7),
             (Conv2dParams::new(20, 30, 3, 2, 1), 4, 4),
             (Conv2dParams::new(20, 30, 3, 1, 1), 3, 3),
-            (Conv2dParams { groups: 2, ..Conv2dParams::new(4, 6, 3, 2, 1) }, 8, 9),
-            (Conv2dParams { groups: 8, ..Conv2dParams::new(8, 8, 3, 2, 1) }, 11, 6),
-            (Conv2dParams { groups: 8, ..Conv2dParams::new(8, 8, 3, 1, 1) }, 4, 5),
+            (
+                Conv2dParams {
+                    groups: 2,
+                    ..Conv2dParams::new(4, 6, 3, 2, 1)
+                },
+                8,
+                9,
+            ),
+            (
+                Conv2dParams {
+                    groups: 8,
+                    ..Conv2dParams::new(8, 8, 3, 2, 1)
+                },
+                11,
+                6,
+            ),
+            (
+                Conv2dParams {
+                    groups: 8,
+                    ..Conv2dParams::new(8, 8, 3, 1, 1)
+                },
+                4,
+                5,
+            ),
         ];
         for (p, h, w) in cases {
-            let wt: Vec<f32> = (0..p.weight_len()).map(|i| ((i * 29 % 31) as f32 - 15.0) / 15.0).collect();
+            let wt: Vec<f32> = (0..p.weight_len())
+                .map(|i| ((i * 29 % 31) as f32 - 15.0) / 15.0)
+                .collect();
             let b: Vec<f32> = (0..p.out_channels).map(|i| i as f32 * 0.05 - 0.1).collect();
-            let x: Vec<f32> = (0..p.in_channels * h * w).map(|i| ((i * 13 % 17) as f32 - 8.0) / 8.0).collect();
+            let x: Vec<f32> = (0..p.in_channels * h * w)
+                .map(|i| ((i * 13 % 17) as f32 - 8.0) / 8.0)
+                .collect();
             let mut conv = Conv2d::new(p, &wt, Some(&b)).unwrap();
             let (oh, ow) = conv.output_size(h, w).unwrap();
             conv.prepare_for_output_pixels(oh * ow);
             let mut y = vec![0.0; p.out_channels * oh * ow];
             let mut scratch = vec![0.0; Conv2d::scratch_len(1)];
-            conv.forward(&x, h, w, &mut y, None, Activation::None, &mut scratch, &Sequential).unwrap();
+            conv.forward(
+                &x,
+                h,
+                w,
+                &mut y,
+                None,
+                Activation::None,
+                &mut scratch,
+                &Sequential,
+            )
+            .unwrap();
             let want = naive(&p, &wt, &b, &x, h, w);
             for (a, e) in y.iter().zip(&want) {
                 assert!((a - e).abs() < 1e-4 * (1.0 + e.abs()), "{p:?}: {a} vs {e}");

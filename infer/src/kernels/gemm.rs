@@ -34,7 +34,9 @@ impl PackedA {
     /// Packs a row-major `m x k` matrix.
     pub fn new(m: usize, k: usize, a: &[f32]) -> Result<PackedA, KernelError> {
         if m == 0 || k == 0 {
-            return Err(KernelError::InvalidParams("GEMM needs at least one row and one column"));
+            return Err(KernelError::InvalidParams(
+                "GEMM needs at least one row and one column",
+            ));
         }
         check_len("GEMM left operand", a.len(), m * k)?;
         let panels = m.div_ceil(MR);
@@ -85,7 +87,7 @@ impl PackedAT {
 
 /// True when [`gemm_narrow`] wastes less of the micro-kernel than [`gemm`] for `n` columns.
 pub fn narrow_is_better(n: usize) -> bool {
-    n > 0 && n.div_ceil(MR) * MR < n.div_ceil(NR) * NR
+    n > 0 && n < NR && n.div_ceil(MR) * MR < NR
 }
 
 /// The right operand, a `k x n` matrix that can pack any block of itself.
@@ -113,8 +115,20 @@ impl BSource for DenseB<'_> {
     fn n(&self) -> usize {
         self.n
     }
-    fn pack(&self, k0: usize, kc: usize, j0: usize, nc: usize, panel_width: usize, dst: &mut [f32]) {
-        for (jp, panel) in dst.chunks_exact_mut(kc * panel_width).take(nc.div_ceil(panel_width)).enumerate() {
+    fn pack(
+        &self,
+        k0: usize,
+        kc: usize,
+        j0: usize,
+        nc: usize,
+        panel_width: usize,
+        dst: &mut [f32],
+    ) {
+        for (jp, panel) in dst
+            .chunks_exact_mut(kc * panel_width)
+            .take(nc.div_ceil(panel_width))
+            .enumerate()
+        {
             let col = j0 + jp * panel_width;
             let width = panel_width.min(j0 + nc - col);
             for kk in 0..kc {
@@ -152,12 +166,16 @@ fn detect() -> Simd {
         1 => Simd::Portable,
         2 => Simd::Avx2Fma,
         _ => {
-            let simd = if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                Simd::Avx2Fma
-            } else {
-                Simd::Portable
-            };
-            CACHED.store(if simd == Simd::Portable { 1 } else { 2 }, Ordering::Relaxed);
+            let simd =
+                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                    Simd::Avx2Fma
+                } else {
+                    Simd::Portable
+                };
+            CACHED.store(
+                if simd == Simd::Portable { 1 } else { 2 },
+                Ordering::Relaxed,
+            );
             simd
         }
     }
@@ -307,7 +325,10 @@ pub fn gemm(
         let p1 = panels.min(p0 + panels_per_split);
         // SAFETY: worker slots are disjoint and a worker runs one task at a time.
         let pack = unsafe {
-            core::slice::from_raw_parts_mut(scratch_ptr.get().add(worker * PACK_SCRATCH_LEN), PACK_SCRATCH_LEN)
+            core::slice::from_raw_parts_mut(
+                scratch_ptr.get().add(worker * PACK_SCRATCH_LEN),
+                PACK_SCRATCH_LEN,
+            )
         };
         // SAFETY: this task only touches rows p0*MR..p1*MR, columns j0..j0+nc of C, which no
         // other task touches.
@@ -318,11 +339,12 @@ pub fn gemm(
             let kc = KC.min(k - k0);
             b.pack(k0, kc, j0, nc, NR, pack);
             let (first, last) = (k0 == 0, k0 + kc == k);
-            for p in p0..p1 {
-                let a_block = &a.data[p * MR * k + k0 * MR..][..kc * MR];
-                let rows = MR.min(m - p * MR);
-                for jp in 0..nc.div_ceil(NR) {
-                    let b_panel = &pack[jp * kc * NR..][..kc * NR];
+            // The B panel (kc x NR, 16 KiB) stays in L1 while the A panels stream past it.
+            for jp in 0..nc.div_ceil(NR) {
+                let b_panel = &pack[jp * kc * NR..][..kc * NR];
+                for p in p0..p1 {
+                    let a_block = &a.data[p * MR * k + k0 * MR..][..kc * MR];
+                    let rows = MR.min(m - p * MR);
                     match simd {
                         Simd::Portable => kernel_portable(kc, a_block, b_panel, &mut tile),
                         // SAFETY: detect() checked the CPU; slice lengths are exact above.
@@ -331,7 +353,18 @@ pub fn gemm(
                     }
                     let col = j0 + jp * NR;
                     let cols = NR.min(j0 + nc - col);
-                    store_tile(&tile, c, ldc, p * MR, rows, col, cols, first, last, &epilogue);
+                    store_tile(
+                        &tile,
+                        c,
+                        ldc,
+                        p * MR,
+                        rows,
+                        col,
+                        cols,
+                        first,
+                        last,
+                        &epilogue,
+                    );
                 }
             }
             k0 += kc;
@@ -366,7 +399,9 @@ pub fn gemm_narrow(
         return Ok(());
     }
     if ldc < n || n > NC {
-        return Err(KernelError::InvalidParams("narrow GEMM needs n <= NC and ldc >= n"));
+        return Err(KernelError::InvalidParams(
+            "narrow GEMM needs n <= NC and ldc >= n",
+        ));
     }
     check_len("GEMM output", c.len(), (m - 1) * ldc + n)?;
     if let Some(bias) = epilogue.bias {
@@ -388,7 +423,10 @@ pub fn gemm_narrow(
         let q1 = panels.min(q0 + per_task);
         // SAFETY: as in `gemm`: disjoint scratch slots, disjoint rows of C per task.
         let pack = unsafe {
-            core::slice::from_raw_parts_mut(scratch_ptr.get().add(worker * PACK_SCRATCH_LEN), PACK_SCRATCH_LEN)
+            core::slice::from_raw_parts_mut(
+                scratch_ptr.get().add(worker * PACK_SCRATCH_LEN),
+                PACK_SCRATCH_LEN,
+            )
         };
         let c = unsafe { core::slice::from_raw_parts_mut(c_ptr.get(), c_len) };
         let mut tile: Tile = [0.0; MR * NR];
@@ -499,9 +537,20 @@ mod tests {
 
     #[test]
     fn gemm_matches_naive_on_ragged_sizes() {
-        for &(m, k, n) in &[(1, 1, 1), (7, 300, 33), (13, 5, 130), (6, 513, 16), (40, 600, 4), (17, 9, 7)] {
-            let a: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
-            let b: Vec<f32> = (0..k * n).map(|i| ((i * 53 % 97) as f32 - 48.0) / 48.0).collect();
+        for &(m, k, n) in &[
+            (1, 1, 1),
+            (7, 300, 33),
+            (13, 5, 130),
+            (6, 513, 16),
+            (40, 600, 4),
+            (17, 9, 7),
+        ] {
+            let a: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
+                .collect();
+            let b: Vec<f32> = (0..k * n)
+                .map(|i| ((i * 53 % 97) as f32 - 48.0) / 48.0)
+                .collect();
             let bias: Vec<f32> = (0..m).map(|i| i as f32 * 0.1).collect();
             let packed = PackedA::new(m, k, &a).unwrap();
             let mut c = vec![0.0; m * n];
@@ -511,18 +560,38 @@ mod tests {
                 residual: None,
                 activation: Activation::None,
             };
-            let src = DenseB { data: &b, k, n, ld: n };
+            let src = DenseB {
+                data: &b,
+                k,
+                n,
+                ld: n,
+            };
             gemm(&packed, &src, &mut c, n, epi, &mut scratch, &Sequential).unwrap();
             let want = naive(m, k, n, &a, &b, &bias);
             if n <= NC {
                 let mut c2 = vec![0.0; m * n];
-                gemm_narrow(&PackedAT::from_packed(&packed), &src, &mut c2, n, epi, &mut scratch, &Sequential).unwrap();
+                gemm_narrow(
+                    &PackedAT::from_packed(&packed),
+                    &src,
+                    &mut c2,
+                    n,
+                    epi,
+                    &mut scratch,
+                    &Sequential,
+                )
+                .unwrap();
                 for (x, y) in c2.iter().zip(&want) {
-                    assert!((x - y).abs() < 1e-3 * (1.0 + y.abs()), "narrow {m}x{k}x{n}: {x} vs {y}");
+                    assert!(
+                        (x - y).abs() < 1e-3 * (1.0 + y.abs()),
+                        "narrow {m}x{k}x{n}: {x} vs {y}"
+                    );
                 }
             }
             for (x, y) in c.iter().zip(&want) {
-                assert!((x - y).abs() < 1e-3 * (1.0 + y.abs()), "{m}x{k}x{n}: {x} vs {y}");
+                assert!(
+                    (x - y).abs() < 1e-3 * (1.0 + y.abs()),
+                    "{m}x{k}x{n}: {x} vs {y}"
+                );
             }
         }
     }

@@ -31,8 +31,8 @@ pub mod ops;
 pub use conv::{fold_batch_norm, Conv2d, Conv2dParams};
 pub use gemm::{PackedA, PACK_SCRATCH_LEN};
 pub use ops::{
-    add, add_in_place, avg_pool2d, concat_channels, global_avg_pool, linear_forward,
-    max_pool2d, pool_output_size, softmax, upsample_nearest, upsample_nearest2x, Linear,
+    add, add_in_place, avg_pool2d, concat_channels, global_avg_pool, linear_forward, max_pool2d,
+    pool_output_size, softmax, upsample_nearest, upsample_nearest2x, Linear,
 };
 
 use core::fmt;
@@ -125,7 +125,11 @@ impl fmt::Display for KernelError {
 #[cfg(feature = "std")]
 impl std::error::Error for KernelError {}
 
-pub(crate) fn check_len(what: &'static str, slice_len: usize, expected: usize) -> Result<(), KernelError> {
+pub(crate) fn check_len(
+    what: &'static str,
+    slice_len: usize,
+    expected: usize,
+) -> Result<(), KernelError> {
     if slice_len < expected {
         Err(KernelError::Length {
             what,

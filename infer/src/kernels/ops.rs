@@ -4,7 +4,12 @@ use super::{check_len, KernelError};
 use alloc::vec::Vec;
 
 /// Output size of a pooling window, PyTorch's floor mode: `(in + 2p - k) / s + 1`.
-pub fn pool_output_size(size: usize, kernel: usize, stride: usize, padding: usize) -> Option<usize> {
+pub fn pool_output_size(
+    size: usize,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+) -> Option<usize> {
     if stride == 0 || kernel == 0 || size + 2 * padding < kernel {
         return None;
     }
@@ -20,11 +25,15 @@ fn pool_shape(
     padding: usize,
 ) -> Result<(usize, usize), KernelError> {
     if padding * 2 > kernel {
-        return Err(KernelError::InvalidParams("pool padding must be at most half the kernel"));
+        return Err(KernelError::InvalidParams(
+            "pool padding must be at most half the kernel",
+        ));
     }
     let oh = pool_output_size(height, kernel, stride, padding);
     let ow = pool_output_size(width, kernel, stride, padding);
-    let (oh, ow) = oh.zip(ow).ok_or(KernelError::InvalidParams("pool window larger than the input"))?;
+    let (oh, ow) = oh.zip(ow).ok_or(KernelError::InvalidParams(
+        "pool window larger than the input",
+    ))?;
     check_len("pool input", input_len, channels * height * width)?;
     check_len("pool output", output_len, channels * oh * ow)?;
     Ok((oh, ow))
@@ -94,7 +103,12 @@ pub fn avg_pool2d(
 }
 
 /// Mean of each channel plane: `[C, hw]` -> `[C]` (`AdaptiveAvgPool2d(1)`).
-pub fn global_avg_pool(input: &[f32], channels: usize, hw: usize, output: &mut [f32]) -> Result<(), KernelError> {
+pub fn global_avg_pool(
+    input: &[f32],
+    channels: usize,
+    hw: usize,
+    output: &mut [f32],
+) -> Result<(), KernelError> {
     if hw == 0 {
         return Err(KernelError::InvalidParams("global pool of an empty plane"));
     }
@@ -152,7 +166,11 @@ pub fn upsample_nearest(
 }
 
 /// Nearest-neighbour upsampling by 2 in both directions.
-pub fn upsample_nearest2x(input: &[f32], shape: (usize, usize, usize), output: &mut [f32]) -> Result<(), KernelError> {
+pub fn upsample_nearest2x(
+    input: &[f32],
+    shape: (usize, usize, usize),
+    output: &mut [f32],
+) -> Result<(), KernelError> {
     upsample_nearest(input, shape, (shape.1 * 2, shape.2 * 2), output)
 }
 
@@ -178,9 +196,16 @@ pub struct Linear {
 }
 
 impl Linear {
-    pub fn new(in_features: usize, out_features: usize, weight: &[f32], bias: Option<&[f32]>) -> Result<Linear, KernelError> {
+    pub fn new(
+        in_features: usize,
+        out_features: usize,
+        weight: &[f32],
+        bias: Option<&[f32]>,
+    ) -> Result<Linear, KernelError> {
         if in_features == 0 || out_features == 0 {
-            return Err(KernelError::InvalidParams("linear layer needs non-zero features"));
+            return Err(KernelError::InvalidParams(
+                "linear layer needs non-zero features",
+            ));
         }
         if weight.len() != in_features * out_features {
             return Err(KernelError::Length {
@@ -222,11 +247,20 @@ impl Linear {
 }
 
 /// `output[o] = bias[o] + weight[o, :] . input`, over `output.len()` rows.
-pub fn linear_forward(weight: &[f32], bias: &[f32], in_features: usize, input: &[f32], output: &mut [f32]) -> Result<(), KernelError> {
+pub fn linear_forward(
+    weight: &[f32],
+    bias: &[f32],
+    in_features: usize,
+    input: &[f32],
+    output: &mut [f32],
+) -> Result<(), KernelError> {
     check_len("linear input", input.len(), in_features)?;
     check_len("linear weight", weight.len(), output.len() * in_features)?;
     check_len("linear bias", bias.len(), output.len())?;
-    for (o, (row, &b)) in output.iter_mut().zip(weight.chunks_exact(in_features).zip(bias)) {
+    for (o, (row, &b)) in output
+        .iter_mut()
+        .zip(weight.chunks_exact(in_features).zip(bias))
+    {
         // Eight partial sums so the compiler can vectorise the dot product.
         let mut partial = [0.0f32; 8];
         let chunks = row.chunks_exact(8).zip(input.chunks_exact(8));

@@ -34,7 +34,9 @@ pub fn random_weights(spec: &Spec, seed: u64) -> Weights {
     let mut w = Weights::new();
     let conv = |w: &mut Weights, rng: &mut ChaCha8Rng, name: &str, o: usize, i: usize, k: usize| {
         let bound = (3.0 / (i * k * k) as f32).sqrt();
-        let vals = (0..o * i * k * k).map(|_| rng.gen_range(-bound..bound)).collect();
+        let vals = (0..o * i * k * k)
+            .map(|_| rng.gen_range(-bound..bound))
+            .collect();
         w.insert(format!("{name}.weight"), (vec![o, i, k, k], vals));
     };
     let bn = |w: &mut Weights, rng: &mut ChaCha8Rng, name: &str, c: usize, gain: f32| {
@@ -73,22 +75,37 @@ pub fn random_weights(spec: &Spec, seed: u64) -> Weights {
                 bn(&mut w, &mut rng, &format!("{name}.bn2"), width, 0.3);
             }
             if stride != 1 || cin != cout {
-                conv(&mut w, &mut rng, &format!("{name}.downsample.0"), cout, cin, 1);
+                conv(
+                    &mut w,
+                    &mut rng,
+                    &format!("{name}.downsample.0"),
+                    cout,
+                    cin,
+                    1,
+                );
                 bn(&mut w, &mut rng, &format!("{name}.downsample.1"), cout, 1.0);
             }
             cin = cout;
         }
     }
     let bound = (3.0 / cin as f32).sqrt();
-    let fc = (0..spec.classes * cin).map(|_| rng.gen_range(-bound..bound)).collect();
+    let fc = (0..spec.classes * cin)
+        .map(|_| rng.gen_range(-bound..bound))
+        .collect();
     w.insert("fc.weight".into(), (vec![spec.classes, cin], fc));
-    let fcb = (0..spec.classes).map(|_| rng.gen_range(-0.1..0.1)).collect();
+    let fcb = (0..spec.classes)
+        .map(|_| rng.gen_range(-0.1..0.1))
+        .collect();
     w.insert("fc.bias".into(), (vec![spec.classes], fcb));
     w
 }
 
 pub fn metadata(spec: &Spec) -> HashMap<String, String> {
-    let classes: Vec<&str> = CLASSES7.split(',').chain(["contempt"]).take(spec.classes).collect();
+    let classes: Vec<&str> = CLASSES7
+        .split(',')
+        .chain(["contempt"])
+        .take(spec.classes)
+        .collect();
     HashMap::from([
         ("face2exp.format".to_string(), "1".to_string()),
         ("arch".to_string(), spec.arch.to_string()),
@@ -105,11 +122,20 @@ pub fn metadata(spec: &Spec) -> HashMap<String, String> {
 pub fn to_safetensors(weights: &Weights, meta: HashMap<String, String>) -> Vec<u8> {
     let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = weights
         .iter()
-        .map(|(name, (shape, vals))| (name.clone(), shape.clone(), vals.iter().flat_map(|v| v.to_le_bytes()).collect()))
+        .map(|(name, (shape, vals))| {
+            (
+                name.clone(),
+                shape.clone(),
+                vals.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            )
+        })
         .collect();
-    let views = bytes
-        .iter()
-        .map(|(name, shape, data)| (name.clone(), TensorView::new(Dtype::F32, shape.clone(), data).unwrap()));
+    let views = bytes.iter().map(|(name, shape, data)| {
+        (
+            name.clone(),
+            TensorView::new(Dtype::F32, shape.clone(), data).unwrap(),
+        )
+    });
     safetensors::tensor::serialize(views, Some(meta)).unwrap()
 }
 
@@ -153,12 +179,22 @@ fn conv(x: &Tensor, w: &Weights, name: &str, stride: usize, pad: usize) -> Tenso
             }
         }
     }
-    Tensor { c: o, h: oh, w: ow, data: out }
+    Tensor {
+        c: o,
+        h: oh,
+        w: ow,
+        data: out,
+    }
 }
 
 fn batch_norm(x: &mut Tensor, w: &Weights, name: &str) {
     let get = |s: &str| &w[&format!("{name}.{s}")].1;
-    let (g, b, m, v) = (get("weight"), get("bias"), get("running_mean"), get("running_var"));
+    let (g, b, m, v) = (
+        get("weight"),
+        get("bias"),
+        get("running_mean"),
+        get("running_var"),
+    );
     let hw = x.h * x.w;
     for c in 0..x.c {
         let denom = (v[c] as f64 + 1e-5).sqrt();
@@ -193,7 +229,12 @@ fn max_pool_3x3_s2_p1(x: &Tensor) -> Tensor {
             }
         }
     }
-    Tensor { c: x.c, h: oh, w: ow, data: out }
+    Tensor {
+        c: x.c,
+        h: oh,
+        w: ow,
+        data: out,
+    }
 }
 
 /// Logits of a normalised `[3, S, S]` input, straight from the definitions.
@@ -205,7 +246,11 @@ pub fn reference_forward(spec: &Spec, w: &Weights, input: &[f32]) -> Vec<f32> {
         w: s,
         data: input.iter().map(|&v| v as f64).collect(),
     };
-    x = if spec.stem == "imagenet" { conv(&x, w, "conv1", 2, 3) } else { conv(&x, w, "conv1", 1, 1) };
+    x = if spec.stem == "imagenet" {
+        conv(&x, w, "conv1", 2, 3)
+    } else {
+        conv(&x, w, "conv1", 1, 1)
+    };
     batch_norm(&mut x, w, "bn1");
     relu(&mut x);
     if spec.stem == "imagenet" {
@@ -249,18 +294,27 @@ pub fn reference_forward(spec: &Spec, w: &Weights, input: &[f32]) -> Vec<f32> {
         }
     }
     let hw = x.h * x.w;
-    let pooled: Vec<f64> = (0..x.c).map(|c| x.data[c * hw..(c + 1) * hw].iter().sum::<f64>() / hw as f64).collect();
+    let pooled: Vec<f64> = (0..x.c)
+        .map(|c| x.data[c * hw..(c + 1) * hw].iter().sum::<f64>() / hw as f64)
+        .collect();
     let (_, fcw) = &w["fc.weight"];
     let (_, fcb) = &w["fc.bias"];
     (0..spec.classes)
-        .map(|o| (fcb[o] as f64 + (0..x.c).map(|i| fcw[o * x.c + i] as f64 * pooled[i]).sum::<f64>()) as f32)
+        .map(|o| {
+            (fcb[o] as f64
+                + (0..x.c)
+                    .map(|i| fcw[o * x.c + i] as f64 * pooled[i])
+                    .sum::<f64>()) as f32
+        })
         .collect()
 }
 
 /// A deterministic pseudo-random normalised input.
 pub fn random_input(size: usize, seed: u64) -> Vec<f32> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    (0..3 * size * size).map(|_| rng.gen_range(-2.0..2.0)).collect()
+    (0..3 * size * size)
+        .map(|_| rng.gen_range(-2.0..2.0))
+        .collect()
 }
 
 /// Random 8-bit pixels.

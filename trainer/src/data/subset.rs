@@ -4,8 +4,9 @@
 //! Balanced rule: total = round(fraction * N). Every class gets the same quota q, the largest
 //! for which sum_c min(n_c, q) <= total; classes with fewer than q items give all they have.
 //! The remaining total - sum_c min(n_c, q) items go one each to the classes (in canonical
-//! order) that still have items left. So a 10% balanced subset of FER2013's train split
-//! (2,871 images) takes all 436 disgust images and 406 or 407 of each other class.
+//! order) that still have items left. So on FER2013's train split (28,709 images, 436 of
+//! them disgust) a 10% balanced subset (2,871) takes 410 of every class plus one more neutral,
+//! and a 20% subset (5,742) takes all 436 disgust images and 884 or 885 of each other class.
 //!
 //! Stratified rule: class c gets floor(fraction * n_c), and the items still missing to reach
 //! round(fraction * N) go to the classes with the largest fractional remainders (ties in

@@ -4,8 +4,10 @@
 //! evaluates one network twice in a step (once per objective), and PyTorch-equivalent training
 //! needs exactly one update per optimiser step, so the mode is explicit here: [`BnMode`].
 
-use candle_core::{DType, Result, Tensor, Var};
+use candle_core::{Result, Tensor, Var};
 use candle_nn::{Init, VarBuilder};
+
+use crate::ops;
 
 /// PyTorch's defaults for `nn.BatchNorm2d`.
 pub const BN_EPS: f64 = 1e-5;
@@ -97,40 +99,29 @@ impl BatchNorm2d {
                 x.shape()
             )
         }
-        // Statistics in at least F32 precision: F16/BF16 sums lose too much.
-        let x32 = match x.dtype() {
-            DType::F16 | DType::BF16 => x.to_dtype(DType::F32)?,
-            _ => x.clone(),
-        };
-        let mean = x32.mean_keepdim((0, 2, 3))?;
-        let centred = x32.broadcast_sub(&mean)?;
-        // Biased variance normalises (as PyTorch); the running estimate is unbiased.
-        let var = centred.sqr()?.mean_keepdim((0, 2, 3))?;
+        // Fused on the CPU (f64 accumulation across planes, like PyTorch's), candle ops elsewhere.
+        let (y, batch_mean, batch_var) =
+            ops::batch_norm_train(x, &self.weight, &self.bias, self.eps)?;
         if mode == BnMode::Train {
             let m = self.momentum;
-            let batch_mean = mean.detach().flatten_all()?;
-            let batch_var = (var.detach().flatten_all()? * (count as f64 / (count - 1) as f64))?;
+            let dtype = self.running_mean.dtype();
+            // PyTorch keeps the unbiased variance as its running estimate.
+            let unbiased = (batch_var.to_dtype(dtype)? * (count as f64 / (count - 1) as f64))?;
             let rm = self.running_mean.as_tensor().detach();
             let rv = self.running_var.as_tensor().detach();
             self.running_mean
-                .set(&((rm * (1. - m))? + (batch_mean * m)?)?)?;
-            self.running_var.set(&((rv * (1. - m))? + (batch_var * m)?)?)?;
+                .set(&((rm * (1. - m))? + (batch_mean.to_dtype(dtype)? * m)?)?)?;
+            self.running_var
+                .set(&((rv * (1. - m))? + (unbiased * m)?)?)?;
         }
-        let scale = (var + self.eps)?
-            .sqrt()?
-            .recip()?
-            .broadcast_mul(&self.weight.reshape(per_channel)?)?;
-        centred
-            .broadcast_mul(&scale)?
-            .broadcast_add(&self.bias.reshape(per_channel)?)?
-            .to_dtype(x.dtype())
+        Ok(y)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
+    use candle_core::{DType, Device};
     use candle_nn::VarMap;
 
     fn channel_values(t: &Tensor) -> Vec<f32> {
@@ -141,9 +132,15 @@ mod tests {
     fn train_mode_normalises_with_batch_stats_and_updates_running_stats() -> Result<()> {
         let dev = Device::Cpu;
         let varmap = VarMap::new();
-        let bn = batch_norm2d(2, VarBuilder::from_varmap(&varmap, DType::F32, &dev).pp("bn"))?;
+        let bn = batch_norm2d(
+            2,
+            VarBuilder::from_varmap(&varmap, DType::F32, &dev).pp("bn"),
+        )?;
         // Channel 0 holds 1..4, channel 1 holds 10,10,10,30 (N=2, H=1, W=2).
-        let x = Tensor::new(&[[[[1f32, 2.]], [[10., 10.]]], [[[3., 4.]], [[10., 30.]]]], &dev)?;
+        let x = Tensor::new(
+            &[[[[1f32, 2.]], [[10., 10.]]], [[[3., 4.]], [[10., 30.]]]],
+            &dev,
+        )?;
         let y = bn.forward(&x, BnMode::Train)?;
         // Channel 0: mean 2.5, biased var 1.25.
         let y0: Vec<f32> = y.narrow(1, 0, 1)?.flatten_all()?.to_vec1()?;
@@ -155,11 +152,16 @@ mod tests {
         // Running mean 0.9*0 + 0.1*[2.5, 15]; running var 0.9*1 + 0.1*unbiased var [5/3, 100].
         let rm = channel_values(bn.running_mean());
         let rv = channel_values(bn.running_var());
-        assert!((rm[0] - 0.25).abs() < 1e-6 && (rm[1] - 1.5).abs() < 1e-6, "{rm:?}");
+        assert!(
+            (rm[0] - 0.25).abs() < 1e-6 && (rm[1] - 1.5).abs() < 1e-6,
+            "{rm:?}"
+        );
         assert!((rv[0] - (0.9 + 0.1 * 5. / 3.)).abs() < 1e-5, "{rv:?}");
         assert!((rv[1] - (0.9 + 10.)).abs() < 1e-4, "{rv:?}");
         // The update lands in the VarMap under torchvision's names.
-        let stored = varmap.data().lock().unwrap()["bn.running_mean"].as_tensor().clone();
+        let stored = varmap.data().lock().unwrap()["bn.running_mean"]
+            .as_tensor()
+            .clone();
         assert_eq!(channel_values(&stored), rm);
         Ok(())
     }
@@ -174,10 +176,16 @@ mod tests {
         assert_eq!(channel_values(bn.running_mean()), [0.0]);
         assert_eq!(channel_values(bn.running_var()), [1.0]);
         let y: Vec<f32> = y.flatten_all()?.to_vec1()?;
-        assert!((y[0] + 1.0).abs() < 1e-4 && (y[1] - 1.0).abs() < 1e-4, "{y:?}");
+        assert!(
+            (y[0] + 1.0).abs() < 1e-4 && (y[1] - 1.0).abs() < 1e-4,
+            "{y:?}"
+        );
         // Eval with mean 0, var 1: identity up to eps.
         let e: Vec<f32> = bn.forward(&x, BnMode::Eval)?.flatten_all()?.to_vec1()?;
-        assert!((e[0] - 1.0).abs() < 1e-4 && (e[1] - 3.0).abs() < 1e-4, "{e:?}");
+        assert!(
+            (e[0] - 1.0).abs() < 1e-4 && (e[1] - 3.0).abs() < 1e-4,
+            "{e:?}"
+        );
         assert!(bn.forward(&x.narrow(3, 0, 1)?, BnMode::Train).is_err());
         Ok(())
     }

@@ -17,14 +17,6 @@ const CONV_INIT: Init = Init::Kaiming {
     non_linearity: NonLinearity::ReLU,
 };
 
-/// ReLU whose gradient is 0 at 0, as PyTorch's. candle's `Tensor::relu` passes the gradient
-/// through at exactly 0, and exact zeros are common here: the input of a block's second ReLU
-/// can be exactly 0 where ... (see the torch parity test).
-fn relu(x: &Tensor) -> Result<Tensor> {
-    let positive = x.gt(0.)?.to_dtype(x.dtype())?;
-    x.mul(&positive)
-}
-
 /// A bias-free square convolution.
 #[derive(Clone, Debug)]
 struct Conv {
@@ -124,14 +116,14 @@ impl Block {
         for (i, unit) in self.convs.iter().enumerate() {
             y = unit.forward(&y, mode)?;
             if i < last {
-                y = relu(&y)?;
+                y = y.relu()?;
             }
         }
         let shortcut = match &self.downsample {
             Some(projection) => projection.forward(x, mode)?,
             None => x.clone(),
         };
-        relu(&(y + shortcut)?)
+        (y + shortcut)?.relu()
     }
 }
 
@@ -268,7 +260,7 @@ impl ResNet {
                 x.shape()
             )
         }
-        let mut y = relu(&self.stem.forward(x, mode)?)?;
+        let mut y = self.stem.forward(x, mode)?.relu()?;
         if self.config.stem == Stem::Imagenet {
             y = ops::max_pool_3x3_s2_p1(&y)?;
         }
@@ -377,7 +369,12 @@ mod tests {
         let (varmap, _) = build(Arch::Resnet18, Stem::Imagenet, 64)?;
         let data = varmap.data().lock().unwrap();
         let std = |name: &str| -> f64 {
-            let v: Vec<f32> = data[name].as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+            let v: Vec<f32> = data[name]
+                .as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
             let n = v.len() as f64;
             let mean = v.iter().map(|&x| x as f64).sum::<f64>() / n;
             (v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n).sqrt()
@@ -391,7 +388,10 @@ mod tests {
         let bound = 1. / 512f32.sqrt();
         assert!(fc.iter().all(|v| v.abs() <= bound));
         let got = std("fc.weight");
-        assert!((got / (bound as f64 / 3f64.sqrt()) - 1.).abs() < 0.05, "{got}");
+        assert!(
+            (got / (bound as f64 / 3f64.sqrt()) - 1.).abs() < 0.05,
+            "{got}"
+        );
         let ones: Vec<f32> = data["bn1.weight"].as_tensor().to_vec1()?;
         assert!(ones.iter().all(|&v| v == 1.));
         Ok(())

@@ -15,6 +15,11 @@ use super::{Arch, BnMode, ResNet, ResNetConfig, Stem};
 
 /// Largest accepted max |ours - torch float64| / max |torch float64| per compared tensor.
 const TOLERANCE: f32 = 1e-4;
+/// The same for resnet50's early-layer gradients. With candle's own kernels
+/// (`ops::set_fast_cpu_kernels(false)`) they are within 1e-4 too; the fast CPU kernels
+/// (f32 sums inside each plane) measured 2.6e-3 on `layer1.0.downsample.0.weight`.
+/// A wrong graph is off by 1e-1 or more.
+const DEEP_GRAD_TOLERANCE: f32 = 1e-2;
 
 fn fnv1a64(name: &str) -> u64 {
     name.bytes().fold(0xCBF2_9CE4_8422_2325, |h, b| {
@@ -81,7 +86,6 @@ fn relative_error(got: &Tensor, want: &Tensor) -> anyhow::Result<f32> {
 
 fn check(what: &str, got: &Tensor, want: &Tensor, tolerance: f32) -> anyhow::Result<()> {
     let err = relative_error(got, want)?;
-    eprintln!("{what}: {err:e}");
     assert!(
         err < tolerance,
         "{what}: relative error {err:e} exceeds {tolerance:e}"
@@ -89,7 +93,13 @@ fn check(what: &str, got: &Tensor, want: &Tensor, tolerance: f32) -> anyhow::Res
     Ok(())
 }
 
-fn compare_with_torch(arch: Arch, stem: Stem, size: usize, file: &str) -> anyhow::Result<()> {
+fn compare_with_torch(
+    arch: Arch,
+    stem: Stem,
+    size: usize,
+    file: &str,
+    grad_tolerance: f32,
+) -> anyhow::Result<()> {
     let reference = fixture(file)?;
     let dev = Device::Cpu;
     let varmap = VarMap::new();
@@ -119,7 +129,12 @@ fn compare_with_torch(arch: Arch, stem: Stem, size: usize, file: &str) -> anyhow
         TOLERANCE,
     )?;
     let train = model.forward_with(x, BnMode::Train)?;
-    check("train logits", &train, &reference["logits_train"], TOLERANCE)?;
+    check(
+        "train logits",
+        &train,
+        &reference["logits_train"],
+        TOLERANCE,
+    )?;
     let labels = reference["labels"].to_dtype(DType::U32)?;
     let loss = candle_nn::loss::cross_entropy(&train, &labels)?;
     check("loss", &loss.reshape(1)?, &reference["loss"], TOLERANCE)?;
@@ -129,7 +144,7 @@ fn compare_with_torch(arch: Arch, stem: Stem, size: usize, file: &str) -> anyhow
     for (key, want) in &reference {
         if let Some(name) = key.strip_prefix("grad.") {
             let grad = grads.get(data[name].as_tensor()).expect("gradient");
-            let _ = check(key, grad, want, 1.0);
+            check(key, grad, want, grad_tolerance)?;
             compared += 1;
         } else if let Some(name) = key.strip_prefix("stat.") {
             check(key, data[name].as_tensor(), want, TOLERANCE)?;
@@ -149,14 +164,24 @@ fn hash_matches_python_reference_values() {
     // tools/torch_reference.py: hash_uniform("input", 3), fnv1a64("conv1.weight").
     assert_eq!(
         hash_uniform("input", 3),
-        [-0.8043633699417114, 0.30472075939178467, -0.5927515029907227]
+        [
+            -0.8043633699417114,
+            0.30472075939178467,
+            -0.5927515029907227
+        ]
     );
     assert_eq!(fnv1a64("conv1.weight"), 0x69a2_9a2c_ee47_d254);
 }
 
 #[test]
 fn resnet18_small_stem_matches_torchvision() -> anyhow::Result<()> {
-    compare_with_torch(Arch::Resnet18, Stem::Small, 48, "resnet18_small48.safetensors")
+    compare_with_torch(
+        Arch::Resnet18,
+        Stem::Small,
+        48,
+        "resnet18_small48.safetensors",
+        TOLERANCE,
+    )
 }
 
 #[test]
@@ -166,31 +191,6 @@ fn resnet50_imagenet_stem_matches_torchvision() -> anyhow::Result<()> {
         Stem::Imagenet,
         64,
         "resnet50_imagenet64.safetensors",
+        DEEP_GRAD_TOLERANCE,
     )
-}
-
-#[test]
-fn zz_debug_all_grads() -> anyhow::Result<()> {
-    let reference = crate::export::read_tensors(std::path::Path::new("/tmp/dbg_resnet18_small48.safetensors"), &Device::Cpu)?;
-    let varmap = VarMap::new();
-    let cfg = ResNetConfig { arch: Arch::Resnet18, stem: Stem::Small, num_classes: 7, input_size: 48 };
-    let model = ResNet::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F64, &Device::Cpu))?;
-    {
-        let data = varmap.data().lock().unwrap();
-        for (name, var) in data.iter() {
-            var.set(&deterministic_value(name, var.dims(), "")?.to_dtype(DType::F64)?)?;
-        }
-    }
-    let train = model.forward_with(&reference["input"].to_dtype(DType::F64)?, BnMode::Train)?.to_dtype(DType::F32)?;
-    let labels = reference["labels"].to_dtype(DType::U32)?;
-    let loss = candle_nn::loss::cross_entropy(&train, &labels)?;
-    let grads = loss.backward()?;
-    let data = varmap.data().lock().unwrap();
-    let mut names: Vec<&String> = data.keys().filter(|k| !k.contains("running")).collect();
-    names.sort();
-    for name in names {
-        let err = relative_error(&grads.get(data[name].as_tensor()).unwrap().to_dtype(DType::F32)?, &reference[&format!("grad.{name}")])?;
-        eprintln!("{name}: {err:e}");
-    }
-    Ok(())
 }

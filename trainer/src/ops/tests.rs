@@ -23,9 +23,12 @@ fn relative_error(a: &Tensor, b: &Tensor) -> Result<f32> {
         / scale)
 }
 
-/// (batch, c_in, h, w, c_out, k, stride, padding): ResNet's five conv kinds plus odd sizes,
+/// (batch, c_in, h, w, c_out, k, stride, padding).
+type ConvCase = (usize, usize, usize, usize, usize, usize, usize, usize);
+
+/// ResNet's five conv kinds plus odd sizes,
 /// batch 1, and batches large enough to exercise the per-thread groups and image chunks.
-const CONV_CASES: &[(usize, usize, usize, usize, usize, usize, usize, usize)] = &[
+const CONV_CASES: &[ConvCase] = &[
     (2, 3, 17, 15, 4, 7, 2, 3),
     (1, 5, 9, 11, 6, 3, 1, 1),
     (3, 4, 7, 8, 5, 3, 2, 1),

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use crate::data::subset::balanced_fraction;
 use crate::data::{load_dataset, preload, PreloadOptions};
 
 fn data_root() -> Option<PathBuf> {
@@ -28,6 +29,11 @@ fn fer2013_train_folder_has_the_documented_class_counts() {
         [4965, 7215, 4830, 3171, 4097, 436, 3995]
     );
     assert_eq!(dataset.len(), 28_709);
+    // The balanced-subset rule as documented in subset.rs, on the real imbalance.
+    let tenth = balanced_fraction(&dataset, 0.1, 0).unwrap();
+    assert_eq!(tenth.class_counts(), [411, 410, 410, 410, 410, 410, 410]);
+    let fifth = balanced_fraction(&dataset, 0.2, 0).unwrap();
+    assert_eq!(fifth.class_counts(), [885, 885, 884, 884, 884, 436, 884]);
     if std::env::var_os("FACE2EXP_PRELOAD").is_some() {
         let start = Instant::now();
         let options = PreloadOptions {
