@@ -85,7 +85,7 @@ impl Network {
                 .get_mut(&name)
                 .expect("EMA tracks every variable");
             let t = var.as_tensor().detach();
-            *shadow = ((&*shadow * ema.decay)? + (t * (1.0 - ema.decay))?)?;
+            *shadow = ((&*shadow * ema.decay)? + (t * (1.0 - ema.decay))?)?.detach();
         }
         Ok(())
     }
