@@ -2,6 +2,7 @@
 //!
 //! Data flows `data` -> `model` -> `train` -> `export`; `eval` and `plot` report on the way.
 
+pub mod atomic;
 pub mod commands;
 pub mod data;
 pub mod eval;

@@ -3,7 +3,6 @@
 //! old or the new checkpoint on disk, never a torn one.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::Path;
 
 use anyhow::{bail, Context};
@@ -12,23 +11,6 @@ use candle_core::{Device, Tensor};
 /// The checkpoint format version, stored under this metadata key.
 const FORMAT_KEY: &str = "face2exp.checkpoint";
 const FORMAT_VERSION: &str = "1";
-
-/// Writes `bytes` to `path` so that readers see the old file or the complete new one: the data
-/// goes to a temporary file in the same folder, is flushed to disk, then renamed over `path`.
-pub fn atomic_write(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("creating a temporary file next to {}", path.display()))?;
-    tmp.write_all(bytes)
-        .and_then(|_| tmp.as_file().sync_all())
-        .with_context(|| format!("writing {}", path.display()))?;
-    tmp.persist(path)
-        .with_context(|| format!("renaming the temporary file onto {}", path.display()))?;
-    Ok(())
-}
 
 /// Saves `tensors` with string `metadata` as a checkpoint at `path` (atomically).
 pub fn save(
@@ -41,7 +23,7 @@ pub fn save(
     sorted.sort_by(|a, b| a.0.cmp(b.0));
     let bytes = safetensors::serialize(sorted, Some(metadata))
         .with_context(|| format!("serialising checkpoint {}", path.display()))?;
-    atomic_write(path, &bytes)
+    crate::atomic::write_atomically(path, &bytes)
 }
 
 /// Loads a checkpoint written by [`save`], with a clear error for a file that is missing,

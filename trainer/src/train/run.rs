@@ -89,7 +89,7 @@ pub fn train(config: TrainConfig, options: &RunOptions) -> anyhow::Result<RunSum
             );
         }
         config.validate()?;
-        checkpoint::atomic_write(&out.join(CONFIG_FILE), config.to_toml()?.as_bytes())?;
+        crate::atomic::write_atomically(&out.join(CONFIG_FILE), config.to_toml()?.as_bytes())?;
         config
     };
     let device = parse_device(&config.device)?;
