@@ -46,7 +46,12 @@ fn run(args: &Args) -> Result<ExitCode> {
             "--detector",
         )?)
     };
-    let mut source = open_source(args)?;
+    // Without a display the window cannot open: fall back to the text output, not an error.
+    let headless = args.headless || (cfg!(feature = "window") && !display_available());
+    if headless && !args.headless {
+        eprintln!("no display found; running headless (pass --headless to skip this check)");
+    }
+    let mut source = open_source(args, headless)?;
     let tracking = (source.is_live() || args.track).then(|| args.tracker_config());
     let config = EngineConfig {
         threads: args.threads.max(1),
@@ -58,7 +63,7 @@ fn run(args: &Args) -> Result<ExitCode> {
     let mut pipeline = Pipeline::new(engine, tracking);
     pipeline.mirror = args.mirror;
 
-    if args.headless {
+    if headless {
         let options = HeadlessOptions {
             json: args.json,
             out: args.out.clone(),
@@ -84,10 +89,27 @@ fn run(args: &Args) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn open_source(args: &Args) -> Result<Box<dyn FrameSource>> {
+/// The bundled sample photos, shown when the demo is started without a camera or input.
+const BUNDLED_ASSETS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/assets");
+
+fn open_source(args: &Args, headless: bool) -> Result<Box<dyn FrameSource>> {
     if let Some(input) = &args.input {
         return Ok(Box::new(ImageFiles::open(input)?));
     }
+    match open_camera(args) {
+        Ok(camera) => Ok(camera),
+        // A first run on a machine without a camera still shows something: the bundled photos.
+        // Explicit batch use (--headless) keeps the plain error.
+        Err(error) if !args.headless && std::path::Path::new(BUNDLED_ASSETS).is_dir() => {
+            let shown = if headless { "processing" } else { "showing" };
+            eprintln!("{error:#}; {shown} the bundled photos in {BUNDLED_ASSETS}");
+            Ok(Box::new(ImageFiles::open(BUNDLED_ASSETS)?))
+        }
+        Err(error) => Err(error),
+    }
+}
+
+fn open_camera(args: &Args) -> Result<Box<dyn FrameSource>> {
     #[cfg(feature = "camera")]
     {
         let timeout = std::time::Duration::from_secs_f32(args.frame_timeout.max(0.1));
@@ -96,7 +118,17 @@ fn open_source(args: &Args) -> Result<Box<dyn FrameSource>> {
         Ok(Box::new(camera))
     }
     #[cfg(not(feature = "camera"))]
-    anyhow::bail!("this face2exp-demo was built without the `camera` feature; use --input PATH")
+    {
+        let _ = args;
+        anyhow::bail!("this face2exp-demo was built without the `camera` feature; use --input PATH")
+    }
+}
+
+/// Whether an X11 or Wayland display is there for the window.
+fn display_available() -> bool {
+    ["DISPLAY", "WAYLAND_DISPLAY"]
+        .iter()
+        .any(|var| std::env::var_os(var).is_some_and(|v| !v.is_empty()))
 }
 
 #[cfg(feature = "window")]
