@@ -47,7 +47,8 @@ enum Command {
 /// Flags override the `--config` file, which overrides the defaults.
 #[derive(Args)]
 struct TrainArgs {
-    /// TOML file with any TrainConfig field (see docs/CONFIG.md); flags override it.
+    /// TOML file with any TrainConfig field; flags override it. A run folder's config.toml is
+    /// a complete example.
     #[arg(long)]
     config: Option<PathBuf>,
     /// Run folder: config.toml, checkpoint, metrics.jsonl, plots, best weights.
