@@ -10,7 +10,7 @@ use candle_core::{Device, Tensor};
 use crate::data::{self, DatasetSpec, LoaderConfig};
 use crate::eval::Metrics;
 use crate::export::{self, ModelMeta};
-use crate::model::{BnMode, ResNetConfig};
+use crate::model::ResNetConfig;
 use crate::train::checkpoint;
 use crate::train::device::parse_device;
 use crate::train::run::{sorted, BEST_FILE, CHECKPOINT_FILE};
@@ -129,9 +129,4 @@ fn network_weights(
     let live = pick(format!("{net}."));
     let chosen = if ema.is_empty() { live } else { ema };
     (!chosen.is_empty()).then_some(chosen)
-}
-
-/// Logits of an exported model on preprocessed CHW input (the reference for `infer/` parity).
-pub fn logits(model: &crate::model::ResNet, input: &Tensor) -> candle_core::Result<Tensor> {
-    model.forward_with(input, BnMode::Eval)
 }
