@@ -7,6 +7,7 @@
 
 mod common;
 
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -19,6 +20,20 @@ struct Reaped(Child);
 impl Drop for Reaped {
     fn drop(&mut self) {
         let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Stops a child with SIGTERM (then reaps it) when dropped: Xvfb removes its socket and lock
+/// file on SIGTERM, where SIGKILL would leave them behind for the next run.
+struct Terminated(Child);
+
+impl Drop for Terminated {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the pid of a child this process has not reaped yet.
+        if unsafe { libc::kill(self.0.id() as libc::pid_t, libc::SIGTERM) } != 0 {
+            let _ = self.0.kill();
+        }
         let _ = self.0.wait();
     }
 }
@@ -86,26 +101,44 @@ fn window_shows_the_annotated_photos_and_s_saves_a_screenshot() {
         return;
     };
     let classifier = common::classifier_weights();
-    // A display number no other test run is likely to hold.
-    let display = format!(":{}", 90 + std::process::id() % 400);
-    let socket = PathBuf::from(format!("/tmp/.X11-unix/X{}", &display[1..]));
+    // `-displayfd 1`: Xvfb picks a free display number itself and writes it to stdout once it
+    // accepts connections, so neither a display held by someone else nor the stale socket and
+    // lock files of an Xvfb killed earlier can make the demo connect too early or to nothing.
+    let xvfb_log = tempfile::NamedTempFile::new().unwrap();
     let xvfb = Command::new("Xvfb")
-        .args([&display, "-screen", "0", "800x600x24", "-nolisten", "tcp"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .args([
+            "-displayfd",
+            "1",
+            "-screen",
+            "0",
+            "800x600x24",
+            "-nolisten",
+            "tcp",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(xvfb_log.reopen().unwrap())
         .spawn();
-    let Ok(xvfb) = xvfb else {
+    let Ok(mut xvfb) = xvfb else {
         eprintln!("SKIPPED: Xvfb would not start");
         return;
     };
-    let _xvfb = Reaped(xvfb);
-    wait_for("Xvfb's socket", Duration::from_secs(10), || socket.exists());
+    let mut number = String::new();
+    let _ = std::io::BufReader::new(xvfb.stdout.take().unwrap()).read_line(&mut number);
+    let _xvfb = Terminated(xvfb);
+    let number = number.trim();
+    assert!(
+        !number.is_empty() && number.bytes().all(|b| b.is_ascii_digit()),
+        "Xvfb did not report a display (got {number:?}); its log:\n{}",
+        std::fs::read_to_string(xvfb_log.path()).unwrap_or_default()
+    );
+    let display = format!(":{number}");
 
     let photos = tempfile::tempdir().unwrap();
     for name in ["obama_241x301.png", "two_portraits.png"] {
         std::fs::copy(common::fixtures().join(name), photos.path().join(name)).unwrap();
     }
     let shots = tempfile::tempdir().unwrap();
+    let demo_log = tempfile::NamedTempFile::new().unwrap();
     let demo = Command::new(env!("CARGO_BIN_EXE_face2exp-demo"))
         .args(["--input", photos.path().to_str().unwrap(), "--delay", "0.2"])
         .args([
@@ -117,7 +150,7 @@ fn window_shows_the_annotated_photos_and_s_saves_a_screenshot() {
         .args(["--screenshot-dir", shots.path().to_str().unwrap()])
         .env("DISPLAY", &display)
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stderr(demo_log.reopen().unwrap())
         .spawn()
         .unwrap();
     let mut demo = Reaped(demo);
@@ -125,7 +158,10 @@ fn window_shows_the_annotated_photos_and_s_saves_a_screenshot() {
     let mut window = String::new();
     wait_for("the demo window", Duration::from_secs(60), || {
         if let Ok(Some(status)) = demo.0.try_wait() {
-            panic!("face2exp-demo exited early with {status}");
+            panic!(
+                "face2exp-demo exited early with {status}; it printed:\n{}",
+                std::fs::read_to_string(demo_log.path()).unwrap_or_default()
+            );
         }
         window = xdotool(&display, &["search", "--name", "face2exp-demo"]).unwrap_or_default();
         !window.is_empty()
