@@ -8,24 +8,15 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
+#[path = "support/timing.rs"]
+mod timing;
+
 use common::{model_file, random_input, random_pixels, Spec};
 use face2exp_infer::kernels::gemm::simd_name;
 use face2exp_infer::{ImageView, Model, PixelFormat, Session, SessionConfig};
 use std::hint::black_box;
 use std::time::Instant;
-
-fn median_ms(iters: usize, mut f: impl FnMut()) -> f64 {
-    f();
-    let mut times: Vec<f64> = (0..iters)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
-    times.sort_by(f64::total_cmp);
-    times[times.len() / 2]
-}
+use timing::median_ms;
 
 /// Single-core f32 FMA throughput measured with independent AVX2 accumulators.
 #[cfg(target_arch = "x86_64")]
