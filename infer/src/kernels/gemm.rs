@@ -6,6 +6,10 @@
 //! blocks of [`KC`] x [`NC`] so a panel of each stays in L1 and the `B` block in L2 (the
 //! GotoBLAS scheme). The packing buffer is caller-provided scratch, so nothing allocates.
 
+pub use super::microkernel::simd_name;
+use super::microkernel::{detect, kernel_portable, BBlock, Simd, Tile};
+#[cfg(target_arch = "x86_64")]
+use super::microkernel::{kernel_avx2, kernel_avx2_fused, FusedStore};
 use super::{check_len, Activation, KernelError, Parallel};
 use alloc::vec;
 use alloc::vec::Vec;
@@ -98,6 +102,11 @@ pub trait BSource: Sync {
     /// at `dst[jp*kc*width..]` holding `kc` groups of `width` values; columns past `nc` are 0.
     /// `width` is [`NR`] for [`gemm`] and [`MR`] for [`gemm_narrow`].
     fn pack(&self, k0: usize, kc: usize, j0: usize, nc: usize, width: usize, dst: &mut [f32]);
+    /// `Some((data, ld))` when element `(kk, j)` already sits at `data[kk * ld + j]`: [`gemm`]
+    /// then reads full column panels in place instead of packing (copying) them.
+    fn in_place(&self) -> Option<(&[f32], usize)> {
+        None
+    }
 }
 
 /// A row-major `k x n` matrix with row stride `ld`.
@@ -109,6 +118,9 @@ pub struct DenseB<'a> {
 }
 
 impl BSource for DenseB<'_> {
+    fn in_place(&self) -> Option<(&[f32], usize)> {
+        Some((self.data, self.ld))
+    }
     fn k(&self) -> usize {
         self.k
     }
@@ -149,109 +161,6 @@ pub struct Epilogue<'a> {
     /// Added element-wise, same layout and `ldc` as `C` (a ResNet shortcut).
     pub residual: Option<&'a [f32]>,
     pub activation: Activation,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Simd {
-    Portable,
-    #[cfg(target_arch = "x86_64")]
-    Avx2Fma,
-}
-
-#[cfg(all(feature = "std", target_arch = "x86_64"))]
-fn detect() -> Simd {
-    use core::sync::atomic::{AtomicU8, Ordering};
-    static CACHED: AtomicU8 = AtomicU8::new(0);
-    match CACHED.load(Ordering::Relaxed) {
-        1 => Simd::Portable,
-        2 => Simd::Avx2Fma,
-        _ => {
-            let simd =
-                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                    Simd::Avx2Fma
-                } else {
-                    Simd::Portable
-                };
-            CACHED.store(
-                if simd == Simd::Portable { 1 } else { 2 },
-                Ordering::Relaxed,
-            );
-            simd
-        }
-    }
-}
-
-#[cfg(all(not(feature = "std"), target_arch = "x86_64"))]
-fn detect() -> Simd {
-    if cfg!(all(target_feature = "avx2", target_feature = "fma")) {
-        Simd::Avx2Fma
-    } else {
-        Simd::Portable
-    }
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn detect() -> Simd {
-    Simd::Portable
-}
-
-/// Name of the micro-kernel this CPU runs (`"avx2+fma"` or `"portable"`).
-pub fn simd_name() -> &'static str {
-    match detect() {
-        Simd::Portable => "portable",
-        #[cfg(target_arch = "x86_64")]
-        Simd::Avx2Fma => "avx2+fma",
-    }
-}
-
-type Tile = [f32; MR * NR];
-
-/// `tile = A_panel[kc x MR]^T . B_panel[kc x NR]`.
-fn kernel_portable(kc: usize, a: &[f32], b: &[f32], tile: &mut Tile) {
-    let mut acc = [[0.0f32; NR]; MR];
-    for (ak, bk) in a.chunks_exact(MR).zip(b.chunks_exact(NR)).take(kc) {
-        for r in 0..MR {
-            let av = ak[r];
-            for j in 0..NR {
-                acc[r][j] += av * bk[j];
-            }
-        }
-    }
-    for r in 0..MR {
-        tile[r * NR..r * NR + NR].copy_from_slice(&acc[r]);
-    }
-}
-
-/// # Safety
-/// The CPU must support AVX2 and FMA; `a` holds `kc*MR` and `b` `kc*NR` floats.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn kernel_avx2(kc: usize, a: &[f32], b: &[f32], tile: &mut Tile) {
-    use core::arch::x86_64::*;
-    debug_assert!(a.len() >= kc * MR && b.len() >= kc * NR);
-    let mut acc = [[_mm256_setzero_ps(); 2]; MR];
-    let (mut ap, mut bp) = (a.as_ptr(), b.as_ptr());
-    for _ in 0..kc {
-        // SAFETY: the loop reads kc*MR floats from `a` and kc*NR from `b`, checked by callers.
-        unsafe {
-            let b0 = _mm256_loadu_ps(bp);
-            let b1 = _mm256_loadu_ps(bp.add(8));
-            for (r, row) in acc.iter_mut().enumerate() {
-                let av = _mm256_broadcast_ss(&*ap.add(r));
-                row[0] = _mm256_fmadd_ps(av, b0, row[0]);
-                row[1] = _mm256_fmadd_ps(av, b1, row[1]);
-            }
-            ap = ap.add(MR);
-            bp = bp.add(NR);
-        }
-    }
-    for (r, row) in acc.iter().enumerate() {
-        // SAFETY: tile has MR*NR floats.
-        unsafe {
-            _mm256_storeu_ps(tile.as_mut_ptr().add(r * NR), row[0]);
-            _mm256_storeu_ps(tile.as_mut_ptr().add(r * NR + 8), row[1]);
-        }
-    }
 }
 
 #[derive(Clone, Copy)]
@@ -312,6 +221,15 @@ pub fn gemm(
     let panels_per_split = panels.div_ceil(row_splits);
     let tasks = col_tasks * row_splits;
 
+    let in_place = b.in_place();
+    if let Some((data, ld)) = in_place {
+        if ld < n {
+            return Err(KernelError::InvalidParams(
+                "GEMM right operand stride below n",
+            ));
+        }
+        check_len("GEMM right operand", data.len(), (k - 1) * ld + n)?;
+    }
     let simd = detect();
     let c_ptr = SharedMut(c.as_mut_ptr());
     let c_len = c.len();
@@ -334,37 +252,65 @@ pub fn gemm(
         // other task touches.
         let c = unsafe { core::slice::from_raw_parts_mut(c_ptr.get(), c_len) };
         let mut tile: Tile = [0.0; MR * NR];
+        // Full column panels of an in-place source are read where they are; only the ragged
+        // last panel (or everything, for an im2col view) is packed.
+        let (direct, ld) = match in_place {
+            Some((data, ld)) => (Some(data), ld),
+            None => (None, 0),
+        };
+        let direct_panels = if direct.is_some() { nc / NR } else { 0 };
         let mut k0 = 0;
         while k0 < k {
             let kc = KC.min(k - k0);
-            b.pack(k0, kc, j0, nc, NR, pack);
+            if direct_panels * NR < nc {
+                let j_packed = j0 + direct_panels * NR;
+                b.pack(k0, kc, j_packed, j0 + nc - j_packed, NR, pack);
+            }
             let (first, last) = (k0 == 0, k0 + kc == k);
             // The B panel (kc x NR, 16 KiB) stays in L1 while the A panels stream past it.
             for jp in 0..nc.div_ceil(NR) {
-                let b_panel = &pack[jp * kc * NR..][..kc * NR];
+                let col = j0 + jp * NR;
+                let b_block = match direct {
+                    Some(data) if jp < direct_panels => BBlock {
+                        b: &data[k0 * ld + col..][..(kc - 1) * ld + NR],
+                        ldb: ld,
+                    },
+                    _ => BBlock {
+                        b: &pack[(jp - direct_panels) * kc * NR..][..kc * NR],
+                        ldb: NR,
+                    },
+                };
+                let cols = NR.min(j0 + nc - col);
                 for p in p0..p1 {
                     let a_block = &a.data[p * MR * k + k0 * MR..][..kc * MR];
                     let rows = MR.min(m - p * MR);
+                    let row0 = p * MR;
+                    #[cfg(target_arch = "x86_64")]
+                    if simd == Simd::Avx2Fma && rows == MR && cols == NR && first && last {
+                        let at = row0 * ldc + col;
+                        let span = (MR - 1) * ldc + NR;
+                        let mut bias = [0.0; MR];
+                        if let Some(all) = epilogue.bias {
+                            bias.copy_from_slice(&all[row0..row0 + MR]);
+                        }
+                        let out = FusedStore {
+                            c: &mut c[at..at + span],
+                            ldc,
+                            bias,
+                            residual: epilogue.residual.map(|r| &r[at..at + span]),
+                            activation: epilogue.activation,
+                        };
+                        // SAFETY: detect() checked the CPU; the slices are sized above.
+                        unsafe { kernel_avx2_fused(kc, a_block, b_block, out) };
+                        continue;
+                    }
                     match simd {
-                        Simd::Portable => kernel_portable(kc, a_block, b_panel, &mut tile),
+                        Simd::Portable => kernel_portable(kc, a_block, b_block, &mut tile),
                         // SAFETY: detect() checked the CPU; slice lengths are exact above.
                         #[cfg(target_arch = "x86_64")]
-                        Simd::Avx2Fma => unsafe { kernel_avx2(kc, a_block, b_panel, &mut tile) },
+                        Simd::Avx2Fma => unsafe { kernel_avx2(kc, a_block, b_block, &mut tile) },
                     }
-                    let col = j0 + jp * NR;
-                    let cols = NR.min(j0 + nc - col);
-                    store_tile(
-                        &tile,
-                        c,
-                        ldc,
-                        p * MR,
-                        rows,
-                        col,
-                        cols,
-                        first,
-                        last,
-                        &epilogue,
-                    );
+                    store_tile(&tile, c, ldc, row0, rows, col, cols, first, last, &epilogue);
                 }
             }
             k0 += kc;
@@ -436,7 +382,10 @@ pub fn gemm_narrow(
             b.pack(k0, kc, 0, n, MR, pack);
             let (first, last) = (k0 == 0, k0 + kc == k);
             for q in q0..q1 {
-                let w_panel = &a.data[q * NR * k + k0 * NR..][..kc * NR];
+                let w_panel = BBlock {
+                    b: &a.data[q * NR * k + k0 * NR..][..kc * NR],
+                    ldb: NR,
+                };
                 let channels = NR.min(m - q * NR);
                 for pp in 0..n.div_ceil(MR) {
                     let pixels = &pack[pp * kc * MR..][..kc * MR];
@@ -517,82 +466,5 @@ fn store_tile(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::kernels::Sequential;
-
-    fn naive(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], bias: &[f32]) -> Vec<f32> {
-        let mut c = vec![0.0; m * n];
-        for i in 0..m {
-            for j in 0..n {
-                let mut s = bias[i] as f64;
-                for kk in 0..k {
-                    s += a[i * k + kk] as f64 * b[kk * n + j] as f64;
-                }
-                c[i * n + j] = s as f32;
-            }
-        }
-        c
-    }
-
-    #[test]
-    fn gemm_matches_naive_on_ragged_sizes() {
-        for &(m, k, n) in &[
-            (1, 1, 1),
-            (7, 300, 33),
-            (13, 5, 130),
-            (6, 513, 16),
-            (40, 600, 4),
-            (17, 9, 7),
-        ] {
-            let a: Vec<f32> = (0..m * k)
-                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
-                .collect();
-            let b: Vec<f32> = (0..k * n)
-                .map(|i| ((i * 53 % 97) as f32 - 48.0) / 48.0)
-                .collect();
-            let bias: Vec<f32> = (0..m).map(|i| i as f32 * 0.1).collect();
-            let packed = PackedA::new(m, k, &a).unwrap();
-            let mut c = vec![0.0; m * n];
-            let mut scratch = vec![0.0; PACK_SCRATCH_LEN];
-            let epi = Epilogue {
-                bias: Some(&bias),
-                residual: None,
-                activation: Activation::None,
-            };
-            let src = DenseB {
-                data: &b,
-                k,
-                n,
-                ld: n,
-            };
-            gemm(&packed, &src, &mut c, n, epi, &mut scratch, &Sequential).unwrap();
-            let want = naive(m, k, n, &a, &b, &bias);
-            if n <= NC {
-                let mut c2 = vec![0.0; m * n];
-                gemm_narrow(
-                    &PackedAT::from_packed(&packed),
-                    &src,
-                    &mut c2,
-                    n,
-                    epi,
-                    &mut scratch,
-                    &Sequential,
-                )
-                .unwrap();
-                for (x, y) in c2.iter().zip(&want) {
-                    assert!(
-                        (x - y).abs() < 1e-3 * (1.0 + y.abs()),
-                        "narrow {m}x{k}x{n}: {x} vs {y}"
-                    );
-                }
-            }
-            for (x, y) in c.iter().zip(&want) {
-                assert!(
-                    (x - y).abs() < 1e-3 * (1.0 + y.abs()),
-                    "{m}x{k}x{n}: {x} vs {y}"
-                );
-            }
-        }
-    }
-}
+#[path = "gemm_tests.rs"]
+mod tests;

@@ -26,6 +26,7 @@
 
 pub mod conv;
 pub mod gemm;
+mod microkernel;
 pub mod ops;
 
 pub use conv::{fold_batch_norm, Conv2d, Conv2dParams};

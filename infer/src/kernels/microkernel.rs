@@ -1,0 +1,195 @@
+//! The GEMM micro-kernels: a `MR x NR` tile of `A . B` from a packed `A` panel and a `B`
+//! block, an AVX2+FMA version chosen at run time (see [`detect`]) and a portable one.
+
+use super::gemm::{MR, NR};
+use super::Activation;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum Simd {
+    Portable,
+    #[cfg(target_arch = "x86_64")]
+    Avx2Fma,
+}
+
+#[cfg(all(feature = "std", target_arch = "x86_64"))]
+pub(super) fn detect() -> Simd {
+    use core::sync::atomic::{AtomicU8, Ordering};
+    static CACHED: AtomicU8 = AtomicU8::new(0);
+    match CACHED.load(Ordering::Relaxed) {
+        1 => Simd::Portable,
+        2 => Simd::Avx2Fma,
+        _ => {
+            let simd =
+                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                    Simd::Avx2Fma
+                } else {
+                    Simd::Portable
+                };
+            CACHED.store(
+                if simd == Simd::Portable { 1 } else { 2 },
+                Ordering::Relaxed,
+            );
+            simd
+        }
+    }
+}
+
+#[cfg(all(not(feature = "std"), target_arch = "x86_64"))]
+pub(super) fn detect() -> Simd {
+    if cfg!(all(target_feature = "avx2", target_feature = "fma")) {
+        Simd::Avx2Fma
+    } else {
+        Simd::Portable
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+pub(super) fn detect() -> Simd {
+    Simd::Portable
+}
+
+/// Name of the micro-kernel this CPU runs (`"avx2+fma"` or `"portable"`).
+pub fn simd_name() -> &'static str {
+    match detect() {
+        Simd::Portable => "portable",
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx2Fma => "avx2+fma",
+    }
+}
+
+pub(super) type Tile = [f32; MR * NR];
+
+/// Where a micro-kernel reads its `kc x NR` block of `B`: row `kk` starts at `b[kk * ldb]`.
+/// `ldb` is [`NR`] for a packed panel, or a dense matrix's row stride when the block is read
+/// in place (a 1x1 convolution's input planes need no packing).
+#[derive(Clone, Copy)]
+pub(super) struct BBlock<'a> {
+    pub b: &'a [f32],
+    pub ldb: usize,
+}
+
+impl BBlock<'_> {
+    #[inline(always)]
+    fn check(&self, kc: usize) {
+        debug_assert!(kc == 0 || self.b.len() >= (kc - 1) * self.ldb + NR);
+    }
+}
+
+/// The epilogue of a full `MR x NR` tile that is stored straight into `C` (first and last
+/// depth block at once): `c[r*ldc + j] = act(acc + bias[r] (+ residual[r*ldc + j]))`.
+pub(super) struct FusedStore<'a> {
+    pub c: &'a mut [f32],
+    pub ldc: usize,
+    pub bias: [f32; MR],
+    pub residual: Option<&'a [f32]>,
+    pub activation: Activation,
+}
+
+/// `tile = A_panel[kc x MR]^T . B[kc x NR]`.
+pub(super) fn kernel_portable(kc: usize, a: &[f32], b: BBlock<'_>, tile: &mut Tile) {
+    b.check(kc);
+    let mut acc = [[0.0f32; NR]; MR];
+    for (kk, ak) in a.chunks_exact(MR).take(kc).enumerate() {
+        let bk = &b.b[kk * b.ldb..][..NR];
+        for r in 0..MR {
+            let av = ak[r];
+            for j in 0..NR {
+                acc[r][j] += av * bk[j];
+            }
+        }
+    }
+    for r in 0..MR {
+        tile[r * NR..r * NR + NR].copy_from_slice(&acc[r]);
+    }
+}
+
+/// The AVX2 accumulation loop shared by the two AVX2 kernels (a macro because
+/// `#[target_feature]` functions cannot be force-inlined into each other).
+#[cfg(target_arch = "x86_64")]
+macro_rules! avx2_accumulate {
+    ($kc:expr, $a:expr, $b:expr) => {{
+        use core::arch::x86_64::*;
+        let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+        let (mut ap, mut bp) = ($a.as_ptr(), $b.b.as_ptr());
+        for _ in 0..$kc {
+            // SAFETY: the loop reads kc*MR floats from `a` and NR floats at each of kc rows
+            // `ldb` apart from `b`, which the callers' slice lengths cover.
+            unsafe {
+                let b0 = _mm256_loadu_ps(bp);
+                let b1 = _mm256_loadu_ps(bp.add(8));
+                for (r, row) in acc.iter_mut().enumerate() {
+                    let av = _mm256_broadcast_ss(&*ap.add(r));
+                    row[0] = _mm256_fmadd_ps(av, b0, row[0]);
+                    row[1] = _mm256_fmadd_ps(av, b1, row[1]);
+                }
+                ap = ap.add(MR);
+                bp = bp.add($b.ldb);
+            }
+        }
+        acc
+    }};
+}
+
+/// # Safety
+/// The CPU must support AVX2 and FMA; `a` holds `kc*MR` floats, `b` covers `kc` rows.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn kernel_avx2(kc: usize, a: &[f32], b: BBlock<'_>, tile: &mut Tile) {
+    use core::arch::x86_64::*;
+    debug_assert!(a.len() >= kc * MR);
+    b.check(kc);
+    let acc = avx2_accumulate!(kc, a, b);
+    for (r, row) in acc.iter().enumerate() {
+        // SAFETY: tile has MR*NR floats.
+        unsafe {
+            _mm256_storeu_ps(tile.as_mut_ptr().add(r * NR), row[0]);
+            _mm256_storeu_ps(tile.as_mut_ptr().add(r * NR + 8), row[1]);
+        }
+    }
+}
+
+/// [`kernel_avx2`] with the epilogue applied in registers and the tile written straight to
+/// `C`: saves the round trip through the tile buffer and the scalar epilogue, which cost as
+/// much as the arithmetic when `kc` is small (the detector's 1x1 convolutions). Same operation
+/// order as the scalar path (`(acc + bias) + residual`, then the activation), so the results
+/// are bit-identical.
+///
+/// # Safety
+/// As [`kernel_avx2`]; `out.c` (and `out.residual`) hold `(MR-1)*ldc + NR` floats.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn kernel_avx2_fused(kc: usize, a: &[f32], b: BBlock<'_>, out: FusedStore<'_>) {
+    use core::arch::x86_64::*;
+    debug_assert!(a.len() >= kc * MR);
+    b.check(kc);
+    assert!(out.c.len() >= (MR - 1) * out.ldc + NR);
+    if let Some(res) = out.residual {
+        assert!(res.len() >= (MR - 1) * out.ldc + NR);
+    }
+    let acc = avx2_accumulate!(kc, a, b);
+    let zero = _mm256_setzero_ps();
+    for (r, row) in acc.iter().enumerate() {
+        let bias = _mm256_set1_ps(out.bias[r]);
+        for (half, &v) in row.iter().enumerate() {
+            let at = r * out.ldc + half * 8;
+            let mut v = _mm256_add_ps(v, bias);
+            // SAFETY: at + 8 <= (MR-1)*ldc + NR, asserted above for both slices.
+            unsafe {
+                if let Some(res) = out.residual {
+                    v = _mm256_add_ps(v, _mm256_loadu_ps(res.as_ptr().add(at)));
+                }
+                v = match out.activation {
+                    Activation::None => v,
+                    // max_ps returns its second operand for NaN and for +-0, as `apply` does.
+                    Activation::Relu => _mm256_max_ps(v, zero),
+                    Activation::LeakyRelu(slope) => {
+                        let negative = _mm256_mul_ps(v, _mm256_set1_ps(slope));
+                        let keep = _mm256_cmp_ps::<_CMP_GE_OQ>(v, zero);
+                        _mm256_blendv_ps(negative, v, keep)
+                    }
+                };
+                _mm256_storeu_ps(out.c.as_mut_ptr().add(at), v);
+            }
+        }
+    }
+}
