@@ -1,0 +1,56 @@
+"""Evaluate a face2exp weights file in PyTorch: proof that the exported names and layout are
+torchvision's (loaded with strict names) and that the preprocessing in docs/FORMAT.md is
+complete, by reproducing `face2exp eval` on an image-folder dataset.
+
+    python tools/torch_eval.py weights/face2exp-base.safetensors ../shared/data/fer2013/val
+
+Needs torch, numpy and pillow. Prints overall, mean and std of per-class accuracy, which
+should equal `face2exp eval --weights FILE --data imagefolder:DIR` up to float rounding.
+ResNet-18 only (scripts/bench_infer_torch.py writes the network out).
+"""
+
+import os
+import sys
+
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "scripts"))
+from bench_infer_torch import load_face2exp, read_safetensors  # noqa: E402
+
+ALIASES = {"angry": "anger", "happiness": "happy", "sadness": "sad", "surprised": "surprise",
+           "fearful": "fear", "disgusted": "disgust"}
+
+
+def main():
+    weights, root = sys.argv[1], sys.argv[2]
+    model, size = load_face2exp(weights)
+    _, meta = read_safetensors(weights)
+    classes = meta["classes"].split(",")
+    mean = np.array([float(v) for v in meta["mean"].split(",")], dtype=np.float32)
+    std = np.array([float(v) for v in meta["std"].split(",")], dtype=np.float32)
+    confusion = np.zeros((len(classes), len(classes)), dtype=np.int64)
+    for folder in sorted(os.listdir(root)):
+        label = classes.index(ALIASES.get(folder, folder))
+        batch = []
+        for name in sorted(os.listdir(os.path.join(root, folder))):
+            img = Image.open(os.path.join(root, folder, name)).convert("RGB")
+            if img.size != (size, size):
+                # The trainer's triangle filter; identical only when no resize is needed.
+                img = img.resize((size, size), Image.BILINEAR, reducing_gap=None)
+            x = (np.asarray(img, dtype=np.float32) / 255.0 - mean) / std
+            batch.append(x.transpose(2, 0, 1))
+        with torch.inference_mode():
+            logits = model(torch.from_numpy(np.stack(batch)))
+        for p in logits.argmax(1).tolist():
+            confusion[label, p] += 1
+    per_class = confusion.diagonal() / confusion.sum(1)
+    print(f"images {confusion.sum()}")
+    print(f"overall {confusion.diagonal().sum() / confusion.sum():.4f}")
+    print(f"mean_class {per_class.mean():.4f} std_class {per_class.std():.4f}")
+    print("per_class " + " ".join(f"{c}={a:.4f}" for c, a in zip(classes, per_class)))
+
+
+if __name__ == "__main__":
+    main()
