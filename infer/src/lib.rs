@@ -32,6 +32,7 @@ mod network;
 mod pool;
 mod preprocess;
 mod session;
+mod tensor_read;
 
 pub use error::{ClassifyError, ImageError, LoadError};
 pub use image::{yuv_to_rgb, FaceRegion, ImageView, PixelFormat};

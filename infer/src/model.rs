@@ -7,7 +7,7 @@ use crate::network::{Block, Network, Stem};
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
-use safetensors::tensor::{Dtype, SafeTensors};
+use safetensors::tensor::SafeTensors;
 
 /// BatchNorm epsilon of torchvision's ResNets.
 pub const BN_EPS: f32 = 1e-5;
@@ -236,45 +236,7 @@ struct Reader<'a, 'data> {
 impl Reader<'_, '_> {
     /// The tensor `name` as f32, checked against `shape` and for finite values.
     fn get(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, LoadError> {
-        let view = self
-            .tensors
-            .tensor(name)
-            .map_err(|_| LoadError::MissingTensor(name.to_string()))?;
-        if view.shape() != shape {
-            return Err(LoadError::WrongShape {
-                tensor: name.to_string(),
-                expected: shape.to_vec(),
-                found: view.shape().to_vec(),
-            });
-        }
-        let data = view.data();
-        let values: Vec<f32> = match view.dtype() {
-            Dtype::F32 => data
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-            Dtype::F16 => data
-                .chunks_exact(2)
-                .map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]])))
-                .collect(),
-            Dtype::BF16 => data
-                .chunks_exact(2)
-                .map(|b| f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16))
-                .collect(),
-            other => {
-                return Err(LoadError::WrongDtype {
-                    tensor: name.to_string(),
-                    dtype: format!("{other:?}"),
-                })
-            }
-        };
-        if values.iter().any(|v| !v.is_finite()) {
-            return Err(LoadError::BadValues {
-                tensor: name.to_string(),
-                problem: "contains NaN or infinite values",
-            });
-        }
-        Ok(values)
+        crate::tensor_read::f32_tensor(self.tensors, name, shape)
     }
 
     /// `{prefix}` conv weight followed by BatchNorm `{bn}`, folded into one convolution.
@@ -307,24 +269,6 @@ impl Reader<'_, '_> {
             .map_err(kernel_err)?;
         Conv2d::new(params, &weight, Some(&bias)).map_err(kernel_err)
     }
-}
-
-/// Minimal IEEE half -> single conversion (subnormals included).
-fn f16_to_f32(h: u16) -> f32 {
-    let sign = ((h >> 15) as u32) << 31;
-    let exp = ((h >> 10) & 0x1f) as u32;
-    let frac = (h & 0x3ff) as u32;
-    let bits = match exp {
-        0 if frac == 0 => sign,
-        0 => {
-            // Subnormal: value = frac * 2^-24.
-            let v = frac as f32 * (1.0 / 16_777_216.0);
-            return if sign != 0 { -v } else { v };
-        }
-        0x1f => sign | 0x7f80_0000 | (frac << 13),
-        _ => sign | ((exp + 112) << 23) | (frac << 13),
-    };
-    f32::from_bits(bits)
 }
 
 fn build_network(
@@ -443,19 +387,5 @@ fn bad_size(input_size: usize) -> LoadError {
         key: "input_size",
         value: format!("{input_size}"),
         problem: "too small for this architecture and stem",
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::f16_to_f32;
-
-    #[test]
-    fn half_precision_conversion() {
-        assert_eq!(f16_to_f32(0x3c00), 1.0);
-        assert_eq!(f16_to_f32(0xc000), -2.0);
-        assert_eq!(f16_to_f32(0x0001), 2f32.powi(-24));
-        assert_eq!(f16_to_f32(0x7bff), 65504.0);
-        assert!(f16_to_f32(0x7c00).is_infinite());
     }
 }

@@ -5,7 +5,7 @@ use crate::kernels::{Conv2d, Conv2dParams};
 use crate::LoadError;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
-use safetensors::{Dtype, SafeTensors};
+use safetensors::SafeTensors;
 
 /// The `arch` metadata value of the one detector this module implements.
 pub const RETINAFACE_ARCH: &str = "retinaface-mnet0.25";
@@ -49,64 +49,8 @@ impl<'a> TensorSource<'a> {
 
     /// Tensor `name` as F32 values (F16 and BF16 converted), checked against `shape`.
     pub(crate) fn f32_tensor(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, LoadError> {
-        let view = self
-            .tensors
-            .tensor(name)
-            .map_err(|_| LoadError::MissingTensor(name.to_string()))?;
-        if view.shape() != shape {
-            return Err(LoadError::WrongShape {
-                tensor: name.to_string(),
-                expected: shape.to_vec(),
-                found: view.shape().to_vec(),
-            });
-        }
-        let data = view.data();
-        let values: Vec<f32> = match view.dtype() {
-            Dtype::F32 => data
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-            Dtype::F16 => data
-                .chunks_exact(2)
-                .map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]])))
-                .collect(),
-            Dtype::BF16 => data
-                .chunks_exact(2)
-                .map(|b| f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16))
-                .collect(),
-            other => {
-                return Err(LoadError::WrongDtype {
-                    tensor: name.to_string(),
-                    dtype: alloc::format!("{other:?}"),
-                })
-            }
-        };
-        if values.iter().any(|v| !v.is_finite()) {
-            return Err(LoadError::BadValues {
-                tensor: name.to_string(),
-                problem: "NaN or infinite weights",
-            });
-        }
-        Ok(values)
+        crate::tensor_read::f32_tensor(&self.tensors, name, shape)
     }
-}
-
-/// IEEE half to single precision.
-fn f16_to_f32(h: u16) -> f32 {
-    let sign = ((h >> 15) as u32) << 31;
-    let exp = ((h >> 10) & 0x1f) as u32;
-    let frac = (h & 0x3ff) as u32;
-    let bits = match (exp, frac) {
-        (0, 0) => sign,
-        (0, _) => {
-            // Subnormal: value = frac * 2^-24.
-            let v = frac as f32 * (1.0 / 16_777_216.0);
-            return if sign != 0 { -v } else { v };
-        }
-        (0x1f, _) => sign | 0x7f80_0000 | (frac << 13),
-        _ => sign | ((exp + 112) << 23) | (frac << 13),
-    };
-    f32::from_bits(bits)
 }
 
 /// `{name}.weight` (OIHW) and `{name}.bias` as a convolution with padding `kernel / 2`.
@@ -148,18 +92,4 @@ pub(crate) fn depthwise_from_tensors(
         layer: name.to_string(),
         error,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::f16_to_f32;
-
-    #[test]
-    fn half_precision_converts_exactly() {
-        assert_eq!(f16_to_f32(0x3c00), 1.0);
-        assert_eq!(f16_to_f32(0xc000), -2.0);
-        assert_eq!(f16_to_f32(0x3555), 0.333_251_95);
-        assert_eq!(f16_to_f32(0x0001), 5.960_464_5e-8);
-        assert!(f16_to_f32(0x7c00).is_infinite());
-    }
 }
