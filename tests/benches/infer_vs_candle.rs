@@ -17,8 +17,10 @@
 //!   and the ratios candle+ops / infer, candle / infer and torch / infer (above 1: infer faster).
 //!
 //! Each thread count runs in its own child process with `RAYON_NUM_THREADS` set, because
-//! candle and rayon size their thread pools once per process. `INFER_BENCH_ITERS` sets the
-//! timed iterations (default 20).
+//! candle and rayon size their thread pools once per process. Inside a process the three Rust
+//! engines are timed round-robin (one forward of each per round, after 3 warm-up rounds), so
+//! that the machine's drift hits them alike; PyTorch runs afterwards in its own process.
+//! `INFER_BENCH_ITERS` sets the timed rounds (default 20).
 
 #[path = "../../infer/benches/support/timing.rs"]
 mod timing;
@@ -27,7 +29,7 @@ use std::collections::HashMap;
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use timing::median_ms;
+use timing::interleaved_median_ms;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
@@ -109,18 +111,27 @@ fn child(threads: usize, files: &[String]) {
                 threads,
             },
         );
-        let infer = median_ms(iters, || {
-            black_box(session.forward_chw(&input).unwrap());
-        });
         let x = Tensor::from_slice(&input, (1, 3, size, size), &Device::Cpu).unwrap();
-        let candle_ms = |fast: bool| {
-            set_fast_cpu_kernels(fast);
-            median_ms(iters, || {
-                black_box(network.forward_with(&x, BnMode::Eval).unwrap());
-            })
+        // candle's kernel choice is a global switch, flipped inside the closures so that the
+        // three engines can be timed round-robin (see `interleaved_median_ms`).
+        let mut run_infer = || {
+            black_box(session.forward_chw(&input).unwrap());
         };
-        let with_ops = candle_ms(true);
-        let stock = candle_ms(false);
+        let mut run_with_ops = || {
+            set_fast_cpu_kernels(true);
+            black_box(network.forward_with(&x, BnMode::Eval).unwrap());
+        };
+        let mut run_stock = || {
+            set_fast_cpu_kernels(false);
+            black_box(network.forward_with(&x, BnMode::Eval).unwrap());
+        };
+        let times = interleaved_median_ms(
+            iters,
+            3,
+            &mut [&mut run_infer, &mut run_with_ops, &mut run_stock],
+        );
+        set_fast_cpu_kernels(true);
+        let (infer, with_ops, stock) = (times[0], times[1], times[2]);
         println!("{file}\t{size}\t{gflop:.3}\t{infer:.3}\t{with_ops:.3}\t{stock:.3}");
     }
 }
@@ -206,7 +217,7 @@ fn main() {
         .collect();
 
     println!(
-        "ResNet-18 forward, batch 1, eval mode, median of {} runs",
+        "ResNet-18 forward, batch 1, eval mode, median of {} interleaved rounds",
         iterations()
     );
     println!();

@@ -2,6 +2,7 @@
 //! a plain GEMM for 1x1 stride-1, and a direct kernel for depthwise convolutions.
 
 use super::gemm::{self, BSource, DenseB, Epilogue, PackedA, PackedAT};
+use super::im2col::Im2col;
 use super::{check_len, Activation, KernelError, Parallel};
 use alloc::vec::Vec;
 
@@ -305,102 +306,6 @@ impl Conv2d {
                     }
                 }
                 Ok(())
-            }
-        }
-    }
-}
-
-/// The im2col matrix `[C*kh*kw, oh*ow]` of a CHW input, never materialised: its blocks are
-/// written straight into the GEMM's packing buffer.
-struct Im2col<'a> {
-    input: &'a [f32],
-    channels: usize,
-    height: usize,
-    width: usize,
-    kernel_h: usize,
-    kernel_w: usize,
-    stride: usize,
-    padding: usize,
-    out_w: usize,
-    n: usize,
-}
-
-impl BSource for Im2col<'_> {
-    fn k(&self) -> usize {
-        self.channels * self.kernel_h * self.kernel_w
-    }
-    fn n(&self) -> usize {
-        self.n
-    }
-    fn pack(
-        &self,
-        k0: usize,
-        kc: usize,
-        j0: usize,
-        nc: usize,
-        panel_width: usize,
-        dst: &mut [f32],
-    ) {
-        let (h, w, s, pad) = (
-            self.height as isize,
-            self.width as isize,
-            self.stride as isize,
-            self.padding as isize,
-        );
-        let taps = self.kernel_h * self.kernel_w;
-        for (jp, panel) in dst
-            .chunks_exact_mut(kc * panel_width)
-            .take(nc.div_ceil(panel_width))
-            .enumerate()
-        {
-            let col0 = j0 + jp * panel_width;
-            let width = panel_width.min(j0 + nc - col0);
-            let (oy0, ox0) = (col0 / self.out_w, col0 % self.out_w);
-            for kk in 0..kc {
-                let row = k0 + kk;
-                let (ci, tap) = (row / taps, row % taps);
-                let (ky, kx) = (
-                    (tap / self.kernel_w) as isize,
-                    (tap % self.kernel_w) as isize,
-                );
-                let plane =
-                    &self.input[ci * self.height * self.width..][..self.height * self.width];
-                let out = &mut panel[kk * panel_width..(kk + 1) * panel_width];
-                // The panel's columns, one output row at a time: within a row, the input
-                // positions are evenly spaced along one input row.
-                let (mut j, mut oy, mut ox) = (0, oy0, ox0);
-                while j < width {
-                    let seg = (width - j).min(self.out_w - ox);
-                    let dst = &mut out[j..j + seg];
-                    let iy = oy as isize * s + ky - pad;
-                    if iy < 0 || iy >= h {
-                        dst.fill(0.0);
-                    } else {
-                        let src = &plane[iy as usize * self.width..][..self.width];
-                        let ix0 = ox as isize * s + kx - pad;
-                        if s == 1 {
-                            let lo = (-ix0).clamp(0, seg as isize) as usize;
-                            let hi = (w - ix0).clamp(lo as isize, seg as isize) as usize;
-                            dst[..lo].fill(0.0);
-                            let from = (ix0 + lo as isize) as usize;
-                            dst[lo..hi].copy_from_slice(&src[from..from + hi - lo]);
-                            dst[hi..].fill(0.0);
-                        } else {
-                            for (t, d) in dst.iter_mut().enumerate() {
-                                let ix = ix0 + t as isize * s;
-                                *d = if ix >= 0 && ix < w {
-                                    src[ix as usize]
-                                } else {
-                                    0.0
-                                };
-                            }
-                        }
-                    }
-                    j += seg;
-                    ox = 0;
-                    oy += 1;
-                }
-                out[width..].fill(0.0);
             }
         }
     }

@@ -25,8 +25,30 @@ pub const NC: usize = 128;
 /// Floats of packing scratch one worker needs: pass `threads * PACK_SCRATCH_LEN` to [`gemm`].
 pub const PACK_SCRATCH_LEN: usize = KC * NC;
 
-/// The left operand, packed for the micro-kernel: panel `p` holds rows `p*MR..p*MR+MR`
-/// (zero-padded) as `K` consecutive groups of `MR` values.
+/// Where panel `panel` (of `panels`, each `width` rows wide) starts for the depth block at
+/// `k0` of `kc` rows, in a packed operand of depth `k`.
+///
+/// Packed operands are laid out depth block by depth block: all panels' rows `0..KC`, then
+/// all panels' rows `KC..2*KC`, and so on. The GEMM walks every panel of one depth block
+/// before the next block, so this order makes that walk one sequential stream, which the
+/// hardware prefetcher follows; panel-major order jumped `width * k` floats per panel, and
+/// the late layers, which read each weight exactly once, were bound by those misses.
+#[inline(always)]
+fn block_offset(panel: usize, panels: usize, width: usize, k0: usize, kc: usize) -> usize {
+    k0 * width * panels + panel * kc * width
+}
+
+/// Floats from packed row `kk` (depth index) of `panel`: `kk`'s block, then its row in it.
+#[inline(always)]
+fn packed_index(panel: usize, panels: usize, width: usize, k: usize, kk: usize) -> usize {
+    let k0 = kk / KC * KC;
+    let kc = KC.min(k - k0);
+    block_offset(panel, panels, width, k0, kc) + (kk - k0) * width
+}
+
+/// The left operand, packed for the micro-kernel: rows in panels of [`MR`] (zero-padded),
+/// each panel `K` groups of `MR` values, stored depth block by depth block (see
+/// [`block_offset`]).
 #[derive(Clone, Debug)]
 pub struct PackedA {
     m: usize,
@@ -45,12 +67,10 @@ impl PackedA {
         check_len("GEMM left operand", a.len(), m * k)?;
         let panels = m.div_ceil(MR);
         let mut data = vec![0.0f32; panels * MR * k];
-        for (p, panel) in data.chunks_exact_mut(MR * k).enumerate() {
-            for r in 0..MR.min(m - p * MR) {
-                let row = &a[(p * MR + r) * k..][..k];
-                for (kk, &v) in row.iter().enumerate() {
-                    panel[kk * MR + r] = v;
-                }
+        for row in 0..m {
+            let (p, r) = (row / MR, row % MR);
+            for (kk, &v) in a[row * k..(row + 1) * k].iter().enumerate() {
+                data[packed_index(p, panels, MR, k, kk) + r] = v;
             }
         }
         Ok(PackedA { m, k, data })
@@ -63,10 +83,17 @@ impl PackedA {
     pub fn depth(&self) -> usize {
         self.k
     }
+
+    /// Rows `k0..k0+kc` (one depth block) of panel `p`.
+    #[inline(always)]
+    fn block(&self, p: usize, k0: usize, kc: usize) -> &[f32] {
+        let at = block_offset(p, self.m.div_ceil(MR), MR, k0, kc);
+        &self.data[at..at + kc * MR]
+    }
 }
 
-/// The left operand packed the other way, for [`gemm_narrow`]: panel `q` holds rows
-/// `q*NR..q*NR+NR` (zero-padded) as `K` groups of `NR` values.
+/// The left operand packed the other way, for [`gemm_narrow`]: rows in panels of [`NR`]
+/// (zero-padded), each `K` groups of `NR` values, depth block by depth block.
 #[derive(Clone, Debug)]
 pub struct PackedAT {
     m: usize,
@@ -77,15 +104,24 @@ pub struct PackedAT {
 impl PackedAT {
     pub fn from_packed(a: &PackedA) -> PackedAT {
         let (m, k) = (a.m, a.k);
-        let mut data = vec![0.0f32; m.div_ceil(NR) * NR * k];
+        let (panels_a, panels) = (m.div_ceil(MR), m.div_ceil(NR));
+        let mut data = vec![0.0f32; panels * NR * k];
         for row in 0..m {
             let (p, r) = (row / MR, row % MR);
             let (q, j) = (row / NR, row % NR);
             for kk in 0..k {
-                data[q * NR * k + kk * NR + j] = a.data[p * MR * k + kk * MR + r];
+                data[packed_index(q, panels, NR, k, kk) + j] =
+                    a.data[packed_index(p, panels_a, MR, k, kk) + r];
             }
         }
         PackedAT { m, k, data }
+    }
+
+    /// Rows `k0..k0+kc` (one depth block) of panel `q`.
+    #[inline(always)]
+    fn block(&self, q: usize, k0: usize, kc: usize) -> &[f32] {
+        let at = block_offset(q, self.m.div_ceil(NR), NR, k0, kc);
+        &self.data[at..at + kc * NR]
     }
 }
 
@@ -282,11 +318,11 @@ pub fn gemm(
                 };
                 let cols = NR.min(j0 + nc - col);
                 for p in p0..p1 {
-                    let a_block = &a.data[p * MR * k + k0 * MR..][..kc * MR];
+                    let a_block = a.block(p, k0, kc);
                     let rows = MR.min(m - p * MR);
                     let row0 = p * MR;
                     #[cfg(target_arch = "x86_64")]
-                    if simd == Simd::Avx2Fma && rows == MR && cols == NR && first && last {
+                    if simd == Simd::Avx2Fma && rows == MR && cols == NR {
                         let at = row0 * ldc + col;
                         let span = (MR - 1) * ldc + NR;
                         let mut bias = [0.0; MR];
@@ -299,6 +335,8 @@ pub fn gemm(
                             bias,
                             residual: epilogue.residual.map(|r| &r[at..at + span]),
                             activation: epilogue.activation,
+                            accumulate: !first,
+                            finish: last,
                         };
                         // SAFETY: detect() checked the CPU; the slices are sized above.
                         unsafe { kernel_avx2_fused(kc, a_block, b_block, out) };
@@ -383,7 +421,7 @@ pub fn gemm_narrow(
             let (first, last) = (k0 == 0, k0 + kc == k);
             for q in q0..q1 {
                 let w_panel = BBlock {
-                    b: &a.data[q * NR * k + k0 * NR..][..kc * NR],
+                    b: a.block(q, k0, kc),
                     ldb: NR,
                 };
                 let channels = NR.min(m - q * NR);

@@ -96,10 +96,12 @@ impl BSource for PackedOnly<'_> {
 
 #[test]
 fn in_place_and_fused_epilogue_match_packed_and_naive() {
-    // (m, k, n, ld of B and C): full tiles with k <= KC take the fused store; k > KC, ragged
-    // rows and columns take the tile buffer; strides wider than n check the indexing.
+    // (m, k, n, ld of B and C): full tiles take the fused store (over several depth blocks
+    // when k > KC), ragged rows and columns the tile buffer; strides wider than n check the
+    // indexing.
     for &(m, k, n, ld) in &[
         (12, 40, 48, 48),
+        (12, 600, 32, 35),
         (12, 40, 48, 53),
         (13, 300, 37, 40),
         (6, 8, 16, 16),

@@ -26,6 +26,7 @@
 
 pub mod conv;
 pub mod gemm;
+mod im2col;
 mod microkernel;
 pub mod ops;
 
