@@ -51,6 +51,27 @@ impl Block {
         }
     }
 
+    /// Floats of convolution scratch this block's convolutions need to take their fastest
+    /// paths at its input size.
+    pub fn scratch_len(&self, threads: usize) -> usize {
+        let mut len = Conv2d::scratch_len(threads);
+        let (mut h, mut w) = (self.in_h, self.in_w);
+        for conv in [Some(&self.conv1), Some(&self.conv2), self.conv3.as_ref()]
+            .into_iter()
+            .flatten()
+        {
+            len = len.max(conv.scratch_len_at(threads, h, w));
+            match conv.output_size(h, w) {
+                Some(size) => (h, w) = size,
+                None => break,
+            }
+        }
+        if let Some(ds) = &self.downsample {
+            len = len.max(ds.scratch_len_at(threads, self.in_h, self.in_w));
+        }
+        len
+    }
+
     /// `(out_h, out_w, macs, largest tensor in floats)`, `None` if the input is too small.
     pub fn shape_and_cost(&self) -> Option<(usize, usize, u64, usize)> {
         let mut macs = 0u64;
@@ -111,8 +132,16 @@ impl Network {
             t2: vec![0.0; n],
             shortcut: vec![0.0; n],
             pooled: vec![0.0; self.final_channels],
-            scratch: vec![0.0; Conv2d::scratch_len(threads)],
+            scratch: vec![0.0; self.scratch_len(threads)],
         }
+    }
+
+    fn scratch_len(&self, threads: usize) -> usize {
+        let s = self.input_size;
+        self.blocks
+            .iter()
+            .map(|b| b.scratch_len(threads))
+            .fold(self.stem_conv.scratch_len_at(threads, s, s), usize::max)
     }
 
     /// Logits of one normalised CHW input `[3, S, S]`. Allocation-free.

@@ -63,6 +63,14 @@ impl Layer {
         }
     }
 
+    /// Floats of convolution scratch for this layer's fastest path at a `h x w` input.
+    fn scratch_len_at(&self, threads: usize, (h, w): (usize, usize)) -> usize {
+        match &self.op {
+            Op::Conv(conv) => conv.scratch_len_at(threads, h, w),
+            Op::Depthwise(_) => Conv2d::scratch_len(threads),
+        }
+    }
+
     fn out_channels(&self) -> usize {
         match &self.op {
             Op::Conv(conv) => conv.params().out_channels,
@@ -287,6 +295,27 @@ impl RetinaNet {
         })
     }
 
+    /// Floats of convolution scratch for frames up to `shapes`: the stride-1 3x3 layers of
+    /// the FPN and SSH modules read a padded copy of their input in place when it fits
+    /// (`Conv2d::scratch_len_at`). The backbone has no such layer.
+    fn scratch_len(&self, shapes: &Shapes, threads: usize) -> usize {
+        let at = |layer: &Layer, level: usize| layer.scratch_len_at(threads, shapes.levels[level]);
+        let mut len = Conv2d::scratch_len(threads).max(at(&self.merge[0], 1));
+        len = len.max(at(&self.merge[1], 0));
+        for (level, ssh) in self.ssh.iter().enumerate() {
+            for layer in [
+                &ssh.conv3x3,
+                &ssh.conv5x5_1,
+                &ssh.conv5x5_2,
+                &ssh.conv7x7_2,
+                &ssh.conv7x7_3,
+            ] {
+                len = len.max(at(layer, level));
+            }
+        }
+        len
+    }
+
     /// Stage output channels (64, 128, 256).
     fn stage_channels(&self, stage: usize) -> usize {
         self.stages[stage].last().map_or(0, Layer::out_channels)
@@ -427,7 +456,7 @@ impl Buffers {
             head_class: [0, 1, 2].map(|l| zeros(a * 2 * plane(l))),
             head_bbox: [0, 1, 2].map(|l| zeros(a * 4 * plane(l))),
             head_landmark: [0, 1, 2].map(|l| zeros(a * 10 * plane(l))),
-            scratch: zeros(Conv2d::scratch_len(threads)),
+            scratch: zeros(net.scratch_len(shapes, threads)),
         }
     }
 }

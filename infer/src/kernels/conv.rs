@@ -3,6 +3,7 @@
 
 use super::gemm::{self, BSource, DenseB, Epilogue, PackedA, PackedAT};
 use super::im2col::Im2col;
+use super::implicit;
 use super::{check_len, Activation, KernelError, Parallel};
 use alloc::vec::Vec;
 
@@ -144,6 +145,20 @@ pub struct Conv2d {
     params: Conv2dParams,
     plan: Plan,
     bias: Vec<f32>,
+    path: ConvPath,
+}
+
+/// How a stride-1 convolution feeds its GEMM (see `kernels::implicit`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ConvPath {
+    /// Implicit where it measured faster (narrow output channels or wide rows), else packed.
+    #[default]
+    Auto,
+    /// Always pack im2col blocks.
+    Packed,
+    /// Read a padded copy of the input in place whenever the convolution allows it (stride
+    /// 1, no groups, kernel larger than 1x1) and the scratch is large enough.
+    Implicit,
 }
 
 impl Conv2d {
@@ -191,7 +206,12 @@ impl Conv2d {
                 narrow: Vec::new(),
             }
         };
-        Ok(Conv2d { params, plan, bias })
+        Ok(Conv2d {
+            params,
+            plan,
+            bias,
+            path: ConvPath::Auto,
+        })
     }
 
     /// Also packs the weights for [`gemm::gemm_narrow`] when an output of `pixels` pixels
@@ -202,6 +222,12 @@ impl Conv2d {
                 *narrow = groups.iter().map(PackedAT::from_packed).collect();
             }
         }
+    }
+
+    /// Overrides the automatic choice between packed and implicit GEMM input, for
+    /// benchmarks and tests; [`Conv2d::scratch_len_at`] follows it.
+    pub fn set_path(&mut self, path: ConvPath) {
+        self.path = path;
     }
 
     pub fn params(&self) -> &Conv2dParams {
@@ -220,6 +246,16 @@ impl Conv2d {
     /// Floats of scratch [`Conv2d::forward`] needs with `threads` workers.
     pub fn scratch_len(threads: usize) -> usize {
         threads.max(1) * gemm::PACK_SCRATCH_LEN
+    }
+
+    /// Floats of scratch that let [`Conv2d::forward`] take its fastest path for a
+    /// `height x width` input: stride-1 convolutions with wide enough rows read a padded
+    /// copy of the input in place instead of packing im2col blocks (see
+    /// `kernels::implicit`). With less (but at least [`Conv2d::scratch_len`]) it packs.
+    pub fn scratch_len_at(&self, threads: usize, height: usize, width: usize) -> usize {
+        let implicit = implicit::Layout::new(&self.params, height, width, self.path)
+            .map_or(0, |layout| layout.scratch_len(threads));
+        Self::scratch_len(threads).max(implicit)
     }
 
     /// `output = act(conv(input) + bias (+ residual))`, input `[in, height, width]`, output and
@@ -258,6 +294,15 @@ impl Conv2d {
                 Ok(())
             }
             Plan::Gemm { groups, narrow } => {
+                if let Some(layout) = implicit::Layout::new(p, height, width, self.path) {
+                    // Only when the caller sized scratch for it (see `scratch_len_at`).
+                    if scratch.len() >= layout.scratch_len(par.threads()) {
+                        return implicit::forward(
+                            &layout, &groups[0], &self.bias, input, output, residual, activation,
+                            scratch, par,
+                        );
+                    }
+                }
                 let in_g = p.in_channels / p.groups;
                 let out_g = p.out_channels / p.groups;
                 let n = oh * ow;

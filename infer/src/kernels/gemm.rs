@@ -25,6 +25,17 @@ pub const NC: usize = 128;
 /// Floats of packing scratch one worker needs: pass `threads * PACK_SCRATCH_LEN` to [`gemm`].
 pub const PACK_SCRATCH_LEN: usize = KC * NC;
 
+/// Row offsets of a packed panel (`NR` floats per row), for any depth block.
+static PANEL_ROWS: [usize; KC] = {
+    let mut rows = [0; KC];
+    let mut kk = 0;
+    while kk < KC {
+        rows[kk] = kk * NR;
+        kk += 1;
+    }
+    rows
+};
+
 /// Where panel `panel` (of `panels`, each `width` rows wide) starts for the depth block at
 /// `k0` of `kc` rows, in a packed operand of depth `k`.
 ///
@@ -138,10 +149,73 @@ pub trait BSource: Sync {
     /// at `dst[jp*kc*width..]` holding `kc` groups of `width` values; columns past `nc` are 0.
     /// `width` is [`NR`] for [`gemm`] and [`MR`] for [`gemm_narrow`].
     fn pack(&self, k0: usize, kc: usize, j0: usize, nc: usize, width: usize, dst: &mut [f32]);
-    /// `Some((data, ld))` when element `(kk, j)` already sits at `data[kk * ld + j]`: [`gemm`]
-    /// then reads full column panels in place instead of packing (copying) them.
-    fn in_place(&self) -> Option<(&[f32], usize)> {
+    /// `Some((data, rows))` when element `(kk, j)` already sits at `data[rows.start(kk) + j]`:
+    /// [`gemm`] then reads full column panels in place instead of packing (copying) them.
+    fn in_place(&self) -> Option<(&[f32], RowStarts)> {
         None
+    }
+}
+
+/// Where the rows of an in-place [`BSource`] start in its data. Both forms increase with the
+/// row, so the last row bounds them all.
+#[derive(Clone, Copy, Debug)]
+pub enum RowStarts {
+    /// Row `kk` starts at `kk * ld` (a row-major matrix).
+    Strided(usize),
+    /// The im2col rows of a stride-1 convolution over a zero-padded CHW input whose planes
+    /// are `height x width` (padding included): row `(ci, ky, kx)` starts at
+    /// `(ci * height + ky) * width + kx`, and column `j` is output pixel `j` in padded-width
+    /// coordinates (`oy * width + ox`).
+    Taps {
+        height: usize,
+        width: usize,
+        kernel_h: usize,
+        kernel_w: usize,
+    },
+}
+
+impl RowStarts {
+    /// Where row `row` starts.
+    #[inline]
+    pub fn start(&self, row: usize) -> usize {
+        let mut start = [0];
+        self.fill(row, &mut start);
+        start[0]
+    }
+
+    /// The starts of rows `k0..k0 + out.len()`, walking the taps without a division per row
+    /// (this runs once per depth block and column chunk, which for a 16-channel layer is as
+    /// often as a few hundred thousand multiply-adds).
+    fn fill(&self, k0: usize, out: &mut [usize]) {
+        match *self {
+            RowStarts::Strided(ld) => {
+                for (kk, start) in out.iter_mut().enumerate() {
+                    *start = (k0 + kk) * ld;
+                }
+            }
+            RowStarts::Taps {
+                height,
+                width,
+                kernel_h,
+                kernel_w,
+            } => {
+                let taps = kernel_h * kernel_w;
+                let (mut ci, tap) = (k0 / taps, k0 % taps);
+                let (mut ky, mut kx) = (tap / kernel_w, tap % kernel_w);
+                for start in out.iter_mut() {
+                    *start = (ci * height + ky) * width + kx;
+                    kx += 1;
+                    if kx == kernel_w {
+                        kx = 0;
+                        ky += 1;
+                        if ky == kernel_h {
+                            ky = 0;
+                            ci += 1;
+                        }
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -154,8 +228,8 @@ pub struct DenseB<'a> {
 }
 
 impl BSource for DenseB<'_> {
-    fn in_place(&self) -> Option<(&[f32], usize)> {
-        Some((self.data, self.ld))
+    fn in_place(&self) -> Option<(&[f32], RowStarts)> {
+        Some((self.data, RowStarts::Strided(self.ld)))
     }
     fn k(&self) -> usize {
         self.k
@@ -258,13 +332,13 @@ pub fn gemm(
     let tasks = col_tasks * row_splits;
 
     let in_place = b.in_place();
-    if let Some((data, ld)) = in_place {
-        if ld < n {
+    if let Some((data, rows)) = in_place {
+        if matches!(rows, RowStarts::Strided(ld) if ld < n) {
             return Err(KernelError::InvalidParams(
                 "GEMM right operand stride below n",
             ));
         }
-        check_len("GEMM right operand", data.len(), (k - 1) * ld + n)?;
+        check_len("GEMM right operand", data.len(), rows.start(k - 1) + n)?;
     }
     let simd = detect();
     let c_ptr = SharedMut(c.as_mut_ptr());
@@ -290,14 +364,14 @@ pub fn gemm(
         let mut tile: Tile = [0.0; MR * NR];
         // Full column panels of an in-place source are read where they are; only the ragged
         // last panel (or everything, for an im2col view) is packed.
-        let (direct, ld) = match in_place {
-            Some((data, ld)) => (Some(data), ld),
-            None => (None, 0),
-        };
-        let direct_panels = if direct.is_some() { nc / NR } else { 0 };
+        let direct_panels = if in_place.is_some() { nc / NR } else { 0 };
+        let mut row_starts = [0usize; KC];
         let mut k0 = 0;
         while k0 < k {
             let kc = KC.min(k - k0);
+            if let Some((_, rows)) = in_place {
+                rows.fill(k0, &mut row_starts[..kc]);
+            }
             if direct_panels * NR < nc {
                 let j_packed = j0 + direct_panels * NR;
                 b.pack(k0, kc, j_packed, j0 + nc - j_packed, NR, pack);
@@ -306,14 +380,15 @@ pub fn gemm(
             // The B panel (kc x NR, 16 KiB) stays in L1 while the A panels stream past it.
             for jp in 0..nc.div_ceil(NR) {
                 let col = j0 + jp * NR;
-                let b_block = match direct {
-                    Some(data) if jp < direct_panels => BBlock {
-                        b: &data[k0 * ld + col..][..(kc - 1) * ld + NR],
-                        ldb: ld,
+                // In-place rows were bounded above: start(k-1) + n <= data.len().
+                let b_block = match in_place {
+                    Some((data, _)) if jp < direct_panels => BBlock {
+                        b: &data[col..],
+                        rows: &row_starts[..kc],
                     },
                     _ => BBlock {
                         b: &pack[(jp - direct_panels) * kc * NR..][..kc * NR],
-                        ldb: NR,
+                        rows: &PANEL_ROWS[..kc],
                     },
                 };
                 let cols = NR.min(j0 + nc - col);
@@ -322,16 +397,17 @@ pub fn gemm(
                     let rows = MR.min(m - p * MR);
                     let row0 = p * MR;
                     #[cfg(target_arch = "x86_64")]
-                    if simd == Simd::Avx2Fma && rows == MR && cols == NR {
+                    if simd == Simd::Avx2Fma && cols == NR {
                         let at = row0 * ldc + col;
-                        let span = (MR - 1) * ldc + NR;
+                        let span = (rows - 1) * ldc + NR;
                         let mut bias = [0.0; MR];
                         if let Some(all) = epilogue.bias {
-                            bias.copy_from_slice(&all[row0..row0 + MR]);
+                            bias[..rows].copy_from_slice(&all[row0..row0 + rows]);
                         }
                         let out = FusedStore {
                             c: &mut c[at..at + span],
                             ldc,
+                            rows,
                             bias,
                             residual: epilogue.residual.map(|r| &r[at..at + span]),
                             activation: epilogue.activation,
@@ -422,7 +498,7 @@ pub fn gemm_narrow(
             for q in q0..q1 {
                 let w_panel = BBlock {
                     b: a.block(q, k0, kc),
-                    ldb: NR,
+                    rows: &PANEL_ROWS[..kc],
                 };
                 let channels = NR.min(m - q * NR);
                 for pp in 0..n.div_ceil(MR) {

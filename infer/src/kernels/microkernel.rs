@@ -59,19 +59,22 @@ pub fn simd_name() -> &'static str {
 
 pub(super) type Tile = [f32; MR * NR];
 
-/// Where a micro-kernel reads its `kc x NR` block of `B`: row `kk` starts at `b[kk * ldb]`.
-/// `ldb` is [`NR`] for a packed panel, or a dense matrix's row stride when the block is read
-/// in place (a 1x1 convolution's input planes need no packing).
+/// Where a micro-kernel reads its `kc x NR` block of `B`: row `kk` is `b[rows[kk]..][..NR]`.
+/// `rows` is `kk * NR` for a packed panel, `kk * ld` for a dense matrix read in place (a 1x1
+/// convolution's input planes), or a tap's offset into a zero-padded input (a stride-1
+/// convolution read in place, see `conv::Implicit`). Whoever builds a block checks that
+/// every row lies inside `b`.
 #[derive(Clone, Copy)]
 pub(super) struct BBlock<'a> {
     pub b: &'a [f32],
-    pub ldb: usize,
+    pub rows: &'a [usize],
 }
 
 impl BBlock<'_> {
     #[inline(always)]
     fn check(&self, kc: usize) {
-        debug_assert!(kc == 0 || self.b.len() >= (kc - 1) * self.ldb + NR);
+        debug_assert!(self.rows.len() >= kc);
+        debug_assert!(self.rows[..kc].iter().all(|&r| r + NR <= self.b.len()));
     }
 }
 
@@ -81,6 +84,9 @@ impl BBlock<'_> {
 pub(super) struct FusedStore<'a> {
     pub c: &'a mut [f32],
     pub ldc: usize,
+    /// Rows of the tile that exist in `C` (`1..=MR`; the last row panel may be short, its
+    /// packed `A` rows are zero and its extra accumulators are dropped).
+    pub rows: usize,
     pub bias: [f32; MR],
     pub residual: Option<&'a [f32]>,
     pub activation: Activation,
@@ -95,7 +101,7 @@ pub(super) fn kernel_portable(kc: usize, a: &[f32], b: BBlock<'_>, tile: &mut Ti
     b.check(kc);
     let mut acc = [[0.0f32; NR]; MR];
     for (kk, ak) in a.chunks_exact(MR).take(kc).enumerate() {
-        let bk = &b.b[kk * b.ldb..][..NR];
+        let bk = &b.b[b.rows[kk]..][..NR];
         for r in 0..MR {
             let av = ak[r];
             for j in 0..NR {
@@ -115,11 +121,12 @@ macro_rules! avx2_accumulate {
     ($kc:expr, $a:expr, $b:expr) => {{
         use core::arch::x86_64::*;
         let mut acc = [[_mm256_setzero_ps(); 2]; MR];
-        let (mut ap, mut bp) = ($a.as_ptr(), $b.b.as_ptr());
+        let (mut ap, b, mut row) = ($a.as_ptr(), $b.b.as_ptr(), $b.rows.as_ptr());
         for _ in 0..$kc {
-            // SAFETY: the loop reads kc*MR floats from `a` and NR floats at each of kc rows
-            // `ldb` apart from `b`, which the callers' slice lengths cover.
+            // SAFETY: the loop reads kc*MR floats from `a`, kc row offsets, and NR floats at
+            // each offset of `b`, which the callers checked (see `BBlock`).
             unsafe {
+                let bp = b.add(*row);
                 let b0 = _mm256_loadu_ps(bp);
                 let b1 = _mm256_loadu_ps(bp.add(8));
                 for (r, row) in acc.iter_mut().enumerate() {
@@ -128,7 +135,7 @@ macro_rules! avx2_accumulate {
                     row[1] = _mm256_fmadd_ps(av, b1, row[1]);
                 }
                 ap = ap.add(MR);
-                bp = bp.add($b.ldb);
+                row = row.add(1);
             }
         }
         acc
@@ -161,24 +168,26 @@ pub(super) unsafe fn kernel_avx2(kc: usize, a: &[f32], b: BBlock<'_>, tile: &mut
 /// activation), so the results are bit-identical.
 ///
 /// # Safety
-/// As [`kernel_avx2`]; `out.c` (and `out.residual`) hold `(MR-1)*ldc + NR` floats.
+/// As [`kernel_avx2`]; `out.c` (and `out.residual`) hold `(out.rows-1)*ldc + NR` floats.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn kernel_avx2_fused(kc: usize, a: &[f32], b: BBlock<'_>, out: FusedStore<'_>) {
     use core::arch::x86_64::*;
     debug_assert!(a.len() >= kc * MR);
     b.check(kc);
-    assert!(out.c.len() >= (MR - 1) * out.ldc + NR);
+    assert!((1..=MR).contains(&out.rows));
+    let span = (out.rows - 1) * out.ldc + NR;
+    assert!(out.c.len() >= span);
     if let Some(res) = out.residual {
-        assert!(res.len() >= (MR - 1) * out.ldc + NR);
+        assert!(res.len() >= span);
     }
     let acc = avx2_accumulate!(kc, a, b);
     let zero = _mm256_setzero_ps();
-    for (r, row) in acc.iter().enumerate() {
+    for (r, row) in acc.iter().enumerate().take(out.rows) {
         let bias = _mm256_set1_ps(out.bias[r]);
         for (half, &v) in row.iter().enumerate() {
             let at = r * out.ldc + half * 8;
-            // SAFETY: at + 8 <= (MR-1)*ldc + NR, asserted above for both slices.
+            // SAFETY: at + 8 <= (rows-1)*ldc + NR, asserted above for both slices.
             unsafe {
                 let start = if out.accumulate {
                     _mm256_loadu_ps(out.c.as_ptr().add(at))

@@ -27,10 +27,11 @@
 pub mod conv;
 pub mod gemm;
 mod im2col;
+mod implicit;
 mod microkernel;
 pub mod ops;
 
-pub use conv::{fold_batch_norm, Conv2d, Conv2dParams};
+pub use conv::{fold_batch_norm, Conv2d, Conv2dParams, ConvPath};
 pub use gemm::{PackedA, PACK_SCRATCH_LEN};
 pub use ops::{
     add, add_in_place, avg_pool2d, concat_channels, global_avg_pool, linear_forward, max_pool2d,
