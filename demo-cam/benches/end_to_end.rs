@@ -145,21 +145,33 @@ fn main() -> Result<()> {
         classifier.origin
     );
     println!();
-    println!("| faces | threads | detect downscale | FPS | capture ms | detect ms | classify ms | track+overlay ms | CPU ms/frame (capture / detect / classify / overlay) |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("| faces | threads | detect downscale | late weights | FPS | capture ms | detect ms | classify ms | track+overlay ms | CPU ms/frame (capture / detect / classify / overlay) |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    // Half-precision late layers (--half-weights) only where detection is cheap enough for
+    // classification to matter.
+    let configs = [
+        (1, 1, false),
+        (2, 1, false),
+        (1, 2, false),
+        (2, 2, false),
+        (1, 2, true),
+        (2, 2, true),
+    ];
     for (faces, rgb) in [(1, &one), (3, &three)] {
-        for (threads, downscale) in [(1, 1), (2, 1), (1, 2), (2, 2)] {
+        for (threads, downscale, half_weights) in configs {
             let config = EngineConfig {
                 threads,
                 max_faces: 16,
                 score_threshold: 0.6,
                 detect_downscale: downscale,
+                half_weights,
             };
+            let precision = if half_weights { "f16" } else { "f32" };
             let mut engine = Engine::load(&classifier, Some(&detector), &config)?;
             let (fps, t) = bench(&mut engine, rgb, frames, faces)?;
             let ms = |d: Duration| d.as_secs_f64() * 1e3 / frames as f64;
             println!(
-                "| {faces} | {threads} | {downscale} | {fps:.1} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} / {:.2} / {:.2} / {:.2} |",
+                "| {faces} | {threads} | {downscale} | {precision} | {fps:.1} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} / {:.2} / {:.2} / {:.2} |",
                 ms(t.wall[0]),
                 ms(t.wall[1]),
                 ms(t.wall[2]),

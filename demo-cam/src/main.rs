@@ -58,6 +58,7 @@ fn run(args: &Args) -> Result<ExitCode> {
         max_faces: args.max_faces.max(1),
         score_threshold: args.score_threshold,
         detect_downscale: args.detect_downscale.into(),
+        half_weights: args.half_weights,
     };
     let engine = Engine::load(&classifier, detector.as_ref(), &config)?;
     let mut pipeline = Pipeline::new(engine, tracking);

@@ -87,12 +87,13 @@ fn steady_state_frames_allocate_nothing() {
         height: photo.height(),
     };
 
-    for threads in [1, 2] {
+    for (threads, half_weights) in [(1, false), (2, false), (1, true)] {
         let config = EngineConfig {
             threads,
             max_faces: 16,
             score_threshold: 0.6,
             detect_downscale: 1,
+            half_weights,
         };
         let engine = Engine::load(&classifier, Some(&detector), &config).unwrap();
         let mut pipeline = Pipeline::new(engine, Some(TrackerConfig::default()));

@@ -199,6 +199,21 @@ impl Model {
     pub fn macs(&self) -> u64 {
         self.network.macs
     }
+
+    /// Stores the weights of the late layers (outputs under 16 pixels, e.g. ResNet-18's last
+    /// two stages at 48 px: 10.5 M of its 11.2 M weights) as IEEE half floats, widened in
+    /// registers as they are used; activations and sums stay single precision. Those layers
+    /// read every weight once per face, so their time is memory traffic, which this halves;
+    /// the price is a relative error of up to 2^-11 per weight (logits move by about 1e-3;
+    /// docs/BENCHMARKS.md has the measured speed and agreement). Call before making sessions.
+    /// Returns how many weights are now half precision.
+    pub fn store_late_weights_as_f16(&mut self) -> usize {
+        self.network
+            .blocks
+            .iter_mut()
+            .map(Block::late_weights_to_half)
+            .sum()
+    }
 }
 
 fn bad(key: &'static str, value: &str, problem: &'static str) -> LoadError {

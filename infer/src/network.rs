@@ -51,6 +51,20 @@ impl Block {
         }
     }
 
+    /// See [`crate::Model::store_late_weights_as_f16`].
+    pub fn late_weights_to_half(&mut self) -> usize {
+        [
+            Some(&mut self.conv1),
+            Some(&mut self.conv2),
+            self.conv3.as_mut(),
+            self.downsample.as_mut(),
+        ]
+        .into_iter()
+        .flatten()
+        .map(Conv2d::narrow_weights_to_half)
+        .sum()
+    }
+
     /// Floats of convolution scratch this block's convolutions need to take their fastest
     /// paths at its input size.
     pub fn scratch_len(&self, threads: usize) -> usize {

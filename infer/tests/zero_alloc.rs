@@ -110,8 +110,11 @@ fn classify_allocates_nothing_after_warm_up() {
         input_size: 8,
         classes: 7,
     };
-    let model = Model::from_bytes(&model_file(&spec, 4)).unwrap();
+    let mut model = Model::from_bytes(&model_file(&spec, 4)).unwrap();
     check_session(&model, 1, &PixelFormat::ALL, 100);
     // The worker pool must not allocate per job either (fewer calls: the test runs in CI).
     check_session(&model, 2, &[PixelFormat::Rgb8], 20);
+    // Nor the half-precision late layers.
+    assert!(model.store_late_weights_as_f16() > 0);
+    check_session(&model, 1, &[PixelFormat::Rgb8], 20);
 }

@@ -224,6 +224,19 @@ impl Conv2d {
         }
     }
 
+    /// Stores the weights packed for [`gemm::gemm_narrow`] (see
+    /// [`Conv2d::prepare_for_output_pixels`]) as IEEE half floats; returns how many weights
+    /// that covers (0 when this convolution does not run narrow).
+    pub fn narrow_weights_to_half(&mut self) -> usize {
+        match &mut self.plan {
+            Plan::Gemm { narrow, .. } if !narrow.is_empty() => {
+                narrow.iter_mut().for_each(PackedAT::to_half);
+                self.params.weight_len()
+            }
+            _ => 0,
+        }
+    }
+
     /// Overrides the automatic choice between packed and implicit GEMM input, for
     /// benchmarks and tests; [`Conv2d::scratch_len_at`] follows it.
     pub fn set_path(&mut self, path: ConvPath) {

@@ -10,6 +10,7 @@ pub use super::microkernel::simd_name;
 use super::microkernel::{detect, kernel_portable, BBlock, Simd, Tile};
 #[cfg(target_arch = "x86_64")]
 use super::microkernel::{kernel_avx2, kernel_avx2_fused, FusedStore};
+pub use super::narrow::{gemm_narrow, narrow_is_better, PackedAT};
 use super::{check_len, Activation, KernelError, Parallel};
 use alloc::vec;
 use alloc::vec::Vec;
@@ -26,7 +27,7 @@ pub const NC: usize = 128;
 pub const PACK_SCRATCH_LEN: usize = KC * NC;
 
 /// Row offsets of a packed panel (`NR` floats per row), for any depth block.
-static PANEL_ROWS: [usize; KC] = {
+pub(super) static PANEL_ROWS: [usize; KC] = {
     let mut rows = [0; KC];
     let mut kk = 0;
     while kk < KC {
@@ -45,13 +46,25 @@ static PANEL_ROWS: [usize; KC] = {
 /// hardware prefetcher follows; panel-major order jumped `width * k` floats per panel, and
 /// the late layers, which read each weight exactly once, were bound by those misses.
 #[inline(always)]
-fn block_offset(panel: usize, panels: usize, width: usize, k0: usize, kc: usize) -> usize {
+pub(super) fn block_offset(
+    panel: usize,
+    panels: usize,
+    width: usize,
+    k0: usize,
+    kc: usize,
+) -> usize {
     k0 * width * panels + panel * kc * width
 }
 
 /// Floats from packed row `kk` (depth index) of `panel`: `kk`'s block, then its row in it.
 #[inline(always)]
-fn packed_index(panel: usize, panels: usize, width: usize, k: usize, kk: usize) -> usize {
+pub(super) fn packed_index(
+    panel: usize,
+    panels: usize,
+    width: usize,
+    k: usize,
+    kk: usize,
+) -> usize {
     let k0 = kk / KC * KC;
     let kc = KC.min(k - k0);
     block_offset(panel, panels, width, k0, kc) + (kk - k0) * width
@@ -62,9 +75,9 @@ fn packed_index(panel: usize, panels: usize, width: usize, k: usize, kk: usize) 
 /// [`block_offset`]).
 #[derive(Clone, Debug)]
 pub struct PackedA {
-    m: usize,
-    k: usize,
-    data: Vec<f32>,
+    pub(super) m: usize,
+    pub(super) k: usize,
+    pub(super) data: Vec<f32>,
 }
 
 impl PackedA {
@@ -101,44 +114,6 @@ impl PackedA {
         let at = block_offset(p, self.m.div_ceil(MR), MR, k0, kc);
         &self.data[at..at + kc * MR]
     }
-}
-
-/// The left operand packed the other way, for [`gemm_narrow`]: rows in panels of [`NR`]
-/// (zero-padded), each `K` groups of `NR` values, depth block by depth block.
-#[derive(Clone, Debug)]
-pub struct PackedAT {
-    m: usize,
-    k: usize,
-    data: Vec<f32>,
-}
-
-impl PackedAT {
-    pub fn from_packed(a: &PackedA) -> PackedAT {
-        let (m, k) = (a.m, a.k);
-        let (panels_a, panels) = (m.div_ceil(MR), m.div_ceil(NR));
-        let mut data = vec![0.0f32; panels * NR * k];
-        for row in 0..m {
-            let (p, r) = (row / MR, row % MR);
-            let (q, j) = (row / NR, row % NR);
-            for kk in 0..k {
-                data[packed_index(q, panels, NR, k, kk) + j] =
-                    a.data[packed_index(p, panels_a, MR, k, kk) + r];
-            }
-        }
-        PackedAT { m, k, data }
-    }
-
-    /// Rows `k0..k0+kc` (one depth block) of panel `q`.
-    #[inline(always)]
-    fn block(&self, q: usize, k0: usize, kc: usize) -> &[f32] {
-        let at = block_offset(q, self.m.div_ceil(NR), NR, k0, kc);
-        &self.data[at..at + kc * NR]
-    }
-}
-
-/// True when [`gemm_narrow`] wastes less of the micro-kernel than [`gemm`] for `n` columns.
-pub fn narrow_is_better(n: usize) -> bool {
-    n > 0 && n < NR && n.div_ceil(MR) * MR < NR
 }
 
 /// The right operand, a `k x n` matrix that can pack any block of itself.
@@ -274,16 +249,64 @@ pub struct Epilogue<'a> {
 }
 
 #[derive(Clone, Copy)]
-struct SharedMut(*mut f32);
+pub(super) struct SharedMut(pub(super) *mut f32);
 // SAFETY: tasks write disjoint tiles of C and use disjoint scratch slots (one per worker).
 unsafe impl Sync for SharedMut {}
 unsafe impl Send for SharedMut {}
 
 impl SharedMut {
     // A method, so closures capture the whole (Sync) wrapper rather than its raw field.
-    fn get(self) -> *mut f32 {
+    pub(super) fn get(self) -> *mut f32 {
         self.0
     }
+
+    /// Worker `worker`'s packing slot of the scratch this points into.
+    ///
+    /// # Safety
+    /// The scratch holds a slot for `worker`, and no one else uses that slot meanwhile (each
+    /// worker runs one task at a time).
+    pub(super) unsafe fn pack_slot<'a>(self, worker: usize) -> &'a mut [f32] {
+        // SAFETY: as the caller promises.
+        unsafe {
+            core::slice::from_raw_parts_mut(self.0.add(worker * PACK_SCRATCH_LEN), PACK_SCRATCH_LEN)
+        }
+    }
+}
+
+/// Checks the operands of an `m x k` by `k x n` product shared by [`gemm`] and
+/// [`gemm_narrow`]; returns the worker count. `ldc >= n` is the caller's to check.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn check_operands(
+    m: usize,
+    k: usize,
+    b: &dyn BSource,
+    c_len: usize,
+    ldc: usize,
+    epilogue: &Epilogue<'_>,
+    scratch_len: usize,
+    par: &dyn Parallel,
+) -> Result<usize, KernelError> {
+    let n = b.n();
+    if b.k() != k {
+        return Err(KernelError::Length {
+            what: "GEMM right operand rows",
+            expected: k,
+            found: b.k(),
+        });
+    }
+    if n == 0 {
+        return Ok(par.threads().max(1));
+    }
+    check_len("GEMM output", c_len, (m - 1) * ldc + n)?;
+    if let Some(bias) = epilogue.bias {
+        check_len("GEMM bias", bias.len(), m)?;
+    }
+    if let Some(residual) = epilogue.residual {
+        check_len("GEMM residual", residual.len(), (m - 1) * ldc + n)?;
+    }
+    let threads = par.threads().max(1);
+    check_len("GEMM scratch", scratch_len, threads * PACK_SCRATCH_LEN)?;
+    Ok(threads)
 }
 
 /// `C = epilogue(A . B)`, `C` row-major `a.rows() x b.n()` with row stride `ldc`.
@@ -299,28 +322,13 @@ pub fn gemm(
     par: &dyn Parallel,
 ) -> Result<(), KernelError> {
     let (m, k, n) = (a.m, a.k, b.n());
-    if b.k() != k {
-        return Err(KernelError::Length {
-            what: "GEMM right operand rows",
-            expected: k,
-            found: b.k(),
-        });
-    }
     if n == 0 {
-        return Ok(());
+        return check_operands(m, k, b, c.len(), ldc, &epilogue, scratch.len(), par).map(drop);
     }
     if ldc < n {
         return Err(KernelError::InvalidParams("GEMM ldc smaller than n"));
     }
-    check_len("GEMM output", c.len(), (m - 1) * ldc + n)?;
-    if let Some(bias) = epilogue.bias {
-        check_len("GEMM bias", bias.len(), m)?;
-    }
-    if let Some(residual) = epilogue.residual {
-        check_len("GEMM residual", residual.len(), (m - 1) * ldc + n)?;
-    }
-    let threads = par.threads().max(1);
-    check_len("GEMM scratch", scratch.len(), threads * PACK_SCRATCH_LEN)?;
+    let threads = check_operands(m, k, b, c.len(), ldc, &epilogue, scratch.len(), par)?;
 
     // Split columns into chunks of at most NC; when that gives fewer chunks than threads
     // (late layers have few pixels), split the row panels too.
@@ -352,12 +360,7 @@ pub fn gemm(
         let p0 = rs * panels_per_split;
         let p1 = panels.min(p0 + panels_per_split);
         // SAFETY: worker slots are disjoint and a worker runs one task at a time.
-        let pack = unsafe {
-            core::slice::from_raw_parts_mut(
-                scratch_ptr.get().add(worker * PACK_SCRATCH_LEN),
-                PACK_SCRATCH_LEN,
-            )
-        };
+        let pack = unsafe { scratch_ptr.pack_slot(worker) };
         // SAFETY: this task only touches rows p0*MR..p1*MR, columns j0..j0+nc of C, which no
         // other task touches.
         let c = unsafe { core::slice::from_raw_parts_mut(c_ptr.get(), c_len) };
@@ -431,107 +434,6 @@ pub fn gemm(
         }
     };
     par.run(tasks, &task);
-    Ok(())
-}
-
-/// Same result as [`gemm`], computed as `C^T = B^T . A^T` so that the few columns of a
-/// late, low-resolution layer fill the micro-kernel's [`MR`] side instead of padding [`NR`].
-///
-/// Requires `b.n() <= NC`; `scratch` as for [`gemm`].
-pub fn gemm_narrow(
-    a: &PackedAT,
-    b: &dyn BSource,
-    c: &mut [f32],
-    ldc: usize,
-    epilogue: Epilogue<'_>,
-    scratch: &mut [f32],
-    par: &dyn Parallel,
-) -> Result<(), KernelError> {
-    let (m, k, n) = (a.m, a.k, b.n());
-    if b.k() != k {
-        return Err(KernelError::Length {
-            what: "GEMM right operand rows",
-            expected: k,
-            found: b.k(),
-        });
-    }
-    if n == 0 {
-        return Ok(());
-    }
-    if ldc < n || n > NC {
-        return Err(KernelError::InvalidParams(
-            "narrow GEMM needs n <= NC and ldc >= n",
-        ));
-    }
-    check_len("GEMM output", c.len(), (m - 1) * ldc + n)?;
-    if let Some(bias) = epilogue.bias {
-        check_len("GEMM bias", bias.len(), m)?;
-    }
-    if let Some(residual) = epilogue.residual {
-        check_len("GEMM residual", residual.len(), (m - 1) * ldc + n)?;
-    }
-    let threads = par.threads().max(1);
-    check_len("GEMM scratch", scratch.len(), threads * PACK_SCRATCH_LEN)?;
-    let panels = m.div_ceil(NR);
-    let per_task = panels.div_ceil(threads);
-    let simd = detect();
-    let c_ptr = SharedMut(c.as_mut_ptr());
-    let c_len = c.len();
-    let scratch_ptr = SharedMut(scratch.as_mut_ptr());
-    let task = |t: usize, worker: usize| {
-        let q0 = t * per_task;
-        let q1 = panels.min(q0 + per_task);
-        // SAFETY: as in `gemm`: disjoint scratch slots, disjoint rows of C per task.
-        let pack = unsafe {
-            core::slice::from_raw_parts_mut(
-                scratch_ptr.get().add(worker * PACK_SCRATCH_LEN),
-                PACK_SCRATCH_LEN,
-            )
-        };
-        let c = unsafe { core::slice::from_raw_parts_mut(c_ptr.get(), c_len) };
-        let mut tile: Tile = [0.0; MR * NR];
-        let mut k0 = 0;
-        while k0 < k {
-            let kc = KC.min(k - k0);
-            b.pack(k0, kc, 0, n, MR, pack);
-            let (first, last) = (k0 == 0, k0 + kc == k);
-            for q in q0..q1 {
-                let w_panel = BBlock {
-                    b: a.block(q, k0, kc),
-                    rows: &PANEL_ROWS[..kc],
-                };
-                let channels = NR.min(m - q * NR);
-                for pp in 0..n.div_ceil(MR) {
-                    let pixels = &pack[pp * kc * MR..][..kc * MR];
-                    match simd {
-                        Simd::Portable => kernel_portable(kc, pixels, w_panel, &mut tile),
-                        // SAFETY: detect() checked the CPU; slice lengths are exact above.
-                        #[cfg(target_arch = "x86_64")]
-                        Simd::Avx2Fma => unsafe { kernel_avx2(kc, pixels, w_panel, &mut tile) },
-                    }
-                    let px0 = pp * MR;
-                    let count = MR.min(n - px0);
-                    for j in 0..channels {
-                        let ch = q * NR + j;
-                        let bias = epilogue.bias.map_or(0.0, |b| b[ch]);
-                        for r in 0..count {
-                            let at = ch * ldc + px0 + r;
-                            let mut v = tile[r * NR + j] + if first { bias } else { c[at] };
-                            if last {
-                                if let Some(res) = epilogue.residual {
-                                    v += res[at];
-                                }
-                                v = epilogue.activation.apply(v);
-                            }
-                            c[at] = v;
-                        }
-                    }
-                }
-            }
-            k0 += kc;
-        }
-    };
-    par.run(panels.div_ceil(per_task), &task);
     Ok(())
 }
 

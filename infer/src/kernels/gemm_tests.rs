@@ -158,3 +158,67 @@ fn in_place_and_fused_epilogue_match_packed_and_naive() {
         }
     }
 }
+
+#[test]
+fn half_weights_equal_single_weights_rounded_to_half() {
+    use crate::tensor_read::{f16_to_f32, f32_to_f16};
+    // Narrow shapes of ResNet-18's last stages (2x2 and 3x3 outputs), depth over KC.
+    for &(m, k, n) in &[(64, 600, 4), (37, 300, 9), (16, 9, 1)] {
+        let a: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 37.0)
+            .collect();
+        let rounded: Vec<f32> = a.iter().map(|&v| f16_to_f32(f32_to_f16(v))).collect();
+        let b: Vec<f32> = (0..k * n)
+            .map(|i| ((i * 53 % 97) as f32 - 48.0) / 48.0)
+            .collect();
+        let bias: Vec<f32> = (0..m).map(|i| i as f32 * 0.1).collect();
+        let run = |weights: &[f32], half: bool| {
+            let mut packed = PackedAT::from_packed(&PackedA::new(m, k, weights).unwrap());
+            if half {
+                packed.to_half();
+            }
+            assert_eq!(packed.is_half(), half);
+            let mut c = vec![f32::NAN; m * n];
+            let mut scratch = vec![0.0; PACK_SCRATCH_LEN];
+            let dense = DenseB {
+                data: &b,
+                k,
+                n,
+                ld: n,
+            };
+            let epi = Epilogue {
+                bias: Some(&bias),
+                residual: None,
+                activation: Activation::None,
+            };
+            gemm_narrow(&packed, &dense, &mut c, n, epi, &mut scratch, &Sequential).unwrap();
+            c
+        };
+        let (want, got) = (run(&rounded, false), run(&a, true));
+        let same = want
+            .iter()
+            .zip(&got)
+            .all(|(x, y)| x.to_bits() == y.to_bits());
+        assert!(same, "{m}x{k}x{n}");
+    }
+}
+
+#[test]
+fn portable_half_kernel_matches_portable_single_kernel() {
+    use super::super::microkernel::{kernel_portable, kernel_portable_f16, BBlock, HalfBlock};
+    use crate::tensor_read::f16_to_f32;
+    let kc = 37;
+    let a: Vec<f32> = (0..kc * MR).map(|i| (i % 11) as f32 - 5.0).collect();
+    let halves: Vec<u16> = (0..kc * NR)
+        .map(|i| (0x3000 + i * 13 % 0x1000) as u16)
+        .collect();
+    let singles: Vec<f32> = halves.iter().map(|&h| f16_to_f32(h)).collect();
+    let (mut want, mut got) = ([0.0; MR * NR], [0.0; MR * NR]);
+    let block = BBlock {
+        b: &singles,
+        rows: &PANEL_ROWS[..kc],
+    };
+    kernel_portable(kc, &a, block, &mut want);
+    kernel_portable_f16(kc, &a, HalfBlock { b: &halves }, &mut got);
+    assert_eq!(want, got);
+}

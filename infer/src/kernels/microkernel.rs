@@ -19,12 +19,14 @@ pub(super) fn detect() -> Simd {
         1 => Simd::Portable,
         2 => Simd::Avx2Fma,
         _ => {
-            let simd =
-                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                    Simd::Avx2Fma
-                } else {
-                    Simd::Portable
-                };
+            let simd = if std::is_x86_feature_detected!("avx2")
+                && std::is_x86_feature_detected!("fma")
+                && std::is_x86_feature_detected!("f16c")
+            {
+                Simd::Avx2Fma
+            } else {
+                Simd::Portable
+            };
             CACHED.store(
                 if simd == Simd::Portable { 1 } else { 2 },
                 Ordering::Relaxed,
@@ -36,7 +38,11 @@ pub(super) fn detect() -> Simd {
 
 #[cfg(all(not(feature = "std"), target_arch = "x86_64"))]
 pub(super) fn detect() -> Simd {
-    if cfg!(all(target_feature = "avx2", target_feature = "fma")) {
+    if cfg!(all(
+        target_feature = "avx2",
+        target_feature = "fma",
+        target_feature = "f16c"
+    )) {
         Simd::Avx2Fma
     } else {
         Simd::Portable
@@ -114,21 +120,22 @@ pub(super) fn kernel_portable(kc: usize, a: &[f32], b: BBlock<'_>, tile: &mut Ti
     }
 }
 
-/// The AVX2 accumulation loop shared by the two AVX2 kernels (a macro because
-/// `#[target_feature]` functions cannot be force-inlined into each other).
+/// The AVX2 accumulation loop shared by the AVX2 kernels (a macro because
+/// `#[target_feature]` functions cannot be force-inlined into each other). `$load` names the
+/// macro that reads 8 values of a `B` row as floats: `load_f32` or `load_f16`.
 #[cfg(target_arch = "x86_64")]
 macro_rules! avx2_accumulate {
-    ($kc:expr, $a:expr, $b:expr) => {{
+    ($kc:expr, $a:expr, $b:expr, $rows:expr, $load:ident) => {{
         use core::arch::x86_64::*;
         let mut acc = [[_mm256_setzero_ps(); 2]; MR];
-        let (mut ap, b, mut row) = ($a.as_ptr(), $b.b.as_ptr(), $b.rows.as_ptr());
+        let (mut ap, b, mut row) = ($a.as_ptr(), $b.as_ptr(), $rows.as_ptr());
         for _ in 0..$kc {
-            // SAFETY: the loop reads kc*MR floats from `a`, kc row offsets, and NR floats at
+            // SAFETY: the loop reads kc*MR floats from `a`, kc row offsets, and NR values at
             // each offset of `b`, which the callers checked (see `BBlock`).
             unsafe {
                 let bp = b.add(*row);
-                let b0 = _mm256_loadu_ps(bp);
-                let b1 = _mm256_loadu_ps(bp.add(8));
+                let b0 = $load!(bp);
+                let b1 = $load!(bp.add(8));
                 for (r, row) in acc.iter_mut().enumerate() {
                     let av = _mm256_broadcast_ss(&*ap.add(r));
                     row[0] = _mm256_fmadd_ps(av, b0, row[0]);
@@ -142,22 +149,77 @@ macro_rules! avx2_accumulate {
     }};
 }
 
-/// # Safety
-/// The CPU must support AVX2 and FMA; `a` holds `kc*MR` floats, `b` covers `kc` rows.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn kernel_avx2(kc: usize, a: &[f32], b: BBlock<'_>, tile: &mut Tile) {
+macro_rules! load_f32 {
+    ($p:expr) => {
+        _mm256_loadu_ps($p)
+    };
+}
+
+#[cfg(target_arch = "x86_64")]
+macro_rules! load_f16 {
+    ($p:expr) => {
+        _mm256_cvtph_ps(_mm_loadu_si128($p as *const __m128i))
+    };
+}
+
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn store_tile_rows(acc: &[[core::arch::x86_64::__m256; 2]; MR], tile: &mut Tile) {
     use core::arch::x86_64::*;
-    debug_assert!(a.len() >= kc * MR);
-    b.check(kc);
-    let acc = avx2_accumulate!(kc, a, b);
     for (r, row) in acc.iter().enumerate() {
-        // SAFETY: tile has MR*NR floats.
+        // SAFETY: tile has MR*NR floats; callers run with AVX enabled.
         unsafe {
             _mm256_storeu_ps(tile.as_mut_ptr().add(r * NR), row[0]);
             _mm256_storeu_ps(tile.as_mut_ptr().add(r * NR + 8), row[1]);
         }
     }
+}
+
+/// `B` rows of `NR` IEEE half floats, packed (row `kk` at `b[kk * NR..]`): the narrow GEMM's
+/// weights when stored at half precision.
+#[derive(Clone, Copy)]
+pub(super) struct HalfBlock<'a> {
+    pub b: &'a [u16],
+}
+
+/// [`kernel_portable`] over half-precision `B` rows.
+pub(super) fn kernel_portable_f16(kc: usize, a: &[f32], b: HalfBlock<'_>, tile: &mut Tile) {
+    let mut acc = [[0.0f32; NR]; MR];
+    for (ak, bk) in a.chunks_exact(MR).zip(b.b.chunks_exact(NR)).take(kc) {
+        let bk: [f32; NR] = core::array::from_fn(|j| crate::tensor_read::f16_to_f32(bk[j]));
+        for r in 0..MR {
+            for j in 0..NR {
+                acc[r][j] += ak[r] * bk[j];
+            }
+        }
+    }
+    for r in 0..MR {
+        tile[r * NR..r * NR + NR].copy_from_slice(&acc[r]);
+    }
+}
+
+/// [`kernel_avx2`] over half-precision `B` rows, widened in registers (F16C).
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C; `a` holds `kc*MR` floats, `b.b` `kc*NR` halves.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn kernel_avx2_f16(kc: usize, a: &[f32], b: HalfBlock<'_>, tile: &mut Tile) {
+    assert!(a.len() >= kc * MR && b.b.len() >= kc * NR);
+    let acc = avx2_accumulate!(kc, a, b.b, &super::gemm::PANEL_ROWS[..kc], load_f16);
+    store_tile_rows(&acc, tile);
+}
+
+/// # Safety
+/// The CPU must support AVX2 and FMA; `a` holds `kc*MR` floats, `b` covers `kc` rows.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn kernel_avx2(kc: usize, a: &[f32], b: BBlock<'_>, tile: &mut Tile) {
+    debug_assert!(a.len() >= kc * MR);
+    b.check(kc);
+    let acc = avx2_accumulate!(kc, a, b.b, b.rows, load_f32);
+    store_tile_rows(&acc, tile);
 }
 
 /// [`kernel_avx2`] with the epilogue applied in registers and the tile written straight to
@@ -181,7 +243,7 @@ pub(super) unsafe fn kernel_avx2_fused(kc: usize, a: &[f32], b: BBlock<'_>, out:
     if let Some(res) = out.residual {
         assert!(res.len() >= span);
     }
-    let acc = avx2_accumulate!(kc, a, b);
+    let acc = avx2_accumulate!(kc, a, b.b, b.rows, load_f32);
     let zero = _mm256_setzero_ps();
     for (r, row) in acc.iter().enumerate().take(out.rows) {
         let bias = _mm256_set1_ps(out.bias[r]);

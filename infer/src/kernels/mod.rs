@@ -29,6 +29,7 @@ pub mod gemm;
 mod im2col;
 mod implicit;
 mod microkernel;
+mod narrow;
 pub mod ops;
 
 pub use conv::{fold_batch_norm, Conv2d, Conv2dParams, ConvPath};

@@ -1,0 +1,177 @@
+//! The narrow GEMM: `C = A . B` computed as `C^T = B^T . A^T`, for the late, low-resolution
+//! layers whose few output pixels would pad most of the micro-kernel's [`NR`] columns. Those
+//! layers read every weight once per forward and are bound by memory traffic, so their weights
+//! can also be stored as IEEE half floats ([`PackedAT::to_half`]), halving the traffic.
+
+use super::gemm::{
+    block_offset, check_operands, packed_index, BSource, Epilogue, PackedA, SharedMut, KC, MR, NC,
+    NR, PANEL_ROWS,
+};
+use super::microkernel::{
+    detect, kernel_portable, kernel_portable_f16, BBlock, HalfBlock, Simd, Tile,
+};
+#[cfg(target_arch = "x86_64")]
+use super::microkernel::{kernel_avx2, kernel_avx2_f16};
+use super::{KernelError, Parallel};
+use crate::tensor_read::f32_to_f16;
+use alloc::vec;
+use alloc::vec::Vec;
+
+/// The left operand packed the other way, for [`gemm_narrow`]: rows in panels of [`NR`]
+/// (zero-padded), each `K` groups of `NR` values, depth block by depth block.
+#[derive(Clone, Debug)]
+pub struct PackedAT {
+    m: usize,
+    k: usize,
+    data: Weights,
+}
+
+#[derive(Clone, Debug)]
+enum Weights {
+    Single(Vec<f32>),
+    /// IEEE half bit patterns, same layout.
+    Half(Vec<u16>),
+}
+
+impl PackedAT {
+    pub fn from_packed(a: &PackedA) -> PackedAT {
+        let (m, k) = (a.m, a.k);
+        let (panels_a, panels) = (m.div_ceil(MR), m.div_ceil(NR));
+        let mut data = vec![0.0f32; panels * NR * k];
+        for row in 0..m {
+            let (p, r) = (row / MR, row % MR);
+            let (q, j) = (row / NR, row % NR);
+            for kk in 0..k {
+                data[packed_index(q, panels, NR, k, kk) + j] =
+                    a.data[packed_index(p, panels_a, MR, k, kk) + r];
+            }
+        }
+        PackedAT {
+            m,
+            k,
+            data: Weights::Single(data),
+        }
+    }
+
+    /// Stores the weights as IEEE half floats (round to nearest even): half the memory and
+    /// half the traffic of the memory-bound layers this GEMM serves, for a relative error of
+    /// at most 2^-11 per weight. The activations and the accumulation stay single precision.
+    pub fn to_half(&mut self) {
+        if let Weights::Single(values) = &self.data {
+            self.data = Weights::Half(values.iter().map(|&v| f32_to_f16(v)).collect());
+        }
+    }
+
+    pub fn is_half(&self) -> bool {
+        matches!(self.data, Weights::Half(_))
+    }
+}
+
+/// True when [`gemm_narrow`] wastes less of the micro-kernel than [`gemm`] for `n` columns.
+pub fn narrow_is_better(n: usize) -> bool {
+    n > 0 && n < NR && n.div_ceil(MR) * MR < NR
+}
+
+/// Same result as [`gemm`], computed as `C^T = B^T . A^T` so that the few columns of a
+/// late, low-resolution layer fill the micro-kernel's [`MR`] side instead of padding [`NR`].
+///
+/// Requires `b.n() <= NC`; `scratch` as for [`gemm`].
+pub fn gemm_narrow(
+    a: &PackedAT,
+    b: &dyn BSource,
+    c: &mut [f32],
+    ldc: usize,
+    epilogue: Epilogue<'_>,
+    scratch: &mut [f32],
+    par: &dyn Parallel,
+) -> Result<(), KernelError> {
+    let (m, k, n) = (a.m, a.k, b.n());
+    if n == 0 {
+        return check_operands(m, k, b, c.len(), ldc, &epilogue, scratch.len(), par).map(drop);
+    }
+    if ldc < n || n > NC {
+        return Err(KernelError::InvalidParams(
+            "narrow GEMM needs n <= NC and ldc >= n",
+        ));
+    }
+    let threads = check_operands(m, k, b, c.len(), ldc, &epilogue, scratch.len(), par)?;
+    let panels = m.div_ceil(NR);
+    let per_task = panels.div_ceil(threads);
+    let simd = detect();
+    let c_ptr = SharedMut(c.as_mut_ptr());
+    let c_len = c.len();
+    let scratch_ptr = SharedMut(scratch.as_mut_ptr());
+    let task = |t: usize, worker: usize| {
+        let q0 = t * per_task;
+        let q1 = panels.min(q0 + per_task);
+        // SAFETY: as in `gemm`: disjoint scratch slots, disjoint rows of C per task.
+        let pack = unsafe { scratch_ptr.pack_slot(worker) };
+        let c = unsafe { core::slice::from_raw_parts_mut(c_ptr.get(), c_len) };
+        let mut tile: Tile = [0.0; MR * NR];
+        let mut k0 = 0;
+        while k0 < k {
+            let kc = KC.min(k - k0);
+            b.pack(k0, kc, 0, n, MR, pack);
+            let (first, last) = (k0 == 0, k0 + kc == k);
+            for q in q0..q1 {
+                // Panel q's rows k0..k0+kc (one depth block), stored block by block.
+                let at = block_offset(q, panels, NR, k0, kc);
+                let channels = NR.min(m - q * NR);
+                for pp in 0..n.div_ceil(MR) {
+                    let pixels = &pack[pp * kc * MR..][..kc * MR];
+                    match &a.data {
+                        Weights::Single(w) => {
+                            let w_panel = BBlock {
+                                b: &w[at..at + kc * NR],
+                                rows: &PANEL_ROWS[..kc],
+                            };
+                            match simd {
+                                Simd::Portable => kernel_portable(kc, pixels, w_panel, &mut tile),
+                                // SAFETY: detect() checked the CPU; lengths are exact above.
+                                #[cfg(target_arch = "x86_64")]
+                                Simd::Avx2Fma => unsafe {
+                                    kernel_avx2(kc, pixels, w_panel, &mut tile)
+                                },
+                            }
+                        }
+                        Weights::Half(w) => {
+                            let w_panel = HalfBlock {
+                                b: &w[at..at + kc * NR],
+                            };
+                            match simd {
+                                Simd::Portable => {
+                                    kernel_portable_f16(kc, pixels, w_panel, &mut tile)
+                                }
+                                // SAFETY: detect() checked AVX2, FMA and F16C; lengths above.
+                                #[cfg(target_arch = "x86_64")]
+                                Simd::Avx2Fma => unsafe {
+                                    kernel_avx2_f16(kc, pixels, w_panel, &mut tile)
+                                },
+                            }
+                        }
+                    }
+                    let px0 = pp * MR;
+                    let count = MR.min(n - px0);
+                    for j in 0..channels {
+                        let ch = q * NR + j;
+                        let bias = epilogue.bias.map_or(0.0, |b| b[ch]);
+                        for r in 0..count {
+                            let at = ch * ldc + px0 + r;
+                            let mut v = tile[r * NR + j] + if first { bias } else { c[at] };
+                            if last {
+                                if let Some(res) = epilogue.residual {
+                                    v += res[at];
+                                }
+                                v = epilogue.activation.apply(v);
+                            }
+                            c[at] = v;
+                        }
+                    }
+                }
+            }
+            k0 += kc;
+        }
+    };
+    par.run(panels.div_ceil(per_task), &task);
+    Ok(())
+}
