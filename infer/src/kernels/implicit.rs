@@ -18,7 +18,7 @@ use super::{Activation, Conv2dParams, ConvPath, KernelError, Parallel};
 /// it wins by 1.2-1.8x for 16-32 output channels from 8-pixel rows on (packing costs as much
 /// as the arithmetic when each packed value feeds few channels), by 1.2-1.6x for 64 channels
 /// from 15-pixel rows on, and by 1.08x for 128 channels at 28 pixels; with 64-128 channels
-/// and 8-14 pixel rows it loses up to 13% (the garbage columns outweigh the saved packing).
+/// and 8-14 pixel rows it loses up to 16% (the garbage columns outweigh the saved packing).
 fn implicit_wins(out_channels: usize, out_width: usize) -> bool {
     out_width >= 28
         || (out_channels <= 32 && out_width >= 8)
