@@ -45,7 +45,8 @@ pub(super) struct Layout {
 impl Layout {
     /// The layout when `p` at this input size takes the implicit path under `path`.
     pub fn new(p: &Conv2dParams, height: usize, width: usize, path: ConvPath) -> Option<Layout> {
-        if p.stride != 1 || p.groups != 1 || p.kernel_h * p.kernel_w == 1 {
+        // An empty input (possible with enough padding) is left to the packed path.
+        if p.stride != 1 || p.groups != 1 || p.kernel_h * p.kernel_w == 1 || height * width == 0 {
             return None;
         }
         let (oh, ow) = p.output_size(height, width)?;
@@ -273,6 +274,41 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_input_with_wide_padding_is_not_a_panic() {
+        let params = Conv2dParams::new(2, 3, 3, 1, 2);
+        let mut conv = Conv2d::new(
+            params,
+            &values(params.weight_len(), 1),
+            Some(&[1.0, 2.0, 3.0]),
+        )
+        .unwrap();
+        for path in [ConvPath::Auto, ConvPath::Implicit, ConvPath::Packed] {
+            conv.set_path(path);
+            for (h, w) in [(0, 5), (5, 0)] {
+                let (oh, ow) = params.output_size(h, w).unwrap();
+                let mut out = vec![f32::NAN; 3 * oh * ow];
+                let mut scratch = vec![0.0; conv.scratch_len_at(1, h, w)];
+                conv.forward(
+                    &[],
+                    h,
+                    w,
+                    &mut out,
+                    None,
+                    Activation::None,
+                    &mut scratch,
+                    &Sequential,
+                )
+                .unwrap();
+                // Only padding under the kernel: every output is the bias.
+                assert!(out
+                    .chunks(oh * ow)
+                    .zip([1.0, 2.0, 3.0])
+                    .all(|(c, b)| c.iter().all(|&v| v == b)));
+            }
+        }
+    }
+
+    #[test]
     fn auto_follows_the_measured_rule_and_strides_groups_stay_packed() {
         let at = |cin, cout, stride, h, w, path| {
             Layout::new(&Conv2dParams::new(cin, cout, 3, stride, 1), h, w, path).is_some()
@@ -287,6 +323,8 @@ mod tests {
         assert!(at(128, 128, 1, 14, 14, ConvPath::Implicit));
         assert!(!at(64, 16, 1, 30, 40, ConvPath::Packed));
         assert!(!at(8, 8, 2, 40, 40, ConvPath::Implicit));
+        let padded = Conv2dParams::new(4, 4, 3, 1, 2);
+        assert!(Layout::new(&padded, 0, 5, ConvPath::Implicit).is_none());
         let pointwise = Conv2dParams::new(8, 8, 1, 1, 0);
         assert!(Layout::new(&pointwise, 40, 40, ConvPath::Implicit).is_none());
         let grouped = Conv2dParams {
