@@ -26,6 +26,9 @@ pub const NC: usize = 128;
 /// Floats of packing scratch one worker needs: pass `threads * PACK_SCRATCH_LEN` to [`gemm`].
 pub const PACK_SCRATCH_LEN: usize = KC * NC;
 
+/// The bias of a GEMM without one.
+static ZERO_BIAS: [f32; MR] = [0.0; MR];
+
 /// Row offsets of a packed panel (`NR` floats per row), for any depth block.
 pub(super) static PANEL_ROWS: [usize; KC] = {
     let mut rows = [0; KC];
@@ -403,10 +406,12 @@ pub fn gemm(
                     if simd == Simd::Avx2Fma && cols == NR {
                         let at = row0 * ldc + col;
                         let span = (rows - 1) * ldc + NR;
-                        let mut bias = [0.0; MR];
-                        if let Some(all) = epilogue.bias {
-                            bias[..rows].copy_from_slice(&all[row0..row0 + rows]);
-                        }
+                        // Borrowed, not copied: a small copy stored piecewise and reloaded
+                        // whole stalled store forwarding on every call.
+                        let bias = match epilogue.bias {
+                            Some(all) => &all[row0..row0 + rows],
+                            None => &ZERO_BIAS[..rows],
+                        };
                         let out = FusedStore {
                             c: &mut c[at..at + span],
                             ldc,

@@ -93,7 +93,8 @@ pub(super) struct FusedStore<'a> {
     /// Rows of the tile that exist in `C` (`1..=MR`; the last row panel may be short, its
     /// packed `A` rows are zero and its extra accumulators are dropped).
     pub rows: usize,
-    pub bias: [f32; MR],
+    /// One value per row (`rows` of them).
+    pub bias: &'a [f32],
     pub residual: Option<&'a [f32]>,
     pub activation: Activation,
     /// Not the first depth block: accumulate onto `c` instead of the bias.
@@ -237,7 +238,7 @@ pub(super) unsafe fn kernel_avx2_fused(kc: usize, a: &[f32], b: BBlock<'_>, out:
     use core::arch::x86_64::*;
     debug_assert!(a.len() >= kc * MR);
     b.check(kc);
-    assert!((1..=MR).contains(&out.rows));
+    assert!((1..=MR).contains(&out.rows) && out.bias.len() >= out.rows);
     let span = (out.rows - 1) * out.ldc + NR;
     assert!(out.c.len() >= span);
     if let Some(res) = out.residual {
