@@ -1,5 +1,7 @@
 //! 2-D convolution on CHW tensors: im2col fused into the GEMM's packing (no column buffer),
-//! a plain GEMM for 1x1 stride-1, and a direct kernel for depthwise convolutions.
+//! or for stride-1 kernels a padded input the GEMM reads in place (`kernels::implicit`,
+//! chosen per layer shape by [`ConvPath`]), a plain GEMM for 1x1 stride-1, and a direct kernel
+//! for depthwise convolutions.
 
 use super::gemm::{self, BSource, DenseB, Epilogue, PackedA, PackedAT};
 use super::im2col::Im2col;

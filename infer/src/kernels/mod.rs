@@ -20,9 +20,11 @@
 //! thread; with the `std` feature [`crate::WorkerPool`] runs on a persistent pool.
 //!
 //! # SIMD
-//! The GEMM micro-kernel has an AVX2+FMA version chosen at run time (with `std`; at compile
-//! time from `target_feature` without it) and a portable version the compiler vectorises for
-//! any other target. [`gemm::simd_name`] tells which one runs.
+//! The GEMM micro-kernel has an AVX2+FMA(+F16C) version chosen at run time (with `std`; at
+//! compile time from `target_feature` without it) and a portable version the compiler
+//! vectorises for any other target. [`gemm::simd_name`] tells which one runs. The im2col
+//! packing has an AVX2 version too; F16C widens half-precision weights
+//! ([`crate::Model::store_late_weights_as_f16`]).
 
 pub mod conv;
 pub mod gemm;
