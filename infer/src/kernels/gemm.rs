@@ -6,6 +6,7 @@
 //! blocks of [`KC`] x [`NC`] so a panel of each stays in L1 and the `B` block in L2 (the
 //! GotoBLAS scheme). The packing buffer is caller-provided scratch, so nothing allocates.
 
+use super::im2col::Tap;
 pub use super::microkernel::simd_name;
 use super::microkernel::{detect, kernel_portable, BBlock, Simd, Tile};
 #[cfg(target_arch = "x86_64")]
@@ -177,20 +178,10 @@ impl RowStarts {
                 kernel_h,
                 kernel_w,
             } => {
-                let taps = kernel_h * kernel_w;
-                let (mut ci, tap) = (k0 / taps, k0 % taps);
-                let (mut ky, mut kx) = (tap / kernel_w, tap % kernel_w);
+                let mut tap = Tap::at(k0, kernel_h, kernel_w);
                 for start in out.iter_mut() {
-                    *start = (ci * height + ky) * width + kx;
-                    kx += 1;
-                    if kx == kernel_w {
-                        kx = 0;
-                        ky += 1;
-                        if ky == kernel_h {
-                            ky = 0;
-                            ci += 1;
-                        }
-                    }
+                    *start = (tap.ci * height + tap.ky) * width + tap.kx;
+                    tap.advance();
                 }
             }
         }
@@ -215,28 +206,57 @@ impl BSource for DenseB<'_> {
     fn n(&self) -> usize {
         self.n
     }
-    fn pack(
-        &self,
-        k0: usize,
-        kc: usize,
-        j0: usize,
-        nc: usize,
-        panel_width: usize,
-        dst: &mut [f32],
-    ) {
-        for (jp, panel) in dst
-            .chunks_exact_mut(kc * panel_width)
-            .take(nc.div_ceil(panel_width))
-            .enumerate()
-        {
-            let col = j0 + jp * panel_width;
-            let width = panel_width.min(j0 + nc - col);
-            for kk in 0..kc {
-                let src = &self.data[(k0 + kk) * self.ld + col..][..width];
-                let out = &mut panel[kk * panel_width..(kk + 1) * panel_width];
-                out[..width].copy_from_slice(src);
-                out[width..].fill(0.0);
-            }
+    fn pack(&self, k0: usize, kc: usize, j0: usize, nc: usize, width: usize, dst: &mut [f32]) {
+        pack_rows(
+            self.data,
+            RowStarts::Strided(self.ld),
+            k0,
+            kc,
+            j0,
+            nc,
+            width,
+            dst,
+        );
+    }
+}
+
+/// The `ceil(nc / width)` packed panels of a `kc`-deep block of columns `j0..j0 + nc` in
+/// `dst`, each as (first column, how many of its `width` columns exist, its floats): how
+/// every [`BSource::pack`] walks its destination.
+pub(super) fn column_panels(
+    dst: &mut [f32],
+    kc: usize,
+    j0: usize,
+    nc: usize,
+    width: usize,
+) -> impl Iterator<Item = (usize, usize, &mut [f32])> {
+    dst.chunks_exact_mut(kc * width)
+        .take(nc.div_ceil(width))
+        .enumerate()
+        .map(move |(jp, panel)| {
+            let col = j0 + jp * width;
+            (col, width.min(j0 + nc - col), panel)
+        })
+}
+
+/// [`BSource::pack`] for a source whose rows lie in `data` where `rows` says: the ragged last
+/// column panel of an in-place source, which [`gemm`] packs rather than reads in place.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn pack_rows(
+    data: &[f32],
+    rows: RowStarts,
+    k0: usize,
+    kc: usize,
+    j0: usize,
+    nc: usize,
+    panel_width: usize,
+    dst: &mut [f32],
+) {
+    for (col, width, panel) in column_panels(dst, kc, j0, nc, panel_width) {
+        for (kk, out) in panel.chunks_exact_mut(panel_width).take(kc).enumerate() {
+            let start = rows.start(k0 + kk) + col;
+            out[..width].copy_from_slice(&data[start..start + width]);
+            out[width..].fill(0.0);
         }
     }
 }
@@ -276,19 +296,20 @@ impl SharedMut {
     }
 }
 
-/// Checks the operands of an `m x k` by `k x n` product shared by [`gemm`] and
-/// [`gemm_narrow`]; returns the worker count. `ldc >= n` is the caller's to check.
+/// Checks the operands of an `m x k` by `k x n` product, for [`gemm`] and [`gemm_narrow`]:
+/// `b`'s depth, then (when `n > 0`) `ldc >= n` and `n <= max_n` (else `shape_error`), then
+/// the lengths. Returns the worker count, or `None` when `n == 0` leaves nothing to do.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn check_operands(
     m: usize,
     k: usize,
     b: &dyn BSource,
-    c_len: usize,
-    ldc: usize,
+    (c_len, ldc): (usize, usize),
+    (max_n, shape_error): (usize, &'static str),
     epilogue: &Epilogue<'_>,
     scratch_len: usize,
     par: &dyn Parallel,
-) -> Result<usize, KernelError> {
+) -> Result<Option<usize>, KernelError> {
     let n = b.n();
     if b.k() != k {
         return Err(KernelError::Length {
@@ -298,7 +319,10 @@ pub(super) fn check_operands(
         });
     }
     if n == 0 {
-        return Ok(par.threads().max(1));
+        return Ok(None);
+    }
+    if ldc < n || n > max_n {
+        return Err(KernelError::InvalidParams(shape_error));
     }
     check_len("GEMM output", c_len, (m - 1) * ldc + n)?;
     if let Some(bias) = epilogue.bias {
@@ -309,7 +333,7 @@ pub(super) fn check_operands(
     }
     let threads = par.threads().max(1);
     check_len("GEMM scratch", scratch_len, threads * PACK_SCRATCH_LEN)?;
-    Ok(threads)
+    Ok(Some(threads))
 }
 
 /// `C = epilogue(A . B)`, `C` row-major `a.rows() x b.n()` with row stride `ldc`.
@@ -325,13 +349,20 @@ pub fn gemm(
     par: &dyn Parallel,
 ) -> Result<(), KernelError> {
     let (m, k, n) = (a.m, a.k, b.n());
-    if n == 0 {
-        return check_operands(m, k, b, c.len(), ldc, &epilogue, scratch.len(), par).map(drop);
-    }
-    if ldc < n {
-        return Err(KernelError::InvalidParams("GEMM ldc smaller than n"));
-    }
-    let threads = check_operands(m, k, b, c.len(), ldc, &epilogue, scratch.len(), par)?;
+    let shape = (usize::MAX, "GEMM ldc smaller than n");
+    let Some(threads) = check_operands(
+        m,
+        k,
+        b,
+        (c.len(), ldc),
+        shape,
+        &epilogue,
+        scratch.len(),
+        par,
+    )?
+    else {
+        return Ok(());
+    };
 
     // Split columns into chunks of at most NC; when that gives fewer chunks than threads
     // (late layers have few pixels), split the row panels too.

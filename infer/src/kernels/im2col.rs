@@ -8,7 +8,7 @@
 //! incrementally instead of dividing per row, and a row that lies wholly inside one input row
 //! is a single fixed-width copy.
 
-use super::gemm::{BSource, MR, NR};
+use super::gemm::{column_panels, BSource, MR, NR};
 use super::microkernel::{detect, Simd};
 
 pub(super) struct Im2col<'a> {
@@ -24,33 +24,35 @@ pub(super) struct Im2col<'a> {
     pub n: usize,
 }
 
-/// A run of a panel's columns that lies in one output row: columns `j..j+len` of the panel
-/// read input row `y + ky` from column `x + kx` on (stride apart), for tap `(ky, kx)`.
 /// A row of the im2col matrix as (input channel, kernel row, kernel column), walked in order
-/// without a division per row.
+/// without a division per row. Also how [`super::gemm::RowStarts`] walks a padded input.
 #[derive(Clone, Copy)]
-struct Tap {
-    ci: usize,
-    ky: usize,
-    kx: usize,
+pub(super) struct Tap {
+    pub ci: usize,
+    pub ky: usize,
+    pub kx: usize,
+    kernel_h: usize,
+    kernel_w: usize,
 }
 
 impl Tap {
-    fn at(m: &Im2col<'_>, row: usize) -> Tap {
+    pub(super) fn at(row: usize, kernel_h: usize, kernel_w: usize) -> Tap {
         Tap {
-            ci: row / (m.kernel_h * m.kernel_w),
-            ky: row / m.kernel_w % m.kernel_h,
-            kx: row % m.kernel_w,
+            ci: row / (kernel_h * kernel_w),
+            ky: row / kernel_w % kernel_h,
+            kx: row % kernel_w,
+            kernel_h,
+            kernel_w,
         }
     }
 
     #[inline(always)]
-    fn advance(&mut self, m: &Im2col<'_>) {
+    pub(super) fn advance(&mut self) {
         self.kx += 1;
-        if self.kx == m.kernel_w {
+        if self.kx == self.kernel_w {
             self.kx = 0;
             self.ky += 1;
-            if self.ky == m.kernel_h {
+            if self.ky == self.kernel_h {
                 self.ky = 0;
                 self.ci += 1;
             }
@@ -66,6 +68,8 @@ struct Run {
     start: isize,
 }
 
+/// A run of a panel's columns that lies in one output row: columns `j..j+len` of the panel
+/// read input row `y + ky` from column `x + kx` on (stride apart), for tap `(ky, kx)`.
 #[derive(Clone, Copy, Default)]
 struct Segment {
     j: usize,
@@ -126,13 +130,7 @@ impl Im2col<'_> {
         // stored as zeros.
         let (zero_f, minus_one) = (_mm256_setzero_ps(), _mm256_set1_epi32(-1));
         let (hv, wv) = (_mm256_set1_epi32(h), _mm256_set1_epi32(w));
-        for (jp, panel) in dst
-            .chunks_exact_mut(kc * panel_width)
-            .take(nc.div_ceil(panel_width))
-            .enumerate()
-        {
-            let col0 = j0 + jp * panel_width;
-            let width = panel_width.min(j0 + nc - col0);
+        for (col0, width, panel) in column_panels(dst, kc, j0, nc, panel_width) {
             // Per lane: the input row and column of tap (0, 0), and their flat offset.
             let mut ys = [[i32::MIN / 2; LANES]; 2];
             let mut xs = [[0i32; LANES]; 2];
@@ -183,7 +181,7 @@ impl Im2col<'_> {
                     }
                 }
             }
-            let mut tap = Tap::at(self, k0);
+            let mut tap = Tap::at(k0, self.kernel_h, self.kernel_w);
             for out in panel.chunks_exact_mut(panel_width).take(kc) {
                 let plane = self.input[tap.ci * plane_len..][..plane_len].as_ptr();
                 let (ky, kx) = (tap.ky, tap.kx);
@@ -239,7 +237,7 @@ impl Im2col<'_> {
                         out[half * LANES..].copy_from_slice(&tail[..lanes]);
                     }
                 }
-                tap.advance(self);
+                tap.advance();
             }
         }
     }
@@ -258,13 +256,7 @@ impl Im2col<'_> {
         let (h, w) = (self.height as isize, self.width as isize);
         let (s, pad) = (self.stride as isize, self.padding as isize);
         let plane_len = self.height * self.width;
-        for (jp, panel) in dst
-            .chunks_exact_mut(kc * panel_width)
-            .take(nc.div_ceil(panel_width))
-            .enumerate()
-        {
-            let col0 = j0 + jp * panel_width;
-            let width = panel_width.min(j0 + nc - col0);
+        for (col0, width, panel) in column_panels(dst, kc, j0, nc, panel_width) {
             let mut segments = [Segment::default(); NR];
             let mut count = 0;
             let (mut j, mut oy, mut ox) = (0, col0 / self.out_w, col0 % self.out_w);
@@ -285,7 +277,7 @@ impl Im2col<'_> {
             // One contiguous run of the full panel width: the common case in early layers.
             let whole = count == 1 && width == panel_width && s == 1;
 
-            let mut tap = Tap::at(self, k0);
+            let mut tap = Tap::at(k0, self.kernel_h, self.kernel_w);
             for out in panel.chunks_exact_mut(panel_width).take(kc) {
                 let plane = &self.input[tap.ci * plane_len..][..plane_len];
                 let (dy, dx) = (tap.ky as isize, tap.kx as isize);
@@ -327,7 +319,7 @@ impl Im2col<'_> {
                     }
                     out[width..].fill(0.0);
                 }
-                tap.advance(self);
+                tap.advance();
             }
         }
     }

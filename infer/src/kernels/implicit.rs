@@ -108,19 +108,7 @@ impl BSource for PaddedTaps<'_> {
         Some((self.data, self.rows))
     }
     fn pack(&self, k0: usize, kc: usize, j0: usize, nc: usize, width: usize, dst: &mut [f32]) {
-        for (jp, panel) in dst
-            .chunks_exact_mut(kc * width)
-            .take(nc.div_ceil(width))
-            .enumerate()
-        {
-            let col = j0 + jp * width;
-            let valid = width.min(j0 + nc - col);
-            for (kk, out) in panel.chunks_exact_mut(width).enumerate() {
-                let start = self.rows.start(k0 + kk) + col;
-                out[..valid].copy_from_slice(&self.data[start..start + valid]);
-                out[valid..].fill(0.0);
-            }
-        }
+        gemm::pack_rows(self.data, self.rows, k0, kc, j0, nc, width, dst);
     }
 }
 

@@ -86,15 +86,20 @@ pub fn gemm_narrow(
     par: &dyn Parallel,
 ) -> Result<(), KernelError> {
     let (m, k, n) = (a.m, a.k, b.n());
-    if n == 0 {
-        return check_operands(m, k, b, c.len(), ldc, &epilogue, scratch.len(), par).map(drop);
-    }
-    if ldc < n || n > NC {
-        return Err(KernelError::InvalidParams(
-            "narrow GEMM needs n <= NC and ldc >= n",
-        ));
-    }
-    let threads = check_operands(m, k, b, c.len(), ldc, &epilogue, scratch.len(), par)?;
+    let shape = (NC, "narrow GEMM needs n <= NC and ldc >= n");
+    let Some(threads) = check_operands(
+        m,
+        k,
+        b,
+        (c.len(), ldc),
+        shape,
+        &epilogue,
+        scratch.len(),
+        par,
+    )?
+    else {
+        return Ok(());
+    };
     let panels = m.div_ceil(NR);
     let per_task = panels.div_ceil(threads);
     let simd = detect();
