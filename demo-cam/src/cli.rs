@@ -96,6 +96,12 @@ pub struct Args {
     #[arg(long)]
     pub half_weights: bool,
 
+    /// Detect faces in the next frame on a thread of its own while this frame's faces are
+    /// classified: both stages overlap on two cores, for one frame of extra latency.
+    /// `--threads` is split between the two stages.
+    #[arg(long)]
+    pub pipeline: bool,
+
     /// Least detector confidence for a face.
     #[arg(long, value_name = "P", default_value_t = 0.6)]
     pub score_threshold: f32,

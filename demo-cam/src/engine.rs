@@ -3,7 +3,7 @@
 //! its class probabilities. Sessions are sized for the largest frame seen so far and rebuilt
 //! only when a larger one arrives, so steady-state frames do not allocate.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Result};
 use face2exp_infer::detect::{Detector, DetectorConfig, DetectorSession};
@@ -13,6 +13,8 @@ use crate::faces::{FaceResult, MAX_CLASSES};
 use crate::frame::Frame;
 use crate::pipeline::{AnalyzeTimes, Analyzer};
 use crate::weights::WeightBytes;
+
+mod worker;
 
 /// Canonical class names (trainer/src/labels.rs), as `&'static str` for the overlay and JSON.
 pub const CANONICAL_CLASSES: [&str; MAX_CLASSES] = [
@@ -33,17 +35,38 @@ pub struct EngineConfig {
     /// Store the classifier's late-layer weights as half floats
     /// (`Model::store_late_weights_as_f16`): faster per face, outputs within ~1e-4.
     pub half_weights: bool,
+    /// Detect frame k+1 on a thread of its own while frame k is classified (one frame of
+    /// latency, both cores busy); `threads` is split between the two stages.
+    pub pipelined: bool,
+}
+
+/// Finds faces in frames; sessions sized for the largest frame seen so far.
+pub(crate) struct DetectStage {
+    detector: Option<&'static Detector>,
+    session: Option<DetectorSession<'static>>,
+    limits: (usize, usize),
+    config: EngineConfig,
+}
+
+/// Crops, aligns and classifies faces; its session grows with the frame like the detector's.
+struct ClassifyStage {
+    model: &'static Model,
+    session: Session<'static>,
+    limits: (usize, usize),
+    threads: usize,
 }
 
 pub struct Engine {
-    classifier: &'static Model,
-    detector: Option<&'static Detector>,
-    session: Session<'static>,
-    detector_session: Option<DetectorSession<'static>>,
-    limits: (usize, usize),
-    config: EngineConfig,
+    classify: ClassifyStage,
+    /// Detection on the caller's thread (sequential mode) ...
+    detect: Option<DetectStage>,
+    /// ... or on its own thread (`EngineConfig::pipelined`).
+    worker: Option<worker::DetectWorker>,
     class_names: Vec<&'static str>,
 }
+
+/// Frames the sessions are first sized for; larger ones grow them.
+const FIRST_LIMITS: (usize, usize) = (640, 480);
 
 impl Engine {
     /// Loads the networks (once per process: they live as long as the program) and makes
@@ -91,39 +114,102 @@ impl Engine {
             }
             None => None,
         };
-        let limits = (640, 480);
-        let (session, detector_session) = make_sessions(model, detector, limits, config)?;
-        Ok(Engine {
-            classifier: model,
+        // Pipelined, each stage has its own thread and the threads are split between them.
+        let pipelined = config.pipelined && detector.is_some();
+        let (detect_threads, classify_threads) = if pipelined {
+            let classify = (config.threads / 2).max(1);
+            ((config.threads - classify).max(1), classify)
+        } else {
+            (config.threads, config.threads)
+        };
+        let detect = DetectStage::new(
             detector,
-            session,
-            detector_session,
-            limits,
-            config: *config,
+            FIRST_LIMITS,
+            EngineConfig {
+                threads: detect_threads,
+                ..*config
+            },
+        )?;
+        let (detect, worker) = if pipelined {
+            (
+                None,
+                Some(worker::DetectWorker::spawn(detect, config.max_faces)?),
+            )
+        } else {
+            (Some(detect), None)
+        };
+        Ok(Engine {
+            classify: ClassifyStage::new(model, FIRST_LIMITS, classify_threads),
+            detect,
+            worker,
             class_names,
         })
     }
 
-    fn fit(&mut self, frame: &Frame) -> Result<()> {
-        let (w, h) = (frame.width(), frame.height());
-        if w > self.limits.0 || h > self.limits.1 {
-            let limits = (w.max(self.limits.0), h.max(self.limits.1));
-            let (session, detector_session) =
-                make_sessions(self.classifier, self.detector, limits, &self.config)?;
-            self.session = session;
-            self.detector_session = detector_session;
-            self.limits = limits;
-        }
-        Ok(())
+    /// Whether detection runs on its own thread ([`Engine::submit`] / [`Engine::collect`]).
+    pub fn is_pipelined(&self) -> bool {
+        self.worker.is_some()
     }
 
     /// Replaces `faces` with the faces found in `frame` (probabilities zero until
-    /// [`Engine::classify`]), or with the whole frame when there is no detector.
+    /// [`Engine::classify`]), or with the whole frame when there is no detector. In
+    /// pipelined mode this still works, by a round trip through the detection thread.
     pub fn detect(&mut self, frame: &Frame, faces: &mut Vec<FaceResult>) -> Result<()> {
+        match (&mut self.detect, &mut self.worker) {
+            (Some(stage), _) => stage.detect(frame, faces),
+            (None, Some(worker)) => {
+                worker.submit(frame.clone())?;
+                worker.collect(faces)?.1.map(|_| ())
+            }
+            (None, None) => unreachable!("an engine has a detection stage or a worker"),
+        }
+    }
+
+    /// Pipelined mode: starts detecting faces in `frame` on the detection thread.
+    pub fn submit(&mut self, frame: Frame) -> Result<()> {
+        match &mut self.worker {
+            Some(worker) => worker.submit(frame),
+            None => bail!("submit needs an engine loaded with `pipelined`"),
+        }
+    }
+
+    /// Pipelined mode: waits for the frame given to [`Engine::submit`] and returns it with
+    /// its detection time or error; `faces` holds its faces, probabilities still zero.
+    pub fn collect(&mut self, faces: &mut Vec<FaceResult>) -> Result<(Frame, Result<Duration>)> {
+        match &mut self.worker {
+            Some(worker) => worker.collect(faces),
+            None => bail!("collect needs an engine loaded with `pipelined`"),
+        }
+    }
+
+    /// Fills in each face's class probabilities.
+    pub fn classify(&mut self, frame: &Frame, faces: &mut [FaceResult]) -> Result<()> {
+        self.classify.classify(frame, faces)
+    }
+}
+
+impl DetectStage {
+    fn new(
+        detector: Option<&'static Detector>,
+        limits: (usize, usize),
+        config: EngineConfig,
+    ) -> Result<DetectStage> {
+        Ok(DetectStage {
+            detector,
+            session: detector_session(detector, limits, &config)?,
+            limits,
+            config,
+        })
+    }
+
+    pub(crate) fn detect(&mut self, frame: &Frame, faces: &mut Vec<FaceResult>) -> Result<()> {
         faces.clear();
-        self.fit(frame)?;
         let (w, h) = (frame.width(), frame.height());
-        match &mut self.detector_session {
+        if let Some(limits) = grown_limits(self.limits, frame) {
+            self.session = detector_session(self.detector, limits, &self.config)?;
+            self.limits = limits;
+        }
+        match &mut self.session {
             Some(session) => {
                 let found = session
                     .detect(&bgra_view(frame)?)
@@ -141,9 +227,23 @@ impl Engine {
         }
         Ok(())
     }
+}
 
-    /// Fills in each face's class probabilities.
-    pub fn classify(&mut self, frame: &Frame, faces: &mut [FaceResult]) -> Result<()> {
+impl ClassifyStage {
+    fn new(model: &'static Model, limits: (usize, usize), threads: usize) -> ClassifyStage {
+        ClassifyStage {
+            model,
+            session: classifier_session(model, limits, threads),
+            limits,
+            threads,
+        }
+    }
+
+    fn classify(&mut self, frame: &Frame, faces: &mut [FaceResult]) -> Result<()> {
+        if let Some(limits) = grown_limits(self.limits, frame) {
+            self.session = classifier_session(self.model, limits, self.threads);
+            self.limits = limits;
+        }
         let view = bgra_view(frame)?;
         for face in faces {
             let region = FaceRegion {
@@ -160,6 +260,12 @@ impl Engine {
     }
 }
 
+/// The limits a session must grow to for `frame`, or `None` when it already fits.
+fn grown_limits(limits: (usize, usize), frame: &Frame) -> Option<(usize, usize)> {
+    let (w, h) = (frame.width(), frame.height());
+    (w > limits.0 || h > limits.1).then(|| (w.max(limits.0), h.max(limits.1)))
+}
+
 /// The frame's `0x00RRGGBB` words as the BGRA bytes they are in memory.
 fn bgra_view(frame: &Frame) -> Result<ImageView<'_>> {
     let (w, h) = (frame.width(), frame.height());
@@ -167,39 +273,43 @@ fn bgra_view(frame: &Frame) -> Result<ImageView<'_>> {
         .map_err(|e| anyhow!("bad {w}x{h} frame: {e}"))
 }
 
-fn make_sessions(
+fn classifier_session(
     model: &'static Model,
-    detector: Option<&'static Detector>,
     (max_width, max_height): (usize, usize),
-    config: &EngineConfig,
-) -> Result<(Session<'static>, Option<DetectorSession<'static>>)> {
-    let session = Session::new(
+    threads: usize,
+) -> Session<'static> {
+    Session::new(
         model,
         SessionConfig {
             max_width,
             max_height,
-            threads: config.threads,
+            threads,
         },
-    );
-    let detector_session = match detector {
-        Some(detector) => Some(
-            DetectorSession::new(
-                detector,
-                DetectorConfig {
-                    max_width,
-                    max_height,
-                    max_faces: config.max_faces,
-                    score_threshold: config.score_threshold,
-                    nms_iou: NMS_IOU,
-                    threads: config.threads,
-                    downscale: config.detect_downscale,
-                },
-            )
-            .map_err(|e| anyhow!("cannot set up the face detector: {e}"))?,
-        ),
-        None => None,
+    )
+}
+
+fn detector_session(
+    detector: Option<&'static Detector>,
+    (max_width, max_height): (usize, usize),
+    config: &EngineConfig,
+) -> Result<Option<DetectorSession<'static>>> {
+    let Some(detector) = detector else {
+        return Ok(None);
     };
-    Ok((session, detector_session))
+    DetectorSession::new(
+        detector,
+        DetectorConfig {
+            max_width,
+            max_height,
+            max_faces: config.max_faces,
+            score_threshold: config.score_threshold,
+            nms_iou: NMS_IOU,
+            threads: config.threads,
+            downscale: config.detect_downscale,
+        },
+    )
+    .map(Some)
+    .map_err(|e| anyhow!("cannot set up the face detector: {e}"))
 }
 
 impl Analyzer for Engine {
@@ -216,5 +326,21 @@ impl Analyzer for Engine {
             detect: detected - start,
             classify: detected.elapsed(),
         })
+    }
+
+    fn is_pipelined(&self) -> bool {
+        Engine::is_pipelined(self)
+    }
+
+    fn submit(&mut self, frame: Frame) -> Result<()> {
+        Engine::submit(self, frame)
+    }
+
+    fn collect(&mut self, faces: &mut Vec<FaceResult>) -> Result<(Frame, Result<Duration>)> {
+        Engine::collect(self, faces)
+    }
+
+    fn classify(&mut self, frame: &Frame, faces: &mut [FaceResult]) -> Result<()> {
+        Engine::classify(self, frame, faces)
     }
 }

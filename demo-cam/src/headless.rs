@@ -53,7 +53,7 @@ pub fn run<A: Analyzer>(
             Err(e) if source.is_live() => return Err(e),
             Err(e) => Some(format!("{e:#}")),
         };
-        let name = source.frame_name();
+        let name = pipeline.frame_name();
         let faces = if error.is_some() {
             &[][..]
         } else {

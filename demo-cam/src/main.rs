@@ -59,6 +59,7 @@ fn run(args: &Args) -> Result<ExitCode> {
         score_threshold: args.score_threshold,
         detect_downscale: args.detect_downscale.into(),
         half_weights: args.half_weights,
+        pipelined: args.pipeline,
     };
     let engine = Engine::load(&classifier, detector.as_ref(), &config)?;
     let mut pipeline = Pipeline::new(engine, tracking);

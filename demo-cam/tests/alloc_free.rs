@@ -87,13 +87,19 @@ fn steady_state_frames_allocate_nothing() {
         height: photo.height(),
     };
 
-    for (threads, half_weights) in [(1, false), (2, false), (1, true)] {
+    for (threads, half_weights, pipelined) in [
+        (1, false, false),
+        (2, false, false),
+        (1, true, false),
+        (2, false, true),
+    ] {
         let config = EngineConfig {
             threads,
             max_faces: 16,
             score_threshold: 0.6,
             detect_downscale: 1,
             half_weights,
+            pipelined,
         };
         let engine = Engine::load(&classifier, Some(&detector), &config).unwrap();
         let mut pipeline = Pipeline::new(engine, Some(TrackerConfig::default()));
@@ -122,7 +128,7 @@ fn steady_state_frames_allocate_nothing() {
         let allocated = ALLOCATIONS.load(Ordering::SeqCst) - before;
         assert_eq!(
             allocated, 0,
-            "{allocated} allocations in 10 warm frames on {threads} thread(s)"
+            "{allocated} allocations in 10 warm frames on {threads} thread(s), pipelined {pipelined}"
         );
     }
 }

@@ -238,6 +238,93 @@ fn unreadable_files_are_reported_by_name_and_the_batch_goes_on() {
     );
 }
 
+/// `--pipeline` reads one frame ahead; every record must still come out in file order, with
+/// the right name, and match the sequential run: errors first, in the middle and last.
+#[test]
+fn pipelined_batch_matches_the_sequential_one_record_for_record() {
+    let Some(detector) = detector_or_skip() else {
+        return;
+    };
+    let classifier = common::classifier_weights();
+    let dir = tempfile::tempdir().unwrap();
+    let bad = b"\x89PNG\r\n\x1a\n\0\0";
+    std::fs::write(dir.path().join("a_bad.png"), bad).unwrap();
+    let photos = [
+        ("b.png", "obama_241x301.png"),
+        ("d.png", "two_portraits.png"),
+    ];
+    for (name, fixture) in photos {
+        std::fs::copy(common::fixtures().join(fixture), dir.path().join(name)).unwrap();
+    }
+    std::fs::write(dir.path().join("c_bad.png"), bad).unwrap();
+    std::fs::write(dir.path().join("e_bad.png"), bad).unwrap();
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "--input",
+            dir.path().to_str().unwrap(),
+            "--headless",
+            "--json",
+            "--threads",
+            "2",
+            "--weights",
+            classifier.to_str().unwrap(),
+            "--detector",
+            &detector,
+        ];
+        args.extend_from_slice(extra);
+        let output = demo(&args);
+        assert_eq!(output.status.code(), Some(1), "{output:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("5 frames, 3 faces, 3 unreadable"),
+            "{stderr}"
+        );
+        json_lines(&output)
+    };
+    let sequential = run(&[]);
+    let pipelined = run(&["--pipeline"]);
+    assert_eq!(sequential.len(), 5);
+    assert_eq!(pipelined.len(), 5);
+    let face_counts = [0, 1, 0, 2, 0];
+    for (i, (s, p)) in sequential.iter().zip(&pipelined).enumerate() {
+        assert_eq!(s["frame"], p["frame"]);
+        assert_eq!(s["source"], p["source"], "record {i}");
+        assert_eq!(
+            s["error"].is_string(),
+            face_counts[i] == 0,
+            "record {i}: {s}"
+        );
+        assert_eq!(
+            p["error"].is_string(),
+            face_counts[i] == 0,
+            "record {i}: {p}"
+        );
+        let (s_faces, p_faces) = (
+            s["faces"].as_array().unwrap(),
+            p["faces"].as_array().unwrap(),
+        );
+        assert_eq!(s_faces.len(), face_counts[i], "record {i}: {s}");
+        assert_eq!(p_faces.len(), face_counts[i], "record {i}: {p}");
+        for (a, b) in s_faces.iter().zip(p_faces) {
+            assert_eq!(a["expression"], b["expression"]);
+            let close = |x: &Value, y: &Value, tol: f64| {
+                as_f64s(x)
+                    .iter()
+                    .zip(as_f64s(y))
+                    .all(|(x, y)| (x - y).abs() <= tol)
+            };
+            assert!(close(&a["box"], &b["box"], 1e-3), "{a} vs {b}");
+            let probs = a["probs"].as_object().unwrap();
+            assert!(
+                probs.iter().all(
+                    |(k, p)| (p.as_f64().unwrap() - b["probs"][k].as_f64().unwrap()).abs() <= 1e-4
+                ),
+                "{a} vs {b}"
+            );
+        }
+    }
+}
+
 #[test]
 fn whole_image_mode_classifies_each_photo_as_one_face_without_a_detector() {
     let classifier = common::classifier_weights();
