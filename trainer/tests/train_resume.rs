@@ -26,6 +26,7 @@ fn config(data: &Path, method: Method) -> TrainConfig {
             stem: Stem::Imagenet,
             input_size: 32,
             init: None,
+            freeze_batch_norm: false,
         },
         eval_every: 3,
         checkpoint_every: 3,

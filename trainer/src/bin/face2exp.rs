@@ -112,6 +112,11 @@ struct TrainArgs {
     /// Keep an EMA of B's weights with this decay (e.g. 0.999); eval/export use it.
     #[arg(long)]
     ema: Option<f64>,
+    /// BatchNorm normalises with its running statistics in training too and never updates
+    /// them (its weight and bias still learn): for fine-tuning from --init with small
+    /// batches; removes the BatchNorm offset of `--feedback official`.
+    #[arg(long)]
+    freeze_bn: bool,
     #[arg(long)]
     seed: Option<u64>,
     /// cpu or cuda:N (CUDA needs a build with --features cuda).
@@ -201,6 +206,7 @@ impl TrainArgs {
         }
         c.balanced |= self.balanced;
         c.balanced_sampler |= self.balanced_sampler;
+        c.model.freeze_batch_norm |= self.freeze_bn;
         let options = RunOptions {
             out: self.out,
             resume: self.resume,

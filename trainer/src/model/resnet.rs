@@ -194,6 +194,9 @@ pub struct ResNet {
     stem: ConvBn,
     layers: Vec<Vec<Block>>,
     fc: Linear,
+    /// BatchNorm always normalises with its running statistics (see
+    /// [`ResNet::freeze_batch_norm`]).
+    frozen_batch_norm: bool,
 }
 
 impl ResNet {
@@ -232,11 +235,26 @@ impl ResNet {
             stem,
             layers,
             fc,
+            frozen_batch_norm: false,
         })
     }
 
     pub fn config(&self) -> &ResNetConfig {
         &self.config
+    }
+
+    /// With `frozen`, every BatchNorm normalises with its running statistics and leaves them
+    /// alone, in training as in evaluation (any [`BnMode`] acts as `Eval`); its weight and
+    /// bias still learn. Each image's output then depends on that image alone: for
+    /// fine-tuning a trained network with small batches, and for Meta-Face2Exp without the
+    /// BatchNorm offset of the official feedback (docs/METHOD.md). The statistics must be
+    /// meaningful already, i.e. start from a trained network.
+    pub fn freeze_batch_norm(&mut self, frozen: bool) {
+        self.frozen_batch_norm = frozen;
+    }
+
+    pub fn batch_norm_frozen(&self) -> bool {
+        self.frozen_batch_norm
     }
 
     /// Logits (N, num_classes) for images (N, 3, S, S); `train` as PyTorch's `model.train()`
@@ -253,6 +271,11 @@ impl ResNet {
 
     /// The globally pooled features (N, 512 * expansion) that `fc` reads.
     pub fn features_with(&self, x: &Tensor, mode: BnMode) -> Result<Tensor> {
+        let mode = if self.frozen_batch_norm {
+            BnMode::Eval
+        } else {
+            mode
+        };
         let (_, channels, h, w) = x.dims4()?;
         if channels != 3 || h == 0 || w == 0 {
             candle_core::bail!(
@@ -394,6 +417,35 @@ mod tests {
         );
         let ones: Vec<f32> = data["bn1.weight"].as_tensor().to_vec1()?;
         assert!(ones.iter().all(|&v| v == 1.));
+        Ok(())
+    }
+
+    #[test]
+    fn frozen_batch_norm_normalises_with_running_statistics_and_keeps_them() -> Result<()> {
+        let (varmap, mut model) = build(Arch::Resnet18, Stem::Imagenet, 32)?;
+        let x = Tensor::randn(0f32, 1.0, (4, 3, 32, 32), &Device::Cpu)?;
+        // Running statistics worth keeping, then frozen.
+        model.forward_with(&x, BnMode::Train)?;
+        model.freeze_batch_norm(true);
+        let running = |name: &str| -> Result<Vec<f32>> {
+            let data = varmap.data().lock().unwrap();
+            data[name].as_tensor().to_vec1()
+        };
+        let stats_before = running("layer1.0.bn1.running_mean")?;
+        let eval = model.forward_with(&x, BnMode::Eval)?;
+        let train = model.forward_with(&x, BnMode::Train)?;
+        let diff = (eval - &train)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert_eq!(diff, 0.0, "train mode must normalise as eval mode");
+        assert_eq!(running("layer1.0.bn1.running_mean")?, stats_before);
+        // Each image alone gives the same logits as in the batch: no batch statistics.
+        let alone = model.forward_with(&x.narrow(0, 1, 1)?, BnMode::Train)?;
+        let in_batch = train.narrow(0, 1, 1)?;
+        let diff = (alone - in_batch)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(diff < 1e-5, "{diff}");
+        model.freeze_batch_norm(false);
+        let unfrozen = model.forward_with(&x, BnMode::TrainNoStatsUpdate)?;
+        let diff = (unfrozen - train)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(diff > 1e-3, "unfreezing must bring batch statistics back");
         Ok(())
     }
 }

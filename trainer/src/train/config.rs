@@ -50,6 +50,9 @@ pub struct ModelSpec {
     pub input_size: usize,
     /// Optional torchvision/timm checkpoint (safetensors) to start both networks from.
     pub init: Option<PathBuf>,
+    /// BatchNorm uses its running statistics in training too and never updates them
+    /// ([`crate::model::ResNet::freeze_batch_norm`]); needs `init`.
+    pub freeze_batch_norm: bool,
 }
 
 impl Default for ModelSpec {
@@ -59,6 +62,7 @@ impl Default for ModelSpec {
             stem: Stem::Imagenet,
             input_size: 64,
             init: None,
+            freeze_batch_norm: false,
         }
     }
 }
@@ -227,6 +231,11 @@ impl TrainConfig {
             anyhow::ensure!(self.meta.mu > 0, "meta.mu must be positive");
         }
         anyhow::ensure!(
+            !self.model.freeze_batch_norm || self.model.init.is_some(),
+            "--freeze-bn keeps BatchNorm's running statistics, which a fresh network does not \
+             have yet: start from trained weights with --init PATH"
+        );
+        anyhow::ensure!(
             self.unlabeled_center_crop > 0.0 && self.unlabeled_center_crop <= 1.0,
             "unlabeled_center_crop must be in (0, 1]"
         );
@@ -254,5 +263,18 @@ mod tests {
         assert_eq!(partial.meta.mu, 7);
         assert!(toml::from_str::<TrainConfig>("stepz = 3").is_err());
         Ok(())
+    }
+
+    #[test]
+    fn frozen_batch_norm_needs_trained_weights() {
+        let mut config = TrainConfig {
+            labeled: "imagefolder:/data/train".into(),
+            ..TrainConfig::default()
+        };
+        config.model.freeze_batch_norm = true;
+        let message = config.validate().unwrap_err().to_string();
+        assert!(message.contains("--init"), "{message}");
+        config.model.init = Some("weights/face2exp-base.safetensors".into());
+        config.validate().unwrap();
     }
 }

@@ -124,6 +124,10 @@ pub fn train(config: TrainConfig, options: &RunOptions) -> anyhow::Result<RunSum
             config.seed.wrapping_add(1),
         )?),
     };
+    base.model.freeze_batch_norm(config.model.freeze_batch_norm);
+    if let Some(a) = &mut adaptation {
+        a.model.freeze_batch_norm(config.model.freeze_batch_norm);
+    }
 
     let mut start_step = 0;
     let mut meta_state = MetaState::default();
