@@ -2,7 +2,7 @@
 //! faces, on 1 and 2 threads, with wall and CPU time per stage (capture = converting the
 //! frame into the display buffer, as the camera path does; detect; classify; track +
 //! overlay). Rows marked "pipelined" detect the next frame on a second thread while this one
-//! is classified (`--pipeline`). Prints a markdown table.
+//! is classified (the demo's default with 2+ threads). Prints a markdown table.
 //!
 //!     cargo bench -p face2exp-demo --bench end_to_end [-- --frames N]
 //!

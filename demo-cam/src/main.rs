@@ -54,12 +54,12 @@ fn run(args: &Args) -> Result<ExitCode> {
     let mut source = open_source(args, headless)?;
     let tracking = (source.is_live() || args.track).then(|| args.tracker_config());
     let config = EngineConfig {
-        threads: args.threads.max(1),
+        threads: args.thread_count(),
         max_faces: args.max_faces.max(1),
         score_threshold: args.score_threshold,
-        detect_downscale: args.detect_downscale.into(),
+        detect_downscale: args.detect_downscale_for(source.is_live()),
         half_weights: args.half_weights,
-        pipelined: args.pipeline,
+        pipelined: args.pipelined(),
     };
     let engine = Engine::load(&classifier, detector.as_ref(), &config)?;
     let mut pipeline = Pipeline::new(engine, tracking);

@@ -238,7 +238,7 @@ fn unreadable_files_are_reported_by_name_and_the_batch_goes_on() {
     );
 }
 
-/// `--pipeline` reads one frame ahead; every record must still come out in file order, with
+/// The pipelined default (2 threads) reads one frame ahead; every record must still come out in file order, with
 /// the right name, and match the sequential run: errors first, in the middle and last.
 #[test]
 fn pipelined_batch_matches_the_sequential_one_record_for_record() {
@@ -281,8 +281,8 @@ fn pipelined_batch_matches_the_sequential_one_record_for_record() {
         );
         json_lines(&output)
     };
-    let sequential = run(&[]);
-    let pipelined = run(&["--pipeline"]);
+    let sequential = run(&["--no-pipeline"]);
+    let pipelined = run(&[]);
     assert_eq!(sequential.len(), 5);
     assert_eq!(pipelined.len(), 5);
     let face_counts = [0, 1, 0, 2, 0];
