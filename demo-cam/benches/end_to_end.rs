@@ -78,6 +78,14 @@ fn timed<T>(wall: &mut Duration, cpu: &mut Duration, f: impl FnOnce() -> T) -> T
     out
 }
 
+/// The scenes are fixed, so a different face count means the detector went wrong.
+fn check_faces(found: usize, expected: usize) -> Result<()> {
+    if found != expected {
+        bail!("expected {expected} faces in the scene, the detector found {found}");
+    }
+    Ok(())
+}
+
 fn bench(
     engine: &mut Engine,
     rgb: &[u8],
@@ -110,12 +118,7 @@ fn bench(
             overlay::draw_faces(&mut frame, &faces, engine.class_names(), 2);
             overlay::draw_stats(&mut frame, &StageTimes::default(), 2);
         });
-        if faces.len() != expected_faces {
-            bail!(
-                "expected {expected_faces} faces in the scene, the detector found {}",
-                faces.len()
-            );
-        }
+        check_faces(faces.len(), expected_faces)?;
     }
     let fps = frames as f64 / start.elapsed().as_secs_f64();
     Ok((fps, totals))
@@ -172,12 +175,7 @@ fn bench_pipelined(
             *sum += ms as f64;
         }
         sums[3] += overlay_start.elapsed().as_secs_f64() * 1e3;
-        if pipeline.faces().len() != expected_faces {
-            bail!(
-                "expected {expected_faces} faces in the scene, the detector found {}",
-                pipeline.faces().len()
-            );
-        }
+        check_faces(pipeline.faces().len(), expected_faces)?;
     }
     let fps = frames as f64 / start.elapsed().as_secs_f64();
     let per_frame = |d: Duration| d.as_secs_f64() * 1e3 / frames as f64;

@@ -187,10 +187,7 @@ impl<A: Analyzer> Pipeline<A> {
         if !self.ahead.in_flight {
             if let Some(e) = self.ahead.error.take() {
                 // The read-ahead that failed: its turn has come.
-                std::mem::swap(&mut self.frame_name, &mut self.ahead.name);
-                self.frames += 1;
-                self.faces.clear();
-                return Err(e);
+                return Err(self.failed_read(e));
             }
             if self.ahead.ended {
                 return Ok(Next::End);
@@ -199,12 +196,7 @@ impl<A: Analyzer> Pipeline<A> {
             match self.read_ahead(source) {
                 Ok(Next::Frame) => {}
                 Ok(Next::End) => return Ok(Next::End),
-                Err(e) => {
-                    std::mem::swap(&mut self.frame_name, &mut self.ahead.name);
-                    self.frames += 1;
-                    self.faces.clear();
-                    return Err(e);
-                }
+                Err(e) => return Err(self.failed_read(e)),
             }
         }
         // Frame k: its detection has been running while the caller used frame k-1.
@@ -236,13 +228,20 @@ impl<A: Analyzer> Pipeline<A> {
             return Err(e);
         }
         self.times.capture_ms = capture_ms;
-        self.times.detect_ms = detect.as_secs_f32() * 1e3;
-        self.times.classify_ms = classify_start.elapsed().as_secs_f32() * 1e3;
-        if let Some(tracker) = &mut self.tracker {
-            tracker.update(&mut self.faces);
-        }
+        self.finish(AnalyzeTimes {
+            detect,
+            classify: classify_start.elapsed(),
+        });
         self.times.fps = self.fps.tick(Instant::now());
         Ok(Next::Frame)
+    }
+
+    /// Makes a failed read-ahead the frame this step delivers: its name, its count, no faces.
+    fn failed_read(&mut self, error: anyhow::Error) -> anyhow::Error {
+        std::mem::swap(&mut self.frame_name, &mut self.ahead.name);
+        self.frames += 1;
+        self.faces.clear();
+        error
     }
 
     /// Reads the next frame into the spare buffer and hands it to the detection thread.
@@ -285,12 +284,17 @@ impl<A: Analyzer> Pipeline<A> {
                 return Err(e);
             }
         };
+        self.finish(times);
+        Ok(())
+    }
+
+    /// Records an analysed frame's stage times and follows its faces.
+    fn finish(&mut self, times: AnalyzeTimes) {
         self.times.detect_ms = times.detect.as_secs_f32() * 1e3;
         self.times.classify_ms = times.classify.as_secs_f32() * 1e3;
         if let Some(tracker) = &mut self.tracker {
             tracker.update(&mut self.faces);
         }
-        Ok(())
     }
 
     /// Draws the faces of the last frame, and the stats panel when `stats` is set.

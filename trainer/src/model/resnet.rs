@@ -253,10 +253,6 @@ impl ResNet {
         self.frozen_batch_norm = frozen;
     }
 
-    pub fn batch_norm_frozen(&self) -> bool {
-        self.frozen_batch_norm
-    }
-
     /// Logits (N, num_classes) for images (N, 3, S, S); `train` as PyTorch's `model.train()`
     /// (batch statistics, running statistics updated) or `model.eval()`.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
