@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Result};
 use face2exp_infer::detect::{Detector, DetectorConfig, DetectorSession};
-use face2exp_infer::{FaceRegion, ImageView, Model, PixelFormat, Session, SessionConfig};
+use face2exp_infer::{
+    FaceRegion, ImageView, Model, PixelFormat, Prediction, Session, SessionConfig,
+};
 
 use crate::faces::{FaceResult, MAX_CLASSES};
 use crate::frame::Frame;
@@ -54,6 +56,10 @@ struct ClassifyStage {
     session: Session<'static>,
     limits: (usize, usize),
     threads: usize,
+    /// One frame's faces and predictions, kept so that classifying allocates nothing once
+    /// they have grown to the most faces seen.
+    regions: Vec<FaceRegion>,
+    predictions: Vec<Prediction>,
 }
 
 pub struct Engine {
@@ -139,7 +145,7 @@ impl Engine {
             (Some(detect), None)
         };
         Ok(Engine {
-            classify: ClassifyStage::new(model, FIRST_LIMITS, classify_threads),
+            classify: ClassifyStage::new(model, FIRST_LIMITS, classify_threads, config.max_faces),
             detect,
             worker,
             class_names,
@@ -230,12 +236,19 @@ impl DetectStage {
 }
 
 impl ClassifyStage {
-    fn new(model: &'static Model, limits: (usize, usize), threads: usize) -> ClassifyStage {
+    fn new(
+        model: &'static Model,
+        limits: (usize, usize),
+        threads: usize,
+        max_faces: usize,
+    ) -> ClassifyStage {
         ClassifyStage {
             model,
             session: classifier_session(model, limits, threads),
             limits,
             threads,
+            regions: Vec::with_capacity(max_faces),
+            predictions: Vec::with_capacity(max_faces),
         }
     }
 
@@ -245,15 +258,24 @@ impl ClassifyStage {
             self.limits = limits;
         }
         let view = bgra_view(frame)?;
-        for face in faces {
-            let region = FaceRegion {
-                bbox: face.bbox,
-                landmarks: face.landmarks,
-            };
-            let prediction = self
-                .session
-                .classify_face(&view, &region)
-                .map_err(|e| anyhow!("classifying the face at {:?} failed: {e}", face.bbox))?;
+        // All faces in one call: they share the network's late layers (see
+        // `Session::classify_batch`).
+        self.regions.clear();
+        self.regions.extend(faces.iter().map(|face| FaceRegion {
+            bbox: face.bbox,
+            landmarks: face.landmarks,
+        }));
+        self.predictions.clear();
+        self.predictions.resize(faces.len(), Prediction::EMPTY);
+        self.session
+            .classify_batch(&view, &self.regions, &mut self.predictions)
+            .map_err(|e| {
+                anyhow!(
+                    "classifying the {} faces of a frame failed: {e}",
+                    faces.len()
+                )
+            })?;
+        for (face, prediction) in faces.iter_mut().zip(&self.predictions) {
             face.probs = prediction.probs;
         }
         Ok(())

@@ -41,4 +41,4 @@ pub use network::Stem;
 #[cfg(feature = "std")]
 pub use pool::WorkerPool;
 pub use preprocess::ALIGN_TEMPLATE;
-pub use session::{Prediction, Session, SessionConfig, MAX_SIDE, MAX_THREADS};
+pub use session::{Prediction, Session, SessionConfig, MAX_BATCH, MAX_SIDE, MAX_THREADS};

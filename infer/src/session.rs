@@ -14,6 +14,8 @@ use alloc::vec::Vec;
 pub const MAX_SIDE: usize = 16384;
 /// Most threads a session starts.
 pub const MAX_THREADS: usize = 64;
+/// Most faces [`Session::classify_batch`] sends through the network's late layers at once.
+pub const MAX_BATCH: usize = 8;
 
 /// Limits a session is sized for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,6 +91,9 @@ pub struct Session<'m> {
     preprocessor: Preprocessor,
     input: Vec<f32>,
     logits: Vec<f32>,
+    /// `classify_batch`'s inputs and logits, one slot per face of a batch.
+    batch_inputs: Vec<f32>,
+    batch_logits: Vec<f32>,
     activations: Activations,
     #[cfg(feature = "std")]
     pool: Option<crate::WorkerPool>,
@@ -118,13 +123,17 @@ impl<'m> Session<'m> {
         #[cfg(not(feature = "std"))]
         let threads = 1;
         let s = model.input_size();
+        let activations = model.network.activations(threads, MAX_BATCH);
+        let batch = activations.batch_capacity();
         Session {
             model,
             config: SessionConfig { threads, ..config },
             preprocessor: Preprocessor::new(s, config.max_width, config.max_height),
             input: vec![0.0; 3 * s * s],
             logits: vec![0.0; model.num_classes()],
-            activations: model.network.activations(threads),
+            batch_inputs: vec![0.0; if batch > 1 { batch * 3 * s * s } else { 0 }],
+            batch_logits: vec![0.0; batch * model.num_classes()],
+            activations,
             #[cfg(feature = "std")]
             pool,
         }
@@ -155,7 +164,11 @@ impl<'m> Session<'m> {
         self.run_network()
     }
 
-    /// Classifies every face of one frame into `out` (same length as `faces`).
+    /// Classifies every face of one frame into `out` (same length as `faces`). Faces go
+    /// through the network's late layers together, up to [`MAX_BATCH`] at a time, so each of
+    /// their weights is read once per batch instead of once per face: with the shipped 48 px
+    /// network, three faces cost well under three times one. The predictions are the same,
+    /// bit for bit, as [`Session::classify_face`]'s.
     pub fn classify_batch(
         &mut self,
         image: &ImageView<'_>,
@@ -169,8 +182,32 @@ impl<'m> Session<'m> {
                 found: out.len(),
             });
         }
-        for (face, slot) in faces.iter().zip(out.iter_mut()) {
-            *slot = self.classify_face(image, face)?;
+        let capacity = self.activations.batch_capacity();
+        if capacity <= 1 {
+            for (face, slot) in faces.iter().zip(out.iter_mut()) {
+                *slot = self.classify_face(image, face)?;
+            }
+            return Ok(());
+        }
+        let model = self.model;
+        let (input_len, classes) = (self.input.len(), model.num_classes());
+        for (faces, out) in faces.chunks(capacity).zip(out.chunks_mut(capacity)) {
+            let inputs = &mut self.batch_inputs[..faces.len() * input_len];
+            for (face, input) in faces.iter().zip(inputs.chunks_exact_mut(input_len)) {
+                self.preprocessor
+                    .run(image, Some(face), model.mean(), model.std(), input)?;
+            }
+            let logits = &mut self.batch_logits[..faces.len() * classes];
+            #[cfg(feature = "std")]
+            let par = parallel(&self.pool);
+            #[cfg(not(feature = "std"))]
+            let par: &dyn Parallel = &Sequential;
+            model
+                .network
+                .forward_batch(inputs, faces.len(), &mut self.activations, par, logits)?;
+            for (slot, logits) in out.iter_mut().zip(logits.chunks_exact(classes)) {
+                *slot = Prediction::from_logits(logits);
+            }
         }
         Ok(())
     }
@@ -208,15 +245,21 @@ impl<'m> Session<'m> {
 
     fn forward_input(&mut self) -> Result<(), ClassifyError> {
         #[cfg(feature = "std")]
-        let par: &dyn Parallel = match &self.pool {
-            Some(pool) => pool,
-            None => &Sequential,
-        };
+        let par = parallel(&self.pool);
         #[cfg(not(feature = "std"))]
         let par: &dyn Parallel = &Sequential;
         self.model
             .network
             .forward(&self.input, &mut self.activations, par, &mut self.logits)?;
         Ok(())
+    }
+}
+
+/// The session's worker pool, or the calling thread alone.
+#[cfg(feature = "std")]
+fn parallel(pool: &Option<crate::WorkerPool>) -> &dyn Parallel {
+    match pool {
+        Some(pool) => pool,
+        None => &Sequential,
     }
 }

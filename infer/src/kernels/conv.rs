@@ -9,6 +9,8 @@ use super::implicit;
 use super::{check_len, Activation, KernelError, Parallel};
 use alloc::vec::Vec;
 
+mod batch;
+
 /// Shape of a convolution, as `torch.nn.Conv2d` takes it (square stride and padding).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Conv2dParams {
@@ -258,6 +260,18 @@ impl Conv2d {
         self.params.output_size(height, width)
     }
 
+    /// [`Conv2d::output_size`], as the error a forward pass reports.
+    fn checked_output_size(
+        &self,
+        height: usize,
+        width: usize,
+    ) -> Result<(usize, usize), KernelError> {
+        self.output_size(height, width)
+            .ok_or(KernelError::InvalidParams(
+                "conv2d input smaller than its kernel",
+            ))
+    }
+
     /// Floats of scratch [`Conv2d::forward`] needs with `threads` workers.
     pub fn scratch_len(threads: usize) -> usize {
         threads.max(1) * gemm::PACK_SCRATCH_LEN
@@ -288,11 +302,7 @@ impl Conv2d {
         par: &dyn Parallel,
     ) -> Result<(), KernelError> {
         let p = &self.params;
-        let (oh, ow) = self
-            .output_size(height, width)
-            .ok_or(KernelError::InvalidParams(
-                "conv2d input smaller than its kernel",
-            ))?;
+        let (oh, ow) = self.checked_output_size(height, width)?;
         check_len("conv2d input", input.len(), p.in_channels * height * width)?;
         let out_len = p.out_channels * oh * ow;
         check_len("conv2d output", output.len(), out_len)?;
@@ -331,33 +341,8 @@ impl Conv2d {
                         activation,
                     };
                     let out_slice = &mut output[rows];
-                    let pointwise =
-                        p.kernel_h == 1 && p.kernel_w == 1 && p.stride == 1 && p.padding == 0;
-                    let dense;
-                    let im2col;
-                    let src: &dyn BSource = if pointwise {
-                        dense = DenseB {
-                            data: input_g,
-                            k: in_g,
-                            n,
-                            ld: n,
-                        };
-                        &dense
-                    } else {
-                        im2col = Im2col {
-                            input: input_g,
-                            channels: in_g,
-                            height,
-                            width,
-                            kernel_h: p.kernel_h,
-                            kernel_w: p.kernel_w,
-                            stride: p.stride,
-                            padding: p.padding,
-                            out_w: ow,
-                            n,
-                        };
-                        &im2col
-                    };
+                    let src = GemmInput::new(p, input_g, (height, width), (oh, ow));
+                    let src: &dyn BSource = &src;
                     match narrow.get(g) {
                         Some(narrow) if gemm::narrow_is_better(n) => {
                             gemm::gemm_narrow(narrow, src, out_slice, n, epilogue, scratch, par)?
@@ -368,6 +353,68 @@ impl Conv2d {
                 Ok(())
             }
         }
+    }
+}
+
+/// The right operand of a convolution's GEMM for one image (one group's input planes): a 1x1
+/// stride-1 convolution reads its input as the matrix itself, any other packs im2col blocks.
+enum GemmInput<'a> {
+    Dense(DenseB<'a>),
+    Im2col(Im2col<'a>),
+}
+
+impl<'a> GemmInput<'a> {
+    fn new(
+        p: &Conv2dParams,
+        input: &'a [f32],
+        (height, width): (usize, usize),
+        (oh, ow): (usize, usize),
+    ) -> GemmInput<'a> {
+        let in_g = p.in_channels / p.groups;
+        let n = oh * ow;
+        if p.kernel_h == 1 && p.kernel_w == 1 && p.stride == 1 && p.padding == 0 {
+            GemmInput::Dense(DenseB {
+                data: input,
+                k: in_g,
+                n,
+                ld: n,
+            })
+        } else {
+            GemmInput::Im2col(Im2col {
+                input,
+                channels: in_g,
+                height,
+                width,
+                kernel_h: p.kernel_h,
+                kernel_w: p.kernel_w,
+                stride: p.stride,
+                padding: p.padding,
+                out_w: ow,
+                n,
+            })
+        }
+    }
+
+    fn source(&self) -> &dyn BSource {
+        match self {
+            GemmInput::Dense(dense) => dense,
+            GemmInput::Im2col(im2col) => im2col,
+        }
+    }
+}
+
+impl BSource for GemmInput<'_> {
+    fn k(&self) -> usize {
+        self.source().k()
+    }
+    fn n(&self) -> usize {
+        self.source().n()
+    }
+    fn pack(&self, k0: usize, kc: usize, j0: usize, nc: usize, width: usize, dst: &mut [f32]) {
+        self.source().pack(k0, kc, j0, nc, width, dst)
+    }
+    fn in_place(&self) -> Option<(&[f32], gemm::RowStarts)> {
+        self.source().in_place()
     }
 }
 

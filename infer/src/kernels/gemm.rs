@@ -11,7 +11,9 @@ pub use super::microkernel::simd_name;
 use super::microkernel::{detect, kernel_portable, BBlock, Simd, Tile};
 #[cfg(target_arch = "x86_64")]
 use super::microkernel::{kernel_avx2, kernel_avx2_fused, FusedStore};
-pub use super::narrow::{gemm_narrow, narrow_is_better, PackedAT};
+pub use super::narrow::{
+    gemm_narrow, gemm_narrow_batch, narrow_is_better, Batch, BatchedB, PackedAT,
+};
 use super::{check_len, Activation, KernelError, Parallel};
 use alloc::vec;
 use alloc::vec::Vec;
@@ -296,15 +298,37 @@ impl SharedMut {
     }
 }
 
+/// Where a GEMM writes `C`: `len` floats of which the product needs `needed`, rows `ldc`
+/// apart holding `columns` values each (for a batch, per image).
+pub(super) struct OutputSpan {
+    pub len: usize,
+    pub ldc: usize,
+    pub columns: usize,
+    pub needed: usize,
+}
+
+impl OutputSpan {
+    /// One row-major `m x n` output with row stride `ldc`.
+    pub(super) fn matrix(len: usize, m: usize, n: usize, ldc: usize) -> OutputSpan {
+        OutputSpan {
+            len,
+            ldc,
+            columns: n,
+            needed: (m - 1) * ldc + n,
+        }
+    }
+}
+
 /// Checks the operands of an `m x k` by `k x n` product, for [`gemm`] and [`gemm_narrow`]:
-/// `b`'s depth, then (when `n > 0`) `ldc >= n` and `n <= max_n` (else `shape_error`), then
-/// the lengths. Returns the worker count, or `None` when `n == 0` leaves nothing to do.
+/// `b`'s depth, then (when `n > 0`) `ldc >= columns` and `n <= max_n` (else `shape_error`),
+/// then the lengths (`C` and the residual hold `needed` floats). Returns the worker count, or
+/// `None` when `n == 0` leaves nothing to do.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn check_operands(
     m: usize,
     k: usize,
     b: &dyn BSource,
-    (c_len, ldc): (usize, usize),
+    out: OutputSpan,
     (max_n, shape_error): (usize, &'static str),
     epilogue: &Epilogue<'_>,
     scratch_len: usize,
@@ -321,15 +345,15 @@ pub(super) fn check_operands(
     if n == 0 {
         return Ok(None);
     }
-    if ldc < n || n > max_n {
+    if out.ldc < out.columns || n > max_n {
         return Err(KernelError::InvalidParams(shape_error));
     }
-    check_len("GEMM output", c_len, (m - 1) * ldc + n)?;
+    check_len("GEMM output", out.len, out.needed)?;
     if let Some(bias) = epilogue.bias {
         check_len("GEMM bias", bias.len(), m)?;
     }
     if let Some(residual) = epilogue.residual {
-        check_len("GEMM residual", residual.len(), (m - 1) * ldc + n)?;
+        check_len("GEMM residual", residual.len(), out.needed)?;
     }
     let threads = par.threads().max(1);
     check_len("GEMM scratch", scratch_len, threads * PACK_SCRATCH_LEN)?;
@@ -354,7 +378,7 @@ pub fn gemm(
         m,
         k,
         b,
-        (c.len(), ldc),
+        OutputSpan::matrix(c.len(), m, n, ldc),
         shape,
         &epilogue,
         scratch.len(),

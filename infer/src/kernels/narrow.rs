@@ -2,10 +2,14 @@
 //! layers whose few output pixels would pad most of the micro-kernel's [`NR`] columns. Those
 //! layers read every weight once per forward and are bound by memory traffic, so their weights
 //! can also be stored as IEEE half floats ([`PackedAT::to_half`]), halving the traffic.
+//!
+//! For the same reason several images (the faces of one frame) go through such a layer in one
+//! product ([`gemm_narrow_batch`]): every weight is read once for all of them instead of once
+//! per face, and their few pixels fill the micro-kernel's rows that one face leaves empty.
 
 use super::gemm::{
-    block_offset, check_operands, packed_index, BSource, Epilogue, PackedA, SharedMut, KC, MR, NC,
-    NR, PANEL_ROWS,
+    block_offset, check_operands, packed_index, BSource, Epilogue, OutputSpan, PackedA, SharedMut,
+    KC, MR, NC, NR, PANEL_ROWS,
 };
 use super::microkernel::{
     detect, kernel_portable, kernel_portable_f16, BBlock, HalfBlock, Simd, Tile,
@@ -72,6 +76,77 @@ pub fn narrow_is_better(n: usize) -> bool {
     n > 0 && n < NR && n.div_ceil(MR) * MR < NR
 }
 
+/// How the columns of a batched product map to images: image `i` owns columns
+/// `i * padded .. i * padded + pixels` (the rest of its `padded`, a multiple of [`MR`] when
+/// there is more than one image, are zero), and its output plane starts at `i * image_stride`
+/// in `C` (channel `ch`, pixel `px` at `i * image_stride + ch * ldc + px`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Batch {
+    pub images: usize,
+    pub pixels: usize,
+    pub padded: usize,
+    pub image_stride: usize,
+}
+
+impl Batch {
+    /// `images` images of `pixels` output pixels each, outputs `image_stride` floats apart.
+    pub fn new(images: usize, pixels: usize, image_stride: usize) -> Batch {
+        let padded = if images > 1 {
+            pixels.div_ceil(MR) * MR
+        } else {
+            pixels
+        };
+        Batch {
+            images,
+            pixels,
+            padded,
+            image_stride,
+        }
+    }
+
+    /// Columns of the whole product.
+    pub fn columns(&self) -> usize {
+        self.images * self.padded
+    }
+}
+
+/// The right operand of a batched product: image `i`'s `k x pixels` operand is `source(i)`,
+/// laid out as [`Batch`] says. Each [`MR`]-wide panel lies within one image (the padding
+/// sees to it), so it is packed by that image's own source.
+pub struct BatchedB<F> {
+    pub batch: Batch,
+    pub k: usize,
+    pub source: F,
+}
+
+impl<F, S> BSource for BatchedB<F>
+where
+    F: Fn(usize) -> S + Sync,
+    S: BSource,
+{
+    fn k(&self) -> usize {
+        self.k
+    }
+
+    fn n(&self) -> usize {
+        self.batch.columns()
+    }
+
+    fn pack(&self, k0: usize, kc: usize, j0: usize, nc: usize, width: usize, dst: &mut [f32]) {
+        let Batch { pixels, padded, .. } = self.batch;
+        debug_assert!(j0 % width == 0 && (self.batch.images == 1 || padded % width == 0));
+        for panel in 0..nc.div_ceil(width) {
+            let column = j0 + panel * width;
+            let (image, local) = (column / padded, column % padded);
+            let dst = &mut dst[panel * kc * width..][..kc * width];
+            match pixels.saturating_sub(local).min(width) {
+                0 => dst.fill(0.0),
+                count => (self.source)(image).pack(k0, kc, local, count, width, dst),
+            }
+        }
+    }
+}
+
 /// Same result as [`gemm`], computed as `C^T = B^T . A^T` so that the few columns of a
 /// late, low-resolution layer fill the micro-kernel's [`MR`] side instead of padding [`NR`].
 ///
@@ -85,19 +160,42 @@ pub fn gemm_narrow(
     scratch: &mut [f32],
     par: &dyn Parallel,
 ) -> Result<(), KernelError> {
+    let batch = Batch::new(1, b.n(), 0);
+    gemm_narrow_batch(a, b, batch, c, ldc, epilogue, scratch, par)
+}
+
+/// [`gemm_narrow`] over a batch of images laid out as `batch` says (`b` is usually a
+/// [`BatchedB`]): bit-identical to one [`gemm_narrow`] per image, with each weight panel read
+/// once for the whole batch. Requires `batch.columns() <= NC`; the residual has `C`'s layout.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_narrow_batch(
+    a: &PackedAT,
+    b: &dyn BSource,
+    batch: Batch,
+    c: &mut [f32],
+    ldc: usize,
+    epilogue: Epilogue<'_>,
+    scratch: &mut [f32],
+    par: &dyn Parallel,
+) -> Result<(), KernelError> {
     let (m, k, n) = (a.m, a.k, b.n());
+    let plane = (m - 1) * ldc + batch.pixels;
+    let laid_out = n == batch.columns()
+        && batch.pixels <= batch.padded
+        && (batch.images <= 1 || (batch.padded % MR == 0 && batch.image_stride >= m * ldc));
+    if !laid_out {
+        return Err(KernelError::InvalidParams(
+            "narrow GEMM batch layout does not match its operand",
+        ));
+    }
+    let out = OutputSpan {
+        len: c.len(),
+        ldc,
+        columns: batch.pixels,
+        needed: batch.images.saturating_sub(1) * batch.image_stride + plane,
+    };
     let shape = (NC, "narrow GEMM needs n <= NC and ldc >= n");
-    let Some(threads) = check_operands(
-        m,
-        k,
-        b,
-        (c.len(), ldc),
-        shape,
-        &epilogue,
-        scratch.len(),
-        par,
-    )?
-    else {
+    let Some(threads) = check_operands(m, k, b, out, shape, &epilogue, scratch.len(), par)? else {
         return Ok(());
     };
     let panels = m.div_ceil(NR);
@@ -155,13 +253,15 @@ pub fn gemm_narrow(
                             }
                         }
                     }
-                    let px0 = pp * MR;
-                    let count = MR.min(n - px0);
+                    let column = pp * MR;
+                    let (image, px0) = (column / batch.padded, column % batch.padded);
+                    let count = MR.min(batch.pixels.saturating_sub(px0));
+                    let plane0 = image * batch.image_stride;
                     for j in 0..channels {
                         let ch = q * NR + j;
                         let bias = epilogue.bias.map_or(0.0, |b| b[ch]);
                         for r in 0..count {
-                            let at = ch * ldc + px0 + r;
+                            let at = plane0 + ch * ldc + px0 + r;
                             let mut v = tile[r * NR + j] + if first { bias } else { c[at] };
                             if last {
                                 if let Some(res) = epilogue.residual {
