@@ -23,6 +23,7 @@ use face2exp_demo::pipeline::{Analyzer, Pipeline};
 use face2exp_demo::source::{load_image, FrameSource, Next};
 use face2exp_demo::track::{Tracker, TrackerConfig};
 use face2exp_demo::weights;
+use face2exp_infer::LatePrecision;
 
 const WIDTH: usize = 640;
 const HEIGHT: usize = 480;
@@ -220,31 +221,38 @@ fn main() -> Result<()> {
     println!();
     println!("| faces | threads | detect downscale | late weights | FPS | capture ms | detect ms | classify ms | track+overlay ms | CPU ms/frame (capture / detect / classify / overlay) |");
     println!("|---|---|---|---|---|---|---|---|---|---|");
-    // Half-precision late layers (--half-weights) only where detection is cheap enough for
-    // classification to matter.
+    // Half-precision and int8 late layers (--half-weights, --int8-weights) only where
+    // detection is cheap enough for classification to matter.
     // Pipelined rows: detection of the next frame overlaps this frame's classification.
+    let (f16, int8) = (Some(LatePrecision::F16), Some(LatePrecision::Int8));
     let configs = [
-        (1, 1, false, false),
-        (2, 1, false, false),
-        (2, 1, false, true),
-        (1, 2, false, false),
-        (2, 2, false, false),
-        (2, 2, false, true),
-        (1, 2, true, false),
-        (2, 2, true, false),
-        (2, 2, true, true),
+        (1, 1, None, false),
+        (2, 1, None, false),
+        (2, 1, None, true),
+        (1, 2, None, false),
+        (2, 2, None, false),
+        (2, 2, None, true),
+        (1, 2, f16, false),
+        (2, 2, f16, false),
+        (2, 2, f16, true),
+        (2, 2, int8, false),
+        (2, 2, int8, true),
     ];
     for (faces, rgb) in [(1, &one), (3, &three)] {
-        for (threads, downscale, half_weights, pipelined) in configs {
+        for (threads, downscale, late_weights, pipelined) in configs {
             let config = EngineConfig {
                 threads,
                 max_faces: 16,
                 score_threshold: 0.6,
                 detect_downscale: downscale,
-                half_weights,
+                late_weights,
                 pipelined,
             };
-            let precision = if half_weights { "f16" } else { "f32" };
+            let precision = match late_weights {
+                None => "f32",
+                Some(LatePrecision::F16) => "f16",
+                Some(LatePrecision::Int8) => "int8",
+            };
             let engine = Engine::load(&classifier, Some(&detector), &config)?;
             if pipelined {
                 let (fps, ms, cpu) = bench_pipelined(engine, rgb, frames, faces)?;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Result};
 use face2exp_infer::detect::{Detector, DetectorConfig, DetectorSession};
 use face2exp_infer::{
-    FaceRegion, ImageView, Model, PixelFormat, Prediction, Session, SessionConfig,
+    FaceRegion, ImageView, LatePrecision, Model, PixelFormat, Prediction, Session, SessionConfig,
 };
 
 use crate::faces::{FaceResult, MAX_CLASSES};
@@ -35,8 +35,10 @@ pub struct EngineConfig {
     /// misses faces smaller than about 32 px.
     pub detect_downscale: usize,
     /// Store the classifier's late-layer weights as half floats
-    /// (`Model::store_late_weights_as_f16`): faster per face, outputs within ~1e-4.
-    pub half_weights: bool,
+    /// (`Model::store_late_weights_as_f16`: faster per face, outputs within ~1e-4) or int8
+    /// (`Model::store_late_weights_as_int8`: faster still, outputs within ~5e-3); `None` keeps
+    /// single precision.
+    pub late_weights: Option<LatePrecision>,
     /// Detect frame k+1 on a thread of its own while frame k is classified (one frame of
     /// latency, both cores busy); `threads` is split between the two stages.
     pub pipelined: bool,
@@ -108,9 +110,11 @@ impl Engine {
             })
             .collect::<Result<Vec<_>>>()?;
         let mut model = model;
-        if config.half_weights {
-            model.store_late_weights_as_f16();
-        }
+        match config.late_weights {
+            Some(LatePrecision::F16) => model.store_late_weights_as_f16(),
+            Some(LatePrecision::Int8) => model.store_late_weights_as_int8(),
+            None => 0,
+        };
         let model: &'static Model = Box::leak(Box::new(model));
         let detector = match detector {
             Some(weights) => {

@@ -58,7 +58,7 @@ fn run(args: &Args) -> Result<ExitCode> {
         max_faces: args.max_faces.max(1),
         score_threshold: args.score_threshold,
         detect_downscale: args.detect_downscale_for(source.is_live()),
-        half_weights: args.half_weights,
+        late_weights: args.late_weights(),
         pipelined: args.pipelined(),
     };
     let engine = Engine::load(&classifier, detector.as_ref(), &config)?;

@@ -16,6 +16,7 @@ use face2exp_demo::report::JsonLines;
 use face2exp_demo::source::{load_image, FrameSource, Next};
 use face2exp_demo::track::TrackerConfig;
 use face2exp_demo::weights;
+use face2exp_infer::LatePrecision;
 
 struct Counting;
 
@@ -87,18 +88,19 @@ fn steady_state_frames_allocate_nothing() {
         height: photo.height(),
     };
 
-    for (threads, half_weights, pipelined) in [
-        (1, false, false),
-        (2, false, false),
-        (1, true, false),
-        (2, false, true),
+    for (threads, late_weights, pipelined) in [
+        (1, None, false),
+        (2, None, false),
+        (1, Some(LatePrecision::F16), false),
+        (1, Some(LatePrecision::Int8), false),
+        (2, None, true),
     ] {
         let config = EngineConfig {
             threads,
             max_faces: 16,
             score_threshold: 0.6,
             detect_downscale: 1,
-            half_weights,
+            late_weights,
             pipelined,
         };
         let engine = Engine::load(&classifier, Some(&detector), &config).unwrap();

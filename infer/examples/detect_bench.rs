@@ -8,9 +8,10 @@
 //! The frames hold real faces so that NMS, decoding and classification do real work: "1 face" is
 //! the Obama fixture (241x301) pasted at (200, 90) on a mid-grey 640x480 frame, as in the demo's
 //! `end_to_end` bench (a face about 130 px wide, webcam distance); "2 faces" is the two-face
-//! fixture photo scaled to the frame size. Classification uses the shipped base network with f32
-//! weights and with its late layers in f16 (`Model::store_late_weights_as_f16`, the demo's
-//! `--half-weights`), one session per thread count, each face aligned by its landmarks, all
+//! fixture photo scaled to the frame size. Classification uses the shipped base network with
+//! f32 weights, and with its late layers in f16 (`Model::store_late_weights_as_f16`, the
+//! demo's `--half-weights`) and in int8 (`Model::store_late_weights_as_int8`,
+//! `--int8-weights`); one session per thread count, each face aligned by its landmarks, all
 //! faces of a frame in one `Session::classify_batch` call (as the demo does).
 //! `tools/retinaface_bench.py` times onnxruntime on the same frames for comparison.
 
@@ -44,8 +45,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let detector = Detector::load(root.join("weights/retinaface_mnet025.safetensors"))?;
     let full = Model::load(root.join("weights/face2exp-base.safetensors"))?;
-    let mut half = full.clone();
+    let (mut half, mut int8) = (full.clone(), full.clone());
     half.store_late_weights_as_f16();
+    int8.store_late_weights_as_int8();
     let fixtures = root.join("tests/fixtures");
     let two = image::open(fixtures.join("two_portraits.png"))?.to_rgb8();
     let mut one = image::RgbImage::from_pixel(640, 480, image::Rgb([128, 128, 128]));
@@ -58,9 +60,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     println!(
         "| frame | downscale | threads | faces | detect ms | detect + classify f32 ms | \
-         detect + classify f16 ms |"
+         detect + classify f16 ms | detect + classify int8 ms |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     let frames = [
         (one, &[1, 2, 3, 4][..]),
         (resized(640, 480), &[1, 2, 3, 4][..]),
@@ -75,10 +77,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 max_height: h as usize,
                 threads,
             };
-            let mut sessions = [
-                Session::new(&full, classify_config),
-                Session::new(&half, classify_config),
-            ];
+            let mut sessions = [&full, &half, &int8].map(|m| Session::new(m, classify_config));
             for &downscale in downscales {
                 let config = DetectorConfig {
                     max_width: w as usize,
@@ -93,7 +92,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     let found = detector.detect(&view).map(|f| f.len());
                     assert_eq!(found.ok(), Some(faces), "face count changed between runs");
                 });
-                let mut with_classify = [(0.0, 0.0); 2];
+                let mut with_classify = [(0.0, 0.0); 3];
                 let (mut regions, mut predictions) = (Vec::new(), Vec::new());
                 for (session, cell) in sessions.iter_mut().zip(&mut with_classify) {
                     *cell = time_ms(iterations, || {
@@ -106,15 +105,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                             .expect("classification failed");
                     });
                 }
+                let cells: Vec<String> = [detect]
+                    .iter()
+                    .chain(&with_classify)
+                    .map(|(median, min)| format!("{median:.2} / {min:.2}"))
+                    .collect();
                 println!(
-                    "| {w}x{h} | {downscale} | {threads} | {faces} | {:.2} / {:.2} | \
-                     {:.2} / {:.2} | {:.2} / {:.2} |",
-                    detect.0,
-                    detect.1,
-                    with_classify[0].0,
-                    with_classify[0].1,
-                    with_classify[1].0,
-                    with_classify[1].1
+                    "| {w}x{h} | {downscale} | {threads} | {faces} | {} |",
+                    cells.join(" | ")
                 );
             }
         }

@@ -36,6 +36,7 @@ mod tensor_read;
 
 pub use error::{ClassifyError, ImageError, LoadError};
 pub use image::{yuv_to_rgb, FaceRegion, ImageView, PixelFormat};
+pub use kernels::conv::LatePrecision;
 pub use model::{Arch, Model, BN_EPS, MAX_CLASSES, MAX_INPUT_SIZE, MIN_INPUT_SIZE};
 pub use network::Stem;
 #[cfg(feature = "std")]

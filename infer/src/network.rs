@@ -1,5 +1,6 @@
 //! The ResNet forward pass over pre-sized buffers (the "plan" half of plan/state).
 
+use crate::kernels::conv::LatePrecision;
 use crate::kernels::{
     check_len, gemm, global_avg_pool, max_pool2d, Activation, Conv2d, KernelError, Linear, Parallel,
 };
@@ -52,7 +53,7 @@ impl Block {
     }
 
     /// See [`crate::Model::store_late_weights_as_f16`].
-    pub fn late_weights_to_half(&mut self) -> usize {
+    pub fn late_weights_to(&mut self, precision: LatePrecision) -> usize {
         [
             Some(&mut self.conv1),
             Some(&mut self.conv2),
@@ -61,7 +62,7 @@ impl Block {
         ]
         .into_iter()
         .flatten()
-        .map(Conv2d::narrow_weights_to_half)
+        .map(|conv| conv.narrow_weights_to(precision))
         .sum()
     }
 

@@ -143,6 +143,16 @@ enum Plan {
     Depthwise(Vec<f32>),
 }
 
+/// How the weights of the memory-bound late layers are stored (see
+/// [`crate::Model::store_late_weights_as_f16`] and [`crate::Model::store_late_weights_as_int8`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LatePrecision {
+    /// IEEE half floats: half the traffic, relative error up to 2^-11 per weight.
+    F16,
+    /// Signed bytes with one scale per output channel: a quarter of the traffic.
+    Int8,
+}
+
 /// A convolution with its weights packed for the kernels and its bias (BN already folded).
 #[derive(Clone, Debug)]
 pub struct Conv2d {
@@ -229,12 +239,17 @@ impl Conv2d {
     }
 
     /// Stores the weights packed for [`gemm::gemm_narrow`] (see
-    /// [`Conv2d::prepare_for_output_pixels`]) as IEEE half floats; returns how many weights
-    /// that covers (0 when this convolution does not run narrow).
-    pub fn narrow_weights_to_half(&mut self) -> usize {
+    /// [`Conv2d::prepare_for_output_pixels`]) at `precision`; returns how many weights that
+    /// covers (0 when this convolution does not run narrow).
+    pub fn narrow_weights_to(&mut self, precision: LatePrecision) -> usize {
         match &mut self.plan {
             Plan::Gemm { narrow, .. } if !narrow.is_empty() => {
-                narrow.iter_mut().for_each(PackedAT::to_half);
+                for weights in narrow.iter_mut() {
+                    match precision {
+                        LatePrecision::F16 => weights.to_half(),
+                        LatePrecision::Int8 => weights.to_int8(),
+                    }
+                }
                 self.params.weight_len()
             }
             _ => 0,

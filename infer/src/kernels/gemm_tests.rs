@@ -159,47 +159,69 @@ fn in_place_and_fused_epilogue_match_packed_and_naive() {
     }
 }
 
+/// `relu(A . B + bias)` through [`gemm_narrow`] for the `m x k` weights `a` (row-major) and
+/// the `k x n` matrix `b`, with the packed weights passed through `convert` first.
+fn narrow_product(
+    (m, k, n): (usize, usize, usize),
+    a: &[f32],
+    b: &[f32],
+    convert: fn(&mut PackedAT),
+) -> Vec<f32> {
+    let bias: Vec<f32> = (0..m).map(|i| i as f32 * 0.1).collect();
+    let mut packed = PackedAT::from_packed(&PackedA::new(m, k, a).unwrap());
+    convert(&mut packed);
+    let mut c = vec![f32::NAN; m * n];
+    let mut scratch = vec![0.0; PACK_SCRATCH_LEN];
+    let dense = DenseB {
+        data: b,
+        k,
+        n,
+        ld: n,
+    };
+    let epi = Epilogue {
+        bias: Some(&bias),
+        residual: None,
+        activation: Activation::Relu,
+    };
+    gemm_narrow(&packed, &dense, &mut c, n, epi, &mut scratch, &Sequential).unwrap();
+    c
+}
+
+/// `((m, k, n), weights, right operand)`.
+type NarrowCase = ((usize, usize, usize), Vec<f32>, Vec<f32>);
+
+/// Narrow shapes of ResNet-18's last stages (2x2 and 3x3 outputs), depth over KC, a row count
+/// that leaves a partial panel; deterministic weights (row `i` scaled differently) and inputs.
+fn narrow_cases() -> Vec<NarrowCase> {
+    [(64, 600, 4), (37, 300, 9), (16, 9, 1)]
+        .into_iter()
+        .map(|(m, k, n)| {
+            let a = (0..m * k)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / (37.0 + (i / k) as f32))
+                .collect();
+            let b = (0..k * n)
+                .map(|i| ((i * 53 % 97) as f32 - 48.0) / 48.0)
+                .collect();
+            ((m, k, n), a, b)
+        })
+        .collect()
+}
+
 #[test]
 fn half_weights_equal_single_weights_rounded_to_half() {
     use crate::tensor_read::{f16_to_f32, f32_to_f16};
-    // Narrow shapes of ResNet-18's last stages (2x2 and 3x3 outputs), depth over KC.
-    for &(m, k, n) in &[(64, 600, 4), (37, 300, 9), (16, 9, 1)] {
-        let a: Vec<f32> = (0..m * k)
-            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 37.0)
-            .collect();
+    for (shape, a, b) in narrow_cases() {
         let rounded: Vec<f32> = a.iter().map(|&v| f16_to_f32(f32_to_f16(v))).collect();
-        let b: Vec<f32> = (0..k * n)
-            .map(|i| ((i * 53 % 97) as f32 - 48.0) / 48.0)
-            .collect();
-        let bias: Vec<f32> = (0..m).map(|i| i as f32 * 0.1).collect();
-        let run = |weights: &[f32], half: bool| {
-            let mut packed = PackedAT::from_packed(&PackedA::new(m, k, weights).unwrap());
-            if half {
-                packed.to_half();
-            }
-            assert_eq!(packed.is_half(), half);
-            let mut c = vec![f32::NAN; m * n];
-            let mut scratch = vec![0.0; PACK_SCRATCH_LEN];
-            let dense = DenseB {
-                data: &b,
-                k,
-                n,
-                ld: n,
-            };
-            let epi = Epilogue {
-                bias: Some(&bias),
-                residual: None,
-                activation: Activation::None,
-            };
-            gemm_narrow(&packed, &dense, &mut c, n, epi, &mut scratch, &Sequential).unwrap();
-            c
-        };
-        let (want, got) = (run(&rounded, false), run(&a, true));
+        let want = narrow_product(shape, &rounded, &b, |_| {});
+        let got = narrow_product(shape, &a, &b, |p| {
+            p.to_half();
+            assert!(p.is_half());
+        });
         let same = want
             .iter()
             .zip(&got)
             .all(|(x, y)| x.to_bits() == y.to_bits());
-        assert!(same, "{m}x{k}x{n}");
+        assert!(same, "{shape:?}");
     }
 }
 
@@ -221,4 +243,74 @@ fn portable_half_kernel_matches_portable_single_kernel() {
     kernel_portable(kc, &a, block, &mut want);
     kernel_portable_f16(kc, &a, HalfBlock { b: &halves }, &mut got);
     assert_eq!(want, got);
+}
+
+#[test]
+fn int8_weights_equal_single_weights_quantised_per_output_channel() {
+    for ((m, k, n), mut a, b) in narrow_cases() {
+        // An all-zero output channel too.
+        a[..k].fill(0.0);
+        // The quantisation `to_int8` documents: per row, step max|w|/127, round to nearest.
+        let dequantised: Vec<f32> = a
+            .chunks_exact(k)
+            .flat_map(|row| {
+                let max = row.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                let step = if max > 0.0 { max / 127.0 } else { 1.0 };
+                row.iter().map(move |&v| (v / step).round() * step)
+            })
+            .collect();
+        let want = narrow_product((m, k, n), &dequantised, &b, |_| {});
+        let got = narrow_product((m, k, n), &a, &b, |p| {
+            p.to_int8();
+            assert!(p.is_int8());
+        });
+        for (i, (w, g)) in want.iter().zip(&got).enumerate() {
+            // Same products, summed unscaled and scaled once: float rounding apart.
+            assert!(
+                (w - g).abs() <= 1e-4 * (1.0 + w.abs()),
+                "{m}x{k}x{n} at {i}: {w} vs {g}"
+            );
+        }
+        let single = narrow_product((m, k, n), &a, &b, |_| {});
+        assert_ne!(single, got, "{m}x{k}x{n}: int8 changed nothing");
+    }
+}
+
+#[test]
+fn portable_int8_kernel_matches_portable_single_kernel() {
+    use super::super::microkernel::{kernel_portable, kernel_portable_i8, BBlock, Int8Block};
+    let kc = 37;
+    let a: Vec<f32> = (0..kc * MR).map(|i| (i % 11) as f32 - 5.0).collect();
+    let bytes: Vec<i8> = (0..kc * NR).map(|i| (i * 29 % 255) as i32 as i8).collect();
+    let singles: Vec<f32> = bytes.iter().map(|&q| f32::from(q)).collect();
+    let (mut want, mut got) = ([0.0; MR * NR], [0.0; MR * NR]);
+    let block = BBlock {
+        b: &singles,
+        rows: &PANEL_ROWS[..kc],
+    };
+    kernel_portable(kc, &a, block, &mut want);
+    kernel_portable_i8(kc, &a, Int8Block { b: &bytes }, &mut got);
+    assert_eq!(want, got);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn avx2_int8_kernel_matches_portable_int8_kernel() {
+    use super::super::microkernel::{detect, kernel_avx2_i8, kernel_portable_i8, Int8Block, Simd};
+    if detect() != Simd::Avx2Fma {
+        return;
+    }
+    let kc = KC;
+    let a: Vec<f32> = (0..kc * MR)
+        .map(|i| ((i % 13) as f32 - 6.0) / 7.0)
+        .collect();
+    let bytes: Vec<i8> = (0..kc * NR).map(|i| (i * 29 % 255) as i32 as i8).collect();
+    let (mut want, mut got) = ([0.0; MR * NR], [0.0; MR * NR]);
+    kernel_portable_i8(kc, &a, Int8Block { b: &bytes }, &mut want);
+    // SAFETY: detect() found AVX2 and FMA; lengths are kc*MR and kc*NR.
+    unsafe { kernel_avx2_i8(kc, &a, Int8Block { b: &bytes }, &mut got) };
+    for (w, g) in want.iter().zip(&got) {
+        // FMA rounds once where the portable kernel rounds twice.
+        assert!((w - g).abs() <= 1e-3 * (1.0 + w.abs()), "{w} vs {g}");
+    }
 }

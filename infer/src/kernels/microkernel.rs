@@ -123,7 +123,7 @@ pub(super) fn kernel_portable(kc: usize, a: &[f32], b: BBlock<'_>, tile: &mut Ti
 
 /// The AVX2 accumulation loop shared by the AVX2 kernels (a macro because
 /// `#[target_feature]` functions cannot be force-inlined into each other). `$load` names the
-/// macro that reads 8 values of a `B` row as floats: `load_f32` or `load_f16`.
+/// macro that reads 8 values of a `B` row as floats: `load_f32`, `load_f16` or `load_i8`.
 #[cfg(target_arch = "x86_64")]
 macro_rules! avx2_accumulate {
     ($kc:expr, $a:expr, $b:expr, $rows:expr, $load:ident) => {{
@@ -161,6 +161,13 @@ macro_rules! load_f32 {
 macro_rules! load_f16 {
     ($p:expr) => {
         _mm256_cvtph_ps(_mm_loadu_si128($p as *const __m128i))
+    };
+}
+
+#[cfg(target_arch = "x86_64")]
+macro_rules! load_i8 {
+    ($p:expr) => {
+        _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64($p as *const __m128i)))
     };
 }
 
@@ -209,6 +216,41 @@ pub(super) fn kernel_portable_f16(kc: usize, a: &[f32], b: HalfBlock<'_>, tile: 
 pub(super) unsafe fn kernel_avx2_f16(kc: usize, a: &[f32], b: HalfBlock<'_>, tile: &mut Tile) {
     assert!(a.len() >= kc * MR && b.b.len() >= kc * NR);
     let acc = avx2_accumulate!(kc, a, b.b, &super::gemm::PANEL_ROWS[..kc], load_f16);
+    store_tile_rows(&acc, tile);
+}
+
+/// `B` rows of `NR` signed 8-bit integers, packed (row `kk` at `b[kk * NR..]`): the narrow
+/// GEMM's weights when stored as int8, each column (output channel) with its own scale that
+/// the caller applies to the tile.
+#[derive(Clone, Copy)]
+pub(super) struct Int8Block<'a> {
+    pub b: &'a [i8],
+}
+
+/// [`kernel_portable`] over int8 `B` rows (unscaled: `tile = A^T . q`).
+pub(super) fn kernel_portable_i8(kc: usize, a: &[f32], b: Int8Block<'_>, tile: &mut Tile) {
+    let mut acc = [[0.0f32; NR]; MR];
+    for (ak, bk) in a.chunks_exact(MR).zip(b.b.chunks_exact(NR)).take(kc) {
+        for r in 0..MR {
+            for j in 0..NR {
+                acc[r][j] += ak[r] * f32::from(bk[j]);
+            }
+        }
+    }
+    for r in 0..MR {
+        tile[r * NR..r * NR + NR].copy_from_slice(&acc[r]);
+    }
+}
+
+/// [`kernel_avx2`] over int8 `B` rows, widened to floats in registers (unscaled).
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA; `a` holds `kc*MR` floats, `b.b` `kc*NR` values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn kernel_avx2_i8(kc: usize, a: &[f32], b: Int8Block<'_>, tile: &mut Tile) {
+    assert!(a.len() >= kc * MR && b.b.len() >= kc * NR);
+    let acc = avx2_accumulate!(kc, a, b.b, &super::gemm::PANEL_ROWS[..kc], load_i8);
     store_tile_rows(&acc, tile);
 }
 

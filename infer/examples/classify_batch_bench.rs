@@ -1,0 +1,90 @@
+//! Classifying N faces of one frame: one `Session::classify_batch` call against N calls of
+//! `Session::classify_face`, for 1-8 faces, 1 and 2 threads, and the shipped network's late
+//! layers in f32, f16 and int8. The two ways alternate run by run (round-robin), so drift of
+//! the machine hits both alike; prints median ms per frame and their ratio.
+//!
+//!     cargo run --release -p face2exp-infer --example classify_batch_bench [-- ROUNDS]
+//!
+//! Faces: the two faces the detector finds in the two-face fixture, repeated to N.
+
+use face2exp_infer::detect::{Detector, DetectorConfig, DetectorSession};
+use face2exp_infer::{
+    FaceRegion, ImageView, Model, PixelFormat, Prediction, Session, SessionConfig,
+};
+use std::path::Path;
+use std::time::Instant;
+
+fn median(mut times: Vec<f64>) -> f64 {
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let rounds: usize = std::env::args()
+        .nth(1)
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(30);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let photo = image::open(root.join("tests/fixtures/two_portraits.png"))?.to_rgb8();
+    let (w, h) = (photo.width() as usize, photo.height() as usize);
+    let view = ImageView::packed(photo.as_raw(), w, h, PixelFormat::Rgb8)?;
+    let detector = Detector::load(root.join("weights/retinaface_mnet025.safetensors"))?;
+    let config = DetectorConfig {
+        max_width: w,
+        max_height: h,
+        ..DetectorConfig::default()
+    };
+    let found: Vec<FaceRegion> = DetectorSession::new(&detector, config)?
+        .detect(&view)?
+        .iter()
+        .map(|face| face.region())
+        .collect();
+    assert!(!found.is_empty(), "no face found in the fixture");
+
+    let full = Model::load(root.join("weights/face2exp-base.safetensors"))?;
+    let (mut half, mut int8) = (full.clone(), full.clone());
+    half.store_late_weights_as_f16();
+    int8.store_late_weights_as_int8();
+    println!("{rounds} rounds, median ms per frame; batch = one classify_batch call");
+    println!(
+        "| late weights | threads | faces | face by face ms | batch ms | face by face / batch |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for (name, model) in [("f32", &full), ("f16", &half), ("int8", &int8)] {
+        for threads in [1, 2] {
+            let config = SessionConfig {
+                max_width: w,
+                max_height: h,
+                threads,
+            };
+            let mut session = Session::new(model, config);
+            for faces in [1, 2, 3, 4, 8] {
+                let regions: Vec<FaceRegion> = found.iter().copied().cycle().take(faces).collect();
+                let mut out = vec![Prediction::EMPTY; faces];
+                let (mut alone, mut batched) = (Vec::new(), Vec::new());
+                for round in 0..rounds + 2 {
+                    let start = Instant::now();
+                    for face in &regions {
+                        session.classify_face(&view, face)?;
+                    }
+                    let one_by_one = start.elapsed().as_secs_f64() * 1e3;
+                    let start = Instant::now();
+                    session.classify_batch(&view, &regions, &mut out)?;
+                    let batch = start.elapsed().as_secs_f64() * 1e3;
+                    // The first two rounds warm the caches and the pool.
+                    if round >= 2 {
+                        alone.push(one_by_one);
+                        batched.push(batch);
+                    }
+                }
+                let (a, b) = (median(alone), median(batched));
+                println!(
+                    "| {name} | {threads} | {faces} | {a:.2} | {b:.2} | {:.2} |",
+                    a / b
+                );
+            }
+        }
+    }
+    Ok(())
+}
