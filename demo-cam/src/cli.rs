@@ -87,8 +87,9 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = 16)]
     pub max_faces: usize,
 
-    /// Detect faces on the frame shrunk by this factor (1..=8); 2 is about 4x cheaper but
-    /// misses faces under ~32 px (default: 2 for a camera, where faces are close, 1 for files).
+    /// Detect faces on the frame shrunk by this factor K (1..=8), about K^2 times cheaper; faces
+    /// at least 32 x K px wide are found (measured on LFW, docs/RESULTS.md), so 2 suits a
+    /// webcam at arm's length and 4 a selfie distance (default: 2 for a camera, 1 for files).
     #[arg(long, value_name = "K", value_parser = clap::value_parser!(u8).range(1..=8))]
     pub detect_downscale: Option<u8>,
 

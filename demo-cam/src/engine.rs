@@ -31,8 +31,8 @@ pub struct EngineConfig {
     pub threads: usize,
     pub max_faces: usize,
     pub score_threshold: f32,
-    /// Run the detector on the frame shrunk by this factor (1..=8): 2 quarters its cost but
-    /// misses faces smaller than about 32 px.
+    /// Run the detector on the frame shrunk by this factor K (1..=8): about K^2 times
+    /// cheaper; finds faces at least 32 x K px wide.
     pub detect_downscale: usize,
     /// Store the classifier's late-layer weights as half floats
     /// (`Model::store_late_weights_as_f16`: faster per face, outputs within ~1e-4) or int8
