@@ -324,6 +324,9 @@ impl Network {
         let classes = self.fc.out_features();
         check_len("network batch input", inputs.len(), images * 3 * s * s)?;
         check_len("network batch logits", logits.len(), images * classes)?;
+        if images == 0 {
+            return Ok(());
+        }
         if images > a.batch_capacity {
             return Err(KernelError::InvalidParams(
                 "batch larger than the activations were sized for",

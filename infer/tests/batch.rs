@@ -52,6 +52,7 @@ fn check(spec: &Spec, half: bool) {
             .iter()
             .map(|face| session.classify_face(&view, face).unwrap())
             .collect();
+        session.classify_batch(&view, &[], &mut []).unwrap();
         for count in [1, 2, 3, MAX_BATCH, MAX_BATCH + 3] {
             let mut out = vec![Prediction::EMPTY; count];
             session
