@@ -270,22 +270,20 @@ impl Network {
     /// columns per image of its widest layer)`: the trailing blocks whose every convolution
     /// runs the narrow GEMM.
     fn batch_section(&self) -> (usize, usize, usize) {
-        let narrow = |b: &Block| {
-            b.shape_and_cost().is_some_and(|(oh, ow, _, _)| {
-                let first = b.conv1.output_size(b.in_h, b.in_w);
-                first.is_some_and(|(h, w)| gemm::narrow_is_better(h * w))
-                    && gemm::narrow_is_better(oh * ow)
-            })
-        };
-        let from = self.blocks.len() - self.blocks.iter().rev().take_while(|b| narrow(b)).count();
-        let (mut per_image, mut columns) = (1, 1);
-        for block in &self.blocks[from..] {
-            if let Some((oh, ow, _, largest)) = block.shape_and_cost() {
-                per_image = per_image.max(largest);
-                let first = block.conv1.output_size(block.in_h, block.in_w);
-                let pixels = first.map_or(oh * ow, |(h, w)| h * w).max(oh * ow);
-                columns = columns.max(gemm::Batch::new(2, pixels, 0).padded);
+        let (mut from, mut per_image, mut columns) = (self.blocks.len(), 1, 1);
+        for (i, block) in self.blocks.iter().enumerate().rev() {
+            let Some((oh, ow, _, largest)) = block.shape_and_cost() else {
+                break;
+            };
+            let Some((h1, w1)) = block.conv1.output_size(block.in_h, block.in_w) else {
+                break;
+            };
+            if !(gemm::narrow_is_better(h1 * w1) && gemm::narrow_is_better(oh * ow)) {
+                break;
             }
+            from = i;
+            per_image = per_image.max(largest);
+            columns = columns.max(gemm::Batch::image_columns((h1 * w1).max(oh * ow)));
         }
         (from, per_image, columns)
     }

@@ -11,27 +11,17 @@
 //!
 //!     FACE2EXP_DATA=/work/shared/data cargo test --release -p face2exp-infer --test detect_face_size -- --nocapture
 
+mod common;
+
 use face2exp_infer::detect::{Detector, DetectorConfig, DetectorSession, Face};
 use face2exp_infer::{ImageView, PixelFormat};
 use image::imageops::{self, FilterType};
 use image::{Rgb, RgbImage};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 const FRAME: (u32, u32) = (640, 480);
 const FACE_WIDTHS: [f32; 7] = [24.0, 32.0, 48.0, 64.0, 96.0, 128.0, 192.0];
 const DOWNSCALES: [usize; 4] = [1, 2, 3, 4];
-
-fn lfw_photos(root: &Path) -> Vec<PathBuf> {
-    let mut photos: Vec<PathBuf> = std::fs::read_dir(root)
-        .unwrap_or_else(|e| panic!("{}: {e}", root.display()))
-        .filter_map(|person| std::fs::read_dir(person.ok()?.path()).ok())
-        .flatten()
-        .filter_map(|f| f.ok().map(|f| f.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "jpg"))
-        .collect();
-    photos.sort();
-    photos
-}
 
 /// The face nearest the photo's centre, if one lies within 25 px of it.
 fn centred_face(faces: &[Face], width: f32, height: f32) -> Option<Face> {
@@ -67,13 +57,8 @@ fn recall_by_face_size_and_downscale() {
         .and_then(|v| v.parse::<usize>().ok())
         .unwrap_or(300)
         .max(1);
-    let all = lfw_photos(&Path::new(&data).join("lfw"));
-    assert!(!all.is_empty(), "no LFW photos under {:?}", data);
-    let photos: Vec<&PathBuf> = all
-        .iter()
-        .step_by((all.len() / limit).max(1))
-        .take(limit)
-        .collect();
+    let photos = common::lfw::photos(&Path::new(&data).join("lfw"), Some(limit));
+    assert!(!photos.is_empty(), "no LFW photos under {:?}", data);
 
     let weights =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../weights/retinaface_mnet025.safetensors");

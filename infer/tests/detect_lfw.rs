@@ -5,9 +5,11 @@
 //!
 //!     FACE2EXP_DATA=/work/shared/data cargo test --release -p face2exp-infer --test detect_lfw -- --nocapture
 
+mod common;
+
 use face2exp_infer::detect::{Detector, DetectorConfig, DetectorSession, Face};
 use face2exp_infer::{ImageView, PixelFormat};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// The centred face: its box centre within 25 px of the photo's centre and its width 50-200 px
 /// (LFW faces fill roughly the central 110-120 px).
@@ -21,36 +23,16 @@ fn is_centred(face: &Face, width: f32, height: f32) -> bool {
         && (50.0..=200.0).contains(&face.bbox[2])
 }
 
-fn lfw_photos(root: &Path) -> Vec<PathBuf> {
-    let mut photos = Vec::new();
-    for person in std::fs::read_dir(root).unwrap_or_else(|e| panic!("{}: {e}", root.display())) {
-        let person = person.unwrap().path();
-        if let Ok(files) = std::fs::read_dir(&person) {
-            photos.extend(
-                files
-                    .filter_map(|f| f.ok().map(|f| f.path()))
-                    .filter(|p| p.extension().is_some_and(|e| e == "jpg")),
-            );
-        }
-    }
-    photos.sort();
-    photos
-}
-
 #[test]
 fn finds_the_centred_face_in_lfw() {
     let Some(data) = std::env::var_os("FACE2EXP_DATA") else {
         println!("skipped: set FACE2EXP_DATA to the data folder holding lfw/ to run this test");
         return;
     };
-    let mut photos = lfw_photos(&Path::new(&data).join("lfw"));
-    if let Some(limit) = std::env::var("FACE2EXP_LFW_LIMIT")
+    let limit = std::env::var("FACE2EXP_LFW_LIMIT")
         .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-    {
-        let stride = (photos.len() / limit.max(1)).max(1);
-        photos = photos.into_iter().step_by(stride).take(limit).collect();
-    }
+        .and_then(|v| v.parse::<usize>().ok());
+    let photos = common::lfw::photos(&Path::new(&data).join("lfw"), limit);
     assert!(
         !photos.is_empty(),
         "no LFW photos under {}",

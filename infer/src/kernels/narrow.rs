@@ -138,7 +138,7 @@ impl Batch {
     /// `images` images of `pixels` output pixels each, outputs `image_stride` floats apart.
     pub fn new(images: usize, pixels: usize, image_stride: usize) -> Batch {
         let padded = if images > 1 {
-            pixels.div_ceil(MR) * MR
+            Batch::image_columns(pixels)
         } else {
             pixels
         };
@@ -148,6 +148,12 @@ impl Batch {
             padded,
             image_stride,
         }
+    }
+
+    /// Columns one image of `pixels` output pixels takes in a batch of two or more: whole
+    /// micro-kernel panels.
+    pub fn image_columns(pixels: usize) -> usize {
+        pixels.div_ceil(MR) * MR
     }
 
     /// Columns of the whole product.

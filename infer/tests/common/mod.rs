@@ -2,6 +2,8 @@
 //! (direct convolution loops, BatchNorm applied unfused) to check the crate against.
 #![allow(dead_code)]
 
+pub mod lfw;
+
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use safetensors::tensor::{Dtype, TensorView};
