@@ -7,11 +7,11 @@
 //!
 //! Faces: the two faces the detector finds in the two-face fixture, repeated to N.
 
-use face2exp_infer::detect::{Detector, DetectorConfig, DetectorSession};
+mod common;
+
 use face2exp_infer::{
     FaceRegion, ImageView, Model, PixelFormat, Prediction, Session, SessionConfig,
 };
-use std::path::Path;
 use std::time::Instant;
 
 fn median(mut times: Vec<f64>) -> f64 {
@@ -25,24 +25,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|s| s.parse())
         .transpose()?
         .unwrap_or(30);
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let photo = image::open(root.join("tests/fixtures/two_portraits.png"))?.to_rgb8();
+    let (photo, found) = common::two_face_fixture()?;
     let (w, h) = (photo.width() as usize, photo.height() as usize);
     let view = ImageView::packed(photo.as_raw(), w, h, PixelFormat::Rgb8)?;
-    let detector = Detector::load(root.join("weights/retinaface_mnet025.safetensors"))?;
-    let config = DetectorConfig {
-        max_width: w,
-        max_height: h,
-        ..DetectorConfig::default()
-    };
-    let found: Vec<FaceRegion> = DetectorSession::new(&detector, config)?
-        .detect(&view)?
-        .iter()
-        .map(|face| face.region())
-        .collect();
-    assert!(!found.is_empty(), "no face found in the fixture");
 
-    let full = Model::load(root.join("weights/face2exp-base.safetensors"))?;
+    let full = Model::load(common::repo_root().join("weights/face2exp-base.safetensors"))?;
     let (mut half, mut int8) = (full.clone(), full.clone());
     half.store_late_weights_as_f16();
     int8.store_late_weights_as_int8();

@@ -18,6 +18,18 @@ fn naive(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], bias: &[f32]) -> Ve
     c
 }
 
+/// Deterministic `m x k` weights, `k x n` right operand and `m` biases with varied values.
+fn operands(m: usize, k: usize, n: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let a = (0..m * k)
+        .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
+        .collect();
+    let b = (0..k * n)
+        .map(|i| ((i * 53 % 97) as f32 - 48.0) / 48.0)
+        .collect();
+    let bias = (0..m).map(|i| i as f32 * 0.1).collect();
+    (a, b, bias)
+}
+
 #[test]
 fn gemm_matches_naive_on_ragged_sizes() {
     for &(m, k, n) in &[
@@ -28,13 +40,7 @@ fn gemm_matches_naive_on_ragged_sizes() {
         (40, 600, 4),
         (17, 9, 7),
     ] {
-        let a: Vec<f32> = (0..m * k)
-            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
-            .collect();
-        let b: Vec<f32> = (0..k * n)
-            .map(|i| ((i * 53 % 97) as f32 - 48.0) / 48.0)
-            .collect();
-        let bias: Vec<f32> = (0..m).map(|i| i as f32 * 0.1).collect();
+        let (a, b, bias) = operands(m, k, n);
         let packed = PackedA::new(m, k, &a).unwrap();
         let mut c = vec![0.0; m * n];
         let mut scratch = vec![0.0; PACK_SCRATCH_LEN];
@@ -313,4 +319,70 @@ fn avx2_int8_kernel_matches_portable_int8_kernel() {
         // FMA rounds once where the portable kernel rounds twice.
         assert!((w - g).abs() <= 1e-3 * (1.0 + w.abs()), "{w} vs {g}");
     }
+}
+
+/// The narrow GEMM packs B once per depth block for all tasks, as many blocks at a time as the
+/// scratch holds. Shapes whose packed B exceeds the scratch (several groups of blocks) and ones
+/// that fit in one group give the naive product, and one thread and two give the same bits.
+#[cfg(feature = "std")]
+#[test]
+fn narrow_gemm_in_groups_of_depth_blocks_matches_naive_and_is_thread_invariant() {
+    let pool = crate::WorkerPool::new(2).unwrap();
+    // (m, k, n): B packed is k x padded n floats against 32,768 (one thread) or 65,536 (two).
+    for &(m, k, n) in &[
+        (40, 3000, 100),
+        (33, 4608, 12),
+        (70, 700, 5),
+        (16, 257, 126),
+    ] {
+        let (a, b, bias) = operands(m, k, n);
+        let packed = PackedAT::from_packed(&PackedA::new(m, k, &a).unwrap());
+        let src = DenseB {
+            data: &b,
+            k,
+            n,
+            ld: n,
+        };
+        let epi = Epilogue {
+            bias: Some(&bias),
+            residual: None,
+            activation: Activation::None,
+        };
+        let run = |par: &dyn Parallel| {
+            let mut c = vec![f32::NAN; m * n];
+            let mut scratch = vec![0.0; par.threads() * PACK_SCRATCH_LEN];
+            gemm_narrow(&packed, &src, &mut c, n, epi, &mut scratch, par).unwrap();
+            c
+        };
+        let (one, two) = (run(&Sequential), run(&pool));
+        let want = naive(m, k, n, &a, &b, &bias);
+        for (x, y) in one.iter().zip(&want) {
+            assert!(
+                (x - y).abs() < 1e-3 * (1.0 + y.abs()),
+                "{m}x{k}x{n}: {x} vs {y}"
+            );
+        }
+        assert!(
+            one.iter()
+                .zip(&two)
+                .all(|(x, y)| x.to_bits() == y.to_bits()),
+            "{m}x{k}x{n}: one and two threads differ"
+        );
+    }
+    // 127 columns would be 132 once padded to whole panels, more than a packing slot holds.
+    let (a, b) = (vec![1.0; 16 * 8], vec![1.0; 8 * 127]);
+    let packed = PackedAT::from_packed(&PackedA::new(16, 8, &a).unwrap());
+    let src = DenseB {
+        data: &b,
+        k: 8,
+        n: 127,
+        ld: 127,
+    };
+    let epi = Epilogue {
+        bias: None,
+        residual: None,
+        activation: Activation::None,
+    };
+    let (mut c, mut scratch) = (vec![0.0; 16 * 127], vec![0.0; PACK_SCRATCH_LEN]);
+    assert!(gemm_narrow(&packed, &src, &mut c, 127, epi, &mut scratch, &Sequential).is_err());
 }

@@ -202,7 +202,7 @@ where
 /// Same result as [`gemm`], computed as `C^T = B^T . A^T` so that the few columns of a
 /// late, low-resolution layer fill the micro-kernel's [`MR`] side instead of padding [`NR`].
 ///
-/// Requires `b.n() <= NC`; `scratch` as for [`gemm`].
+/// Requires `b.n() <= NC` rounded down to a multiple of [`MR`]; `scratch` as for [`gemm`].
 pub fn gemm_narrow(
     a: &PackedAT,
     b: &dyn BSource,
@@ -218,7 +218,8 @@ pub fn gemm_narrow(
 
 /// [`gemm_narrow`] over a batch of images laid out as `batch` says (`b` is usually a
 /// [`BatchedB`]): bit-identical to one [`gemm_narrow`] per image, with each weight panel read
-/// once for the whole batch. Requires `batch.columns() <= NC`; the residual has `C`'s layout.
+/// once for the whole batch. Requires `batch.columns() <= NC` rounded down to a multiple of [`MR`]; the residual has
+/// `C`'s layout.
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_narrow_batch(
     a: &PackedAT,
@@ -246,7 +247,11 @@ pub fn gemm_narrow_batch(
         columns: batch.pixels,
         needed: batch.images.saturating_sub(1) * batch.image_stride + plane,
     };
-    let shape = (NC, "narrow GEMM needs n <= NC and ldc >= n");
+    // Whole micro-kernel panels of B must fit in one worker's packing slot (KC x NC floats).
+    let shape = (
+        NC / MR * MR,
+        "narrow GEMM needs n <= NC rounded down to MR and ldc >= n",
+    );
     let Some(threads) = check_operands(m, k, b, out, shape, &epilogue, scratch.len(), par)? else {
         return Ok(());
     };
@@ -255,101 +260,137 @@ pub fn gemm_narrow_batch(
     let simd = detect();
     let c_ptr = SharedMut(c.as_mut_ptr());
     let c_len = c.len();
+    // B is packed once per depth block into scratch shared by every task, not once per task:
+    // the tasks differ only in their rows of A, and packing B again in each of them was pure
+    // duplicated work (all of it on the critical path with two threads). As many depth blocks
+    // as the scratch holds are packed by one parallel job, then multiplied by another.
+    let padded_n = n.div_ceil(MR) * MR;
+    let blocks = k.div_ceil(KC);
+    if KC * padded_n > scratch.len() {
+        return Err(KernelError::InvalidParams(
+            "narrow GEMM: one packed depth block of B exceeds the scratch",
+        ));
+    }
+    let blocks_per_group = (scratch.len() / (KC * padded_n)).min(blocks);
     let scratch_ptr = SharedMut(scratch.as_mut_ptr());
-    let task = |t: usize, worker: usize| {
-        let q0 = t * per_task;
-        let q1 = panels.min(q0 + per_task);
-        // SAFETY: as in `gemm`: disjoint scratch slots, disjoint rows of C per task.
-        let pack = unsafe { scratch_ptr.pack_slot(worker) };
-        let c = unsafe { core::slice::from_raw_parts_mut(c_ptr.get(), c_len) };
-        let mut tile: Tile = [0.0; MR * NR];
-        let mut k0 = 0;
-        while k0 < k {
+    let scratch_len = scratch.len();
+    let mut first_block = 0;
+    while first_block < blocks {
+        let group = blocks_per_group.min(blocks - first_block);
+        let pack_block = |i: usize, _worker: usize| {
+            let k0 = (first_block + i) * KC;
             let kc = KC.min(k - k0);
-            b.pack(k0, kc, 0, n, MR, pack);
-            let (first, last) = (k0 == 0, k0 + kc == k);
-            for q in q0..q1 {
-                // Panel q's rows k0..k0+kc (one depth block), stored block by block.
-                let at = block_offset(q, panels, NR, k0, kc);
-                let channels = NR.min(m - q * NR);
-                for pp in 0..n.div_ceil(MR) {
-                    let pixels = &pack[pp * kc * MR..][..kc * MR];
-                    match &a.data {
-                        Weights::Single(w) => {
-                            let w_panel = BBlock {
-                                b: &w[at..at + kc * NR],
-                                rows: &PANEL_ROWS[..kc],
-                            };
-                            match simd {
-                                Simd::Portable => kernel_portable(kc, pixels, w_panel, &mut tile),
-                                // SAFETY: detect() checked the CPU; lengths are exact above.
-                                #[cfg(target_arch = "x86_64")]
-                                Simd::Avx2Fma => unsafe {
-                                    kernel_avx2(kc, pixels, w_panel, &mut tile)
-                                },
+            // SAFETY: block i of the group owns floats [i*KC*padded_n, +kc*padded_n), inside
+            // the scratch by the choice of blocks_per_group, disjoint from every other block's.
+            let dst = unsafe {
+                core::slice::from_raw_parts_mut(
+                    scratch_ptr.get().add(i * KC * padded_n),
+                    kc * padded_n,
+                )
+            };
+            b.pack(k0, kc, 0, n, MR, dst);
+        };
+        par.run(group, &pack_block);
+        let multiply = |t: usize, _worker: usize| {
+            let q0 = t * per_task;
+            let q1 = panels.min(q0 + per_task);
+            // SAFETY: the packing job has finished; from here on the scratch is only read.
+            let packed = unsafe {
+                core::slice::from_raw_parts(scratch_ptr.get() as *const f32, scratch_len)
+            };
+            // SAFETY: tasks write disjoint rows (channels) of C.
+            let c = unsafe { core::slice::from_raw_parts_mut(c_ptr.get(), c_len) };
+            let mut tile: Tile = [0.0; MR * NR];
+            for i in 0..group {
+                let k0 = (first_block + i) * KC;
+                let kc = KC.min(k - k0);
+                let pack = &packed[i * KC * padded_n..][..kc * padded_n];
+                let (first, last) = (k0 == 0, k0 + kc == k);
+                for q in q0..q1 {
+                    // Panel q's rows k0..k0+kc (one depth block), stored block by block.
+                    let at = block_offset(q, panels, NR, k0, kc);
+                    let channels = NR.min(m - q * NR);
+                    for pp in 0..n.div_ceil(MR) {
+                        let pixels = &pack[pp * kc * MR..][..kc * MR];
+                        match &a.data {
+                            Weights::Single(w) => {
+                                let w_panel = BBlock {
+                                    b: &w[at..at + kc * NR],
+                                    rows: &PANEL_ROWS[..kc],
+                                };
+                                match simd {
+                                    Simd::Portable => {
+                                        kernel_portable(kc, pixels, w_panel, &mut tile)
+                                    }
+                                    // SAFETY: detect() checked the CPU; lengths are exact above.
+                                    #[cfg(target_arch = "x86_64")]
+                                    Simd::Avx2Fma => unsafe {
+                                        kernel_avx2(kc, pixels, w_panel, &mut tile)
+                                    },
+                                }
+                            }
+                            Weights::Int8 { values, .. } => {
+                                let w_panel = Int8Block {
+                                    b: &values[at..at + kc * NR],
+                                };
+                                match simd {
+                                    Simd::Portable => {
+                                        kernel_portable_i8(kc, pixels, w_panel, &mut tile)
+                                    }
+                                    // SAFETY: detect() checked AVX2 and FMA; lengths above.
+                                    #[cfg(target_arch = "x86_64")]
+                                    Simd::Avx2Fma => unsafe {
+                                        kernel_avx2_i8(kc, pixels, w_panel, &mut tile)
+                                    },
+                                }
+                            }
+                            Weights::Half(w) => {
+                                let w_panel = HalfBlock {
+                                    b: &w[at..at + kc * NR],
+                                };
+                                match simd {
+                                    Simd::Portable => {
+                                        kernel_portable_f16(kc, pixels, w_panel, &mut tile)
+                                    }
+                                    // SAFETY: detect() checked AVX2, FMA and F16C; lengths above.
+                                    #[cfg(target_arch = "x86_64")]
+                                    Simd::Avx2Fma => unsafe {
+                                        kernel_avx2_f16(kc, pixels, w_panel, &mut tile)
+                                    },
+                                }
                             }
                         }
-                        Weights::Int8 { values, .. } => {
-                            let w_panel = Int8Block {
-                                b: &values[at..at + kc * NR],
+                        let column = pp * MR;
+                        let (image, px0) = (column / batch.padded, column % batch.padded);
+                        let count = MR.min(batch.pixels.saturating_sub(px0));
+                        let plane0 = image * batch.image_stride;
+                        for j in 0..channels {
+                            let ch = q * NR + j;
+                            let bias = epilogue.bias.map_or(0.0, |b| b[ch]);
+                            // Exactly 1 for float weights, so their results are unchanged.
+                            let scale = match &a.data {
+                                Weights::Int8 { scales, .. } => scales[ch],
+                                _ => 1.0,
                             };
-                            match simd {
-                                Simd::Portable => {
-                                    kernel_portable_i8(kc, pixels, w_panel, &mut tile)
+                            for r in 0..count {
+                                let at = plane0 + ch * ldc + px0 + r;
+                                let sum = tile[r * NR + j] * scale;
+                                let mut v = sum + if first { bias } else { c[at] };
+                                if last {
+                                    if let Some(res) = epilogue.residual {
+                                        v += res[at];
+                                    }
+                                    v = epilogue.activation.apply(v);
                                 }
-                                // SAFETY: detect() checked AVX2 and FMA; lengths above.
-                                #[cfg(target_arch = "x86_64")]
-                                Simd::Avx2Fma => unsafe {
-                                    kernel_avx2_i8(kc, pixels, w_panel, &mut tile)
-                                },
+                                c[at] = v;
                             }
-                        }
-                        Weights::Half(w) => {
-                            let w_panel = HalfBlock {
-                                b: &w[at..at + kc * NR],
-                            };
-                            match simd {
-                                Simd::Portable => {
-                                    kernel_portable_f16(kc, pixels, w_panel, &mut tile)
-                                }
-                                // SAFETY: detect() checked AVX2, FMA and F16C; lengths above.
-                                #[cfg(target_arch = "x86_64")]
-                                Simd::Avx2Fma => unsafe {
-                                    kernel_avx2_f16(kc, pixels, w_panel, &mut tile)
-                                },
-                            }
-                        }
-                    }
-                    let column = pp * MR;
-                    let (image, px0) = (column / batch.padded, column % batch.padded);
-                    let count = MR.min(batch.pixels.saturating_sub(px0));
-                    let plane0 = image * batch.image_stride;
-                    for j in 0..channels {
-                        let ch = q * NR + j;
-                        let bias = epilogue.bias.map_or(0.0, |b| b[ch]);
-                        // Exactly 1 for float weights, so their results are unchanged.
-                        let scale = match &a.data {
-                            Weights::Int8 { scales, .. } => scales[ch],
-                            _ => 1.0,
-                        };
-                        for r in 0..count {
-                            let at = plane0 + ch * ldc + px0 + r;
-                            let sum = tile[r * NR + j] * scale;
-                            let mut v = sum + if first { bias } else { c[at] };
-                            if last {
-                                if let Some(res) = epilogue.residual {
-                                    v += res[at];
-                                }
-                                v = epilogue.activation.apply(v);
-                            }
-                            c[at] = v;
                         }
                     }
                 }
             }
-            k0 += kc;
-        }
-    };
-    par.run(panels.div_ceil(per_task), &task);
+        };
+        par.run(panels.div_ceil(per_task), &multiply);
+        first_block += group;
+    }
     Ok(())
 }

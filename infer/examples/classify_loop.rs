@@ -1,0 +1,55 @@
+//! Classifies one face of the two-face fixture over and over for a few seconds and prints the
+//! median and minimum time per face: a steady workload to put under a profiler.
+//!
+//!     cargo run --release -p face2exp-infer --example classify_loop -- [f32|f16|int8] [THREADS] [SECONDS]
+//!     perf record -g target/release/examples/classify_loop int8 1 8
+//!
+//! The late layers' weights are stored as given (default int8); threads default to 1.
+
+mod common;
+
+use face2exp_infer::{ImageView, Model, PixelFormat, Session, SessionConfig};
+use std::time::Instant;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args = std::env::args().skip(1);
+    let precision = args.next().unwrap_or_else(|| "int8".into());
+    let threads: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(1);
+    let seconds: f64 = args.next().map(|s| s.parse()).transpose()?.unwrap_or(8.0);
+    let (photo, faces) = common::two_face_fixture()?;
+    let (w, h) = (photo.width() as usize, photo.height() as usize);
+    let view = ImageView::packed(photo.as_raw(), w, h, PixelFormat::Rgb8)?;
+    let face = faces[0];
+    let mut model = Model::load(common::repo_root().join("weights/face2exp-base.safetensors"))?;
+    match precision.as_str() {
+        "f32" => {}
+        "f16" => {
+            model.store_late_weights_as_f16();
+        }
+        "int8" => {
+            model.store_late_weights_as_int8();
+        }
+        other => return Err(format!("unknown precision `{other}`: f32, f16 or int8").into()),
+    }
+    let config = SessionConfig {
+        max_width: w,
+        max_height: h,
+        threads,
+    };
+    let mut session = Session::new(&model, config);
+    let mut times = Vec::new();
+    let start = Instant::now();
+    while start.elapsed().as_secs_f64() < seconds {
+        let t = Instant::now();
+        session.classify_face(&view, &face)?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    println!(
+        "{precision}, {threads} thread(s): median {:.3} ms, min {:.3} ms per face over {} faces",
+        times[times.len() / 2],
+        times[0],
+        times.len()
+    );
+    Ok(())
+}
