@@ -103,7 +103,7 @@ impl PackedAT {
         for (row, &scale) in scales.iter().enumerate() {
             for kk in 0..self.k {
                 let i = at(row, kk);
-                quantised[i] = (values[i] / scale).round().clamp(-127.0, 127.0) as i8;
+                quantised[i] = libm::roundf(values[i] / scale).clamp(-127.0, 127.0) as i8;
             }
         }
         self.data = Weights::Int8 {
