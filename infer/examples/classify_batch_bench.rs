@@ -25,7 +25,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|s| s.parse())
         .transpose()?
         .unwrap_or(30);
-    let (photo, found) = common::two_face_fixture()?;
+    let (photo, found) = common::two_face_fixture(1.0)?;
     let (w, h) = (photo.width() as usize, photo.height() as usize);
     let view = ImageView::packed(photo.as_raw(), w, h, PixelFormat::Rgb8)?;
 

@@ -1,10 +1,13 @@
 //! Classifies one face of the two-face fixture over and over for a few seconds and prints the
 //! median and minimum time per face: a steady workload to put under a profiler.
 //!
-//!     cargo run --release -p face2exp-infer --example classify_loop -- [f32|f16|int8] [THREADS] [SECONDS]
+//!     cargo run --release -p face2exp-infer --example classify_loop -- \
+//!         [f32|f16|int8] [THREADS] [SECONDS] [SCALE]
 //!     perf record -g target/release/examples/classify_loop int8 1 8
 //!
-//! The late layers' weights are stored as given (default int8); threads default to 1.
+//! The late layers' weights are stored as given (default int8); threads default to 1, seconds
+//! to 8. SCALE (default 1) scales the photo first: its faces are about 100 px at 1, and the
+//! alignment's cost grows with the face (it area-samples when shrinking to the input).
 
 mod common;
 
@@ -16,7 +19,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let precision = args.next().unwrap_or_else(|| "int8".into());
     let threads: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(1);
     let seconds: f64 = args.next().map(|s| s.parse()).transpose()?.unwrap_or(8.0);
-    let (photo, faces) = common::two_face_fixture()?;
+    let scale: f32 = args.next().map(|s| s.parse()).transpose()?.unwrap_or(1.0);
+    let (photo, faces) = common::two_face_fixture(scale)?;
     let (w, h) = (photo.width() as usize, photo.height() as usize);
     let view = ImageView::packed(photo.as_raw(), w, h, PixelFormat::Rgb8)?;
     let face = faces[0];

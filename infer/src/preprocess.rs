@@ -6,7 +6,8 @@
 //! Landmark crops are warped by a similarity transform and area-sampled when shrinking.
 
 use crate::error::ClassifyError;
-use crate::image::{FaceRegion, ImageView};
+use crate::image::{FaceRegion, ImageView, PixelFormat};
+use crate::kernels::Parallel;
 use alloc::vec;
 use alloc::vec::Vec;
 
@@ -125,6 +126,7 @@ impl Preprocessor {
         mean: [f32; 3],
         std: [f32; 3],
         out: &mut [f32],
+        par: &dyn Parallel,
     ) -> Result<(), ClassifyError> {
         let plane = self.size * self.size;
         if out.len() < 3 * plane {
@@ -138,7 +140,7 @@ impl Preprocessor {
             Some(FaceRegion {
                 landmarks: Some(points),
                 ..
-            }) => self.align(image, points, mean, std, out),
+            }) => self.align(image, points, mean, std, out, par),
             Some(face) => {
                 let (x0, y0, w, h) = box_to_crop(image, face.bbox)?;
                 self.resize(image, x0, y0, w, h, mean, std, out)
@@ -224,6 +226,9 @@ impl Preprocessor {
         Ok(())
     }
 
+    /// Warps the face onto the template. Output rows are split between `par`'s threads
+    /// (every output pixel is computed the same way whichever thread does it), and pixels
+    /// are read through a reader chosen once per call for the image's format.
     fn align(
         &mut self,
         image: &ImageView<'_>,
@@ -231,15 +236,94 @@ impl Preprocessor {
         mean: [f32; 3],
         std: [f32; 3],
         out: &mut [f32],
+        par: &dyn Parallel,
     ) -> Result<(), ClassifyError> {
         let s = self.size;
         let inverse = similarity_to_template(points, s as f32)?;
         // Source pixels per output pixel decides how many samples average into one output.
         let scale = libm::sqrtf(inverse.a * inverse.a + inverse.b * inverse.b);
         let n = (libm::ceilf(scale) as usize).clamp(1, MAX_SUPERSAMPLE);
+        let warp = Warp {
+            inverse,
+            samples: n,
+            size: s,
+            mean,
+            std,
+            width: image.width(),
+            height: image.height(),
+        };
+        let rows_per_task = s.div_ceil(par.threads().max(1));
+        let out = SharedOutput(out.as_mut_ptr());
+        let task = |t: usize, _worker: usize| {
+            let rows = t * rows_per_task..s.min((t + 1) * rows_per_task);
+            // SAFETY: `run` checked that `out` holds 3 * s * s floats; task t writes only its
+            // own rows of each channel plane, so no two tasks touch the same float.
+            let write = |i: usize, v: f32| unsafe { *out.get().add(i) = v };
+            // Bytes per pixel and where red, green and blue sit in a pixel.
+            let layout = match image.format() {
+                PixelFormat::Rgb8 => Some((3, [0, 1, 2])),
+                PixelFormat::Bgr8 => Some((3, [2, 1, 0])),
+                PixelFormat::Rgba8 => Some((4, [0, 1, 2])),
+                PixelFormat::Bgra8 => Some((4, [2, 1, 0])),
+                PixelFormat::Gray8 => Some((1, [0, 0, 0])),
+                PixelFormat::Yuyv => None,
+            };
+            match layout {
+                Some((bytes, [r, g, b])) => {
+                    let (data, stride) = (image.data(), image.stride());
+                    warp.rows(rows, write, |x, y| {
+                        let p = &data[y * stride + x * bytes..];
+                        [p[r] as f32, p[g] as f32, p[b] as f32]
+                    })
+                }
+                // Two pixels share their chroma: the general reader.
+                None => warp.rows(rows, write, |x, y| image.rgb(x, y)),
+            }
+        };
+        par.run(s.div_ceil(rows_per_task), &task);
+        Ok(())
+    }
+}
+
+/// `out`'s start, shared by the tasks of [`Preprocessor::align`], which write disjoint rows.
+#[derive(Clone, Copy)]
+struct SharedOutput(*mut f32);
+// SAFETY: see `Preprocessor::align`: each float is written by one task only.
+unsafe impl Sync for SharedOutput {}
+unsafe impl Send for SharedOutput {}
+
+impl SharedOutput {
+    // A method, so closures capture the whole (Sync) wrapper rather than its raw field.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// One aligned crop: where each output pixel samples the image, and how it is normalised.
+struct Warp {
+    inverse: InverseSimilarity,
+    samples: usize,
+    size: usize,
+    mean: [f32; 3],
+    std: [f32; 3],
+    width: usize,
+    height: usize,
+}
+
+impl Warp {
+    /// Output rows `rows`, each pixel the mean of `samples^2` bilinear samples read through
+    /// `pixel(x, y)`, rounded to 8 bits and normalised; `write(index, value)` stores it.
+    #[inline(always)]
+    fn rows(
+        &self,
+        rows: core::ops::Range<usize>,
+        write: impl Fn(usize, f32),
+        pixel: impl Fn(usize, usize) -> [f32; 3],
+    ) {
+        let (s, n) = (self.size, self.samples);
         let step = 1.0 / n as f32;
         let norm = 1.0 / (n * n) as f32;
-        for v in 0..s {
+        for v in rows {
             for u in 0..s {
                 let mut acc = [0.0f32; 3];
                 for j in 0..n {
@@ -248,20 +332,22 @@ impl Preprocessor {
                             u as f32 + (i as f32 + 0.5) * step,
                             v as f32 + (j as f32 + 0.5) * step,
                         );
-                        let (x, y) = inverse.apply(qx, qy);
-                        let p = bilinear(image, x - 0.5, y - 0.5);
+                        let (x, y) = self.inverse.apply(qx, qy);
+                        let p = bilinear(&pixel, self.width, self.height, x - 0.5, y - 0.5);
                         acc[0] += p[0];
                         acc[1] += p[1];
                         acc[2] += p[2];
                     }
                 }
-                for c in 0..3 {
-                    let level = libm::roundf((acc[c] * norm).clamp(0.0, 255.0));
-                    out[c * s * s + v * s + u] = (level / 255.0 - mean[c]) / std[c];
+                for (c, sum) in acc.into_iter().enumerate() {
+                    let level = libm::roundf((sum * norm).clamp(0.0, 255.0));
+                    write(
+                        c * s * s + v * s + u,
+                        (level / 255.0 - self.mean[c]) / self.std[c],
+                    );
                 }
             }
         }
-        Ok(())
     }
 }
 
@@ -355,22 +441,23 @@ fn similarity_to_template(
 
 /// Bilinear sample at continuous pixel-index coordinates, edges replicated.
 #[inline(always)]
-fn bilinear(image: &ImageView<'_>, x: f32, y: f32) -> [f32; 3] {
-    let max_x = (image.width() - 1) as f32;
-    let max_y = (image.height() - 1) as f32;
+fn bilinear(
+    pixel: &impl Fn(usize, usize) -> [f32; 3],
+    width: usize,
+    height: usize,
+    x: f32,
+    y: f32,
+) -> [f32; 3] {
+    let max_x = (width - 1) as f32;
+    let max_y = (height - 1) as f32;
     let x = x.clamp(0.0, max_x);
     let y = y.clamp(0.0, max_y);
-    let (fx, fy) = (libm::floorf(x), libm::floorf(y));
-    let (wx, wy) = (x - fx, y - fy);
-    let (x0, y0) = (fx as usize, fy as usize);
-    let x1 = (x0 + 1).min(image.width() - 1);
-    let y1 = (y0 + 1).min(image.height() - 1);
-    let (p00, p01, p10, p11) = (
-        image.rgb(x0, y0),
-        image.rgb(x1, y0),
-        image.rgb(x0, y1),
-        image.rgb(x1, y1),
-    );
+    // Truncation is the floor here: both are clamped to be non-negative.
+    let (x0, y0) = (x as usize, y as usize);
+    let (wx, wy) = (x - x0 as f32, y - y0 as f32);
+    let x1 = (x0 + 1).min(width - 1);
+    let y1 = (y0 + 1).min(height - 1);
+    let (p00, p01, p10, p11) = (pixel(x0, y0), pixel(x1, y0), pixel(x0, y1), pixel(x1, y1));
     let mut out = [0.0; 3];
     for c in 0..3 {
         let top = p00[c] + (p01[c] - p00[c]) * wx;

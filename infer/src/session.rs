@@ -95,9 +95,14 @@ pub struct Session<'m> {
     batch_inputs: Vec<f32>,
     batch_logits: Vec<f32>,
     activations: Activations,
-    #[cfg(feature = "std")]
-    pool: Option<crate::WorkerPool>,
+    pool: PoolSlot,
 }
+
+/// The session's worker pool when it has one (with `std` and more than one thread).
+#[cfg(feature = "std")]
+type PoolSlot = Option<crate::WorkerPool>;
+#[cfg(not(feature = "std"))]
+type PoolSlot = ();
 
 impl<'m> Session<'m> {
     /// Allocates every buffer for `config` (sides clamped to [`MAX_SIDE`], threads to
@@ -136,6 +141,8 @@ impl<'m> Session<'m> {
             activations,
             #[cfg(feature = "std")]
             pool,
+            #[cfg(not(feature = "std"))]
+            pool: (),
         }
     }
 
@@ -193,15 +200,12 @@ impl<'m> Session<'m> {
         let (input_len, classes) = (self.input.len(), model.num_classes());
         for (faces, out) in faces.chunks(capacity).zip(out.chunks_mut(capacity)) {
             let inputs = &mut self.batch_inputs[..faces.len() * input_len];
+            let par = parallel(&self.pool);
             for (face, input) in faces.iter().zip(inputs.chunks_exact_mut(input_len)) {
                 self.preprocessor
-                    .run(image, Some(face), model.mean(), model.std(), input)?;
+                    .run(image, Some(face), model.mean(), model.std(), input, par)?;
             }
             let logits = &mut self.batch_logits[..faces.len() * classes];
-            #[cfg(feature = "std")]
-            let par = parallel(&self.pool);
-            #[cfg(not(feature = "std"))]
-            let par: &dyn Parallel = &Sequential;
             model
                 .network
                 .forward_batch(inputs, faces.len(), &mut self.activations, par, logits)?;
@@ -219,8 +223,14 @@ impl<'m> Session<'m> {
         face: Option<&FaceRegion>,
     ) -> Result<&[f32], ClassifyError> {
         let model = self.model;
-        self.preprocessor
-            .run(image, face, model.mean(), model.std(), &mut self.input)?;
+        self.preprocessor.run(
+            image,
+            face,
+            model.mean(),
+            model.std(),
+            &mut self.input,
+            parallel(&self.pool),
+        )?;
         Ok(&self.input)
     }
 
@@ -244,10 +254,7 @@ impl<'m> Session<'m> {
     }
 
     fn forward_input(&mut self) -> Result<(), ClassifyError> {
-        #[cfg(feature = "std")]
         let par = parallel(&self.pool);
-        #[cfg(not(feature = "std"))]
-        let par: &dyn Parallel = &Sequential;
         self.model
             .network
             .forward(&self.input, &mut self.activations, par, &mut self.logits)?;
@@ -257,9 +264,15 @@ impl<'m> Session<'m> {
 
 /// The session's worker pool, or the calling thread alone.
 #[cfg(feature = "std")]
-fn parallel(pool: &Option<crate::WorkerPool>) -> &dyn Parallel {
+fn parallel(pool: &PoolSlot) -> &dyn Parallel {
     match pool {
         Some(pool) => pool,
         None => &Sequential,
     }
+}
+
+/// Without `std` there is no pool: the calling thread alone.
+#[cfg(not(feature = "std"))]
+fn parallel(_: &PoolSlot) -> &dyn Parallel {
+    &Sequential
 }

@@ -227,3 +227,51 @@ fn batch_matches_single_faces_and_sizes_are_enforced() {
         Err(ClassifyError::TooLarge { .. })
     ));
 }
+
+#[test]
+fn aligned_crops_are_the_same_in_every_format_and_with_two_threads() {
+    // Alignment reads pixels through a reader picked per format and splits output rows
+    // between threads: the same picture in each byte format (with row padding), on one
+    // thread or two, must give the same bits. Rotated, and shrunk ~3x so each output pixel
+    // averages 3x3 bilinear samples.
+    let size = 48usize;
+    let model = model(size);
+    let (w, h) = (300u32, 220u32);
+    let rgb = RgbImage::from_raw(w, h, random_pixels(w as usize * h as usize * 3, 11)).unwrap();
+    let grey_rgb = RgbImage::from_fn(w, h, |x, y| {
+        let r = rgb.get_pixel(x, y).0[0];
+        image::Rgb([r, r, r])
+    });
+    let face = FaceRegion {
+        bbox: [0.0, 0.0, 1.0, 1.0],
+        landmarks: Some([
+            [110.0, 80.0],
+            [160.0, 90.0],
+            [132.0, 118.0],
+            [112.0, 150.0],
+            [150.0, 158.0],
+        ]),
+    };
+    let crop = |threads: usize, picture: &RgbImage, format: PixelFormat| {
+        let config = SessionConfig {
+            threads,
+            ..SessionConfig::default()
+        };
+        let mut session = Session::new(&model, config);
+        let (bytes, stride) = encode(picture, format, 5);
+        let view = ImageView::new(&bytes, w as usize, h as usize, stride, format).unwrap();
+        let input = session.preprocess(&view, Some(&face)).unwrap();
+        input.iter().map(|v| v.to_bits()).collect::<Vec<u32>>()
+    };
+    let want = crop(1, &rgb, PixelFormat::Rgb8);
+    for format in [PixelFormat::Bgr8, PixelFormat::Rgba8, PixelFormat::Bgra8] {
+        assert_eq!(crop(1, &rgb, format), want, "{format:?}, one thread");
+        assert_eq!(crop(2, &rgb, format), want, "{format:?}, two threads");
+    }
+    assert_eq!(crop(2, &rgb, PixelFormat::Rgb8), want, "Rgb8, two threads");
+    assert_eq!(
+        crop(2, &grey_rgb, PixelFormat::Gray8),
+        crop(1, &grey_rgb, PixelFormat::Rgb8),
+        "Gray8"
+    );
+}

@@ -9,12 +9,18 @@ pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// `tests/fixtures/two_portraits.png` as RGB, and the face regions the shipped detector finds
-/// in it (an error if it finds none).
-pub fn two_face_fixture() -> Result<(image::RgbImage, Vec<FaceRegion>), Box<dyn std::error::Error>>
-{
+/// `tests/fixtures/two_portraits.png` as RGB, scaled by `scale` first (its faces are about
+/// 100 px at 1), and the face regions the shipped detector finds in it (an error if none).
+pub fn two_face_fixture(
+    scale: f32,
+) -> Result<(image::RgbImage, Vec<FaceRegion>), Box<dyn std::error::Error>> {
     let root = repo_root();
-    let photo = image::open(root.join("tests/fixtures/two_portraits.png"))?.to_rgb8();
+    let mut photo = image::open(root.join("tests/fixtures/two_portraits.png"))?.to_rgb8();
+    if scale != 1.0 {
+        let (w, h) = (photo.width() as f32 * scale, photo.height() as f32 * scale);
+        let filter = image::imageops::FilterType::Triangle;
+        photo = image::imageops::resize(&photo, w.round() as u32, h.round() as u32, filter);
+    }
     let (w, h) = (photo.width() as usize, photo.height() as usize);
     let view = ImageView::packed(photo.as_raw(), w, h, PixelFormat::Rgb8)?;
     let detector = Detector::load(root.join("weights/retinaface_mnet025.safetensors"))?;
