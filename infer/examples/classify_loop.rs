@@ -1,17 +1,20 @@
-//! Classifies one face of the two-face fixture over and over for a few seconds and prints the
-//! median and minimum time per face: a steady workload to put under a profiler.
+//! Classifies one face of the two-face fixture (or a batch of them) over and over for a few
+//! seconds and prints the median and minimum time per call: a steady workload for a profiler.
 //!
 //!     cargo run --release -p face2exp-infer --example classify_loop -- \
-//!         [f32|f16|int8] [THREADS] [SECONDS] [SCALE]
+//!         [f32|f16|int8] [THREADS] [SECONDS] [SCALE] [FACES]
 //!     perf record -g target/release/examples/classify_loop int8 1 8
 //!
 //! The late layers' weights are stored as given (default int8); threads default to 1, seconds
 //! to 8. SCALE (default 1) scales the photo first: its faces are about 100 px at 1, and the
-//! alignment's cost grows with the face (it area-samples when shrinking to the input).
+//! alignment's cost grows with the face (it area-samples when shrinking to the input). FACES
+//! (default 1) above 1 times one `classify_batch` call on that many faces instead.
 
 mod common;
 
-use face2exp_infer::{ImageView, Model, PixelFormat, Session, SessionConfig};
+use face2exp_infer::{
+    FaceRegion, ImageView, Model, PixelFormat, Prediction, Session, SessionConfig,
+};
 use std::time::Instant;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -23,7 +26,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (photo, faces) = common::two_face_fixture(scale)?;
     let (w, h) = (photo.width() as usize, photo.height() as usize);
     let view = ImageView::packed(photo.as_raw(), w, h, PixelFormat::Rgb8)?;
-    let face = faces[0];
+    let count: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(1);
+    // FACES > 1 classifies that many (the fixture's two, repeated) with one classify_batch.
+    let faces: Vec<FaceRegion> = faces.iter().copied().cycle().take(count.max(1)).collect();
+    let mut out = vec![Prediction::EMPTY; faces.len()];
     let mut model = Model::load(common::repo_root().join("weights/face2exp-base.safetensors"))?;
     match precision.as_str() {
         "f32" => {}
@@ -45,12 +51,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let start = Instant::now();
     while start.elapsed().as_secs_f64() < seconds {
         let t = Instant::now();
-        session.classify_face(&view, &face)?;
+        if faces.len() == 1 {
+            session.classify_face(&view, &faces[0])?;
+        } else {
+            session.classify_batch(&view, &faces, &mut out)?;
+        }
         times.push(t.elapsed().as_secs_f64() * 1e3);
     }
     times.sort_by(f64::total_cmp);
     println!(
-        "{precision}, {threads} thread(s): median {:.3} ms, min {:.3} ms per face over {} faces",
+        "{precision}, {threads} thread(s), {} face(s) per call: median {:.3} ms, min {:.3} ms per \
+         call over {} calls",
+        faces.len(),
         times[times.len() / 2],
         times[0],
         times.len()

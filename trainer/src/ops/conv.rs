@@ -17,6 +17,41 @@ const TARGET_CHUNK_COLUMNS: usize = 512;
 /// ...without letting one column matrix grow past this many floats (16 MiB).
 const MAX_CHUNK_FLOATS: usize = 4 << 20;
 
+/// Column, product and gathered-gradient buffers of one thread, kept between calls: every
+/// layer of every step used to allocate them afresh, zero them (`resize`) and fault their pages
+/// in, only for im2col / the GEMM / the gather to overwrite every float anyway.
+#[derive(Default)]
+struct Scratch {
+    col: Vec<f32>,
+    out: Vec<f32>,
+    gathered: Vec<f32>,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::Cell<Scratch> = std::cell::Cell::new(Scratch::default());
+}
+
+impl Scratch {
+    /// This thread's buffers, leaving empty ones behind: a task that rayon runs on this thread
+    /// while this one waits inside a parallel GEMM simply starts from empty buffers.
+    fn take() -> Scratch {
+        SCRATCH.with(|cell| cell.take())
+    }
+
+    fn give_back(self) {
+        SCRATCH.with(|cell| cell.set(self));
+    }
+}
+
+/// The first `len` floats of `buffer`, grown (never shrunk) to hold them. The contents are
+/// stale: callers overwrite every float they read.
+fn at_least(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if buffer.len() < len {
+        buffer.resize(len, 0.0);
+    }
+    &mut buffer[..len]
+}
+
 /// How the batch is spread over threads.
 #[derive(Debug, Clone, Copy)]
 struct Plan {
@@ -143,8 +178,7 @@ pub fn conv2d_forward(g: &ConvGeometry, x: &[f32], w: &[f32]) -> Vec<f32> {
         .for_each(|(group, y_group)| {
             let first_image = group * plan.images_per_group;
             let images = y_group.len() / out_image;
-            let mut col = Vec::new();
-            let mut out = Vec::new();
+            let mut scratch = Scratch::take();
             let mut done = 0;
             while done < images {
                 let count = plan.chunk.min(images - done);
@@ -153,12 +187,12 @@ pub fn conv2d_forward(g: &ConvGeometry, x: &[f32], w: &[f32]) -> Vec<f32> {
                 let rhs = if g.is_pointwise() && count == 1 {
                     &x[image0 * in_image..(image0 + 1) * in_image]
                 } else {
-                    col.resize(rows * width, 0.0);
+                    let col = at_least(&mut scratch.col, rows * width);
                     for b in 0..count {
                         let image = &x[(image0 + b) * in_image..(image0 + b + 1) * in_image];
-                        im2col(g, image, &mut col, width, b * plane);
+                        im2col(g, image, col, width, b * plane);
                     }
-                    &col[..]
+                    &*col
                 };
                 if count == 1 {
                     let dst = &mut y_group[done * out_image..(done + 1) * out_image];
@@ -173,21 +207,22 @@ pub fn conv2d_forward(g: &ConvGeometry, x: &[f32], w: &[f32]) -> Vec<f32> {
                         plan.gemm_parallelism,
                     );
                 } else {
-                    out.resize(c_out * width, 0.0);
+                    let out = at_least(&mut scratch.out, c_out * width);
                     sgemm(
                         c_out,
                         width,
                         rows,
-                        &mut out,
+                        out,
                         false,
                         dense(w, rows),
                         dense(rhs, width),
                         plan.gemm_parallelism,
                     );
-                    scatter_chunk(&out, c_out, plane, done, count, y_group);
+                    scatter_chunk(out, c_out, plane, done, count, y_group);
                 }
                 done += count;
             }
+            scratch.give_back();
         });
     y
 }
@@ -208,8 +243,7 @@ pub fn conv2d_input_grad(g: &ConvGeometry, grad_y: &[f32], w: &[f32]) -> Vec<f32
         .for_each(|(group, gx_group)| {
             let first_image = group * plan.images_per_group;
             let images = gx_group.len() / in_image;
-            let mut gathered = Vec::new();
-            let mut col = Vec::new();
+            let mut scratch = Scratch::take();
             let mut done = 0;
             while done < images {
                 let count = plan.chunk.min(images - done);
@@ -218,9 +252,9 @@ pub fn conv2d_input_grad(g: &ConvGeometry, grad_y: &[f32], w: &[f32]) -> Vec<f32
                 let lhs_grad = if count == 1 {
                     &grad_y[image0 * out_image..(image0 + 1) * out_image]
                 } else {
-                    gathered.resize(c_out * width, 0.0);
-                    gather_chunk(grad_y, c_out, plane, image0, count, &mut gathered);
-                    &gathered[..]
+                    let gathered = at_least(&mut scratch.gathered, c_out * width);
+                    gather_chunk(grad_y, c_out, plane, image0, count, gathered);
+                    &*gathered
                 };
                 if g.is_pointwise() && count == 1 {
                     let dst = &mut gx_group[done * in_image..(done + 1) * in_image];
@@ -235,12 +269,12 @@ pub fn conv2d_input_grad(g: &ConvGeometry, grad_y: &[f32], w: &[f32]) -> Vec<f32
                         plan.gemm_parallelism,
                     );
                 } else {
-                    col.resize(rows * width, 0.0);
+                    let col = at_least(&mut scratch.col, rows * width);
                     sgemm(
                         rows,
                         width,
                         c_out,
-                        &mut col,
+                        col,
                         false,
                         transposed(w, rows),
                         dense(lhs_grad, width),
@@ -248,11 +282,12 @@ pub fn conv2d_input_grad(g: &ConvGeometry, grad_y: &[f32], w: &[f32]) -> Vec<f32
                     );
                     for b in 0..count {
                         let dst = &mut gx_group[(done + b) * in_image..(done + b + 1) * in_image];
-                        col2im(g, &col, width, b * plane, dst);
+                        col2im(g, col, width, b * plane, dst);
                     }
                 }
                 done += count;
             }
+            scratch.give_back();
         });
     grad_x
 }
@@ -271,8 +306,7 @@ pub fn conv2d_weight_grad(g: &ConvGeometry, x: &[f32], grad_y: &[f32]) -> Vec<f3
             let first_image = group * plan.images_per_group;
             let images = plan.images_per_group.min(g.batch - first_image);
             let mut grad_w = vec![0f32; c_out * rows];
-            let mut gathered = Vec::new();
-            let mut col = Vec::new();
+            let mut scratch = Scratch::take();
             let mut done = 0;
             while done < images {
                 let count = plan.chunk.min(images - done);
@@ -281,19 +315,19 @@ pub fn conv2d_weight_grad(g: &ConvGeometry, x: &[f32], grad_y: &[f32]) -> Vec<f3
                 let grad = if count == 1 {
                     &grad_y[image0 * out_image..(image0 + 1) * out_image]
                 } else {
-                    gathered.resize(c_out * width, 0.0);
-                    gather_chunk(grad_y, c_out, plane, image0, count, &mut gathered);
-                    &gathered[..]
+                    let gathered = at_least(&mut scratch.gathered, c_out * width);
+                    gather_chunk(grad_y, c_out, plane, image0, count, gathered);
+                    &*gathered
                 };
                 let cols = if g.is_pointwise() && count == 1 {
                     &x[image0 * in_image..(image0 + 1) * in_image]
                 } else {
-                    col.resize(rows * width, 0.0);
+                    let col = at_least(&mut scratch.col, rows * width);
                     for b in 0..count {
                         let image = &x[(image0 + b) * in_image..(image0 + b + 1) * in_image];
-                        im2col(g, image, &mut col, width, b * plane);
+                        im2col(g, image, col, width, b * plane);
                     }
-                    &col[..]
+                    &*col
                 };
                 sgemm(
                     c_out,
@@ -307,6 +341,7 @@ pub fn conv2d_weight_grad(g: &ConvGeometry, x: &[f32], grad_y: &[f32]) -> Vec<f3
                 );
                 done += count;
             }
+            scratch.give_back();
             grad_w
         })
         .collect();

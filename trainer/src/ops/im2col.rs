@@ -132,6 +132,12 @@ pub fn im2col(g: &ConvGeometry, image: &[f32], col: &mut [f32], row_len: usize, 
                 let (ow_lo, ow_hi) = g.valid_out_cols(kw);
                 dst[..oh_lo * ow_n].fill(0.0);
                 dst[oh_hi * ow_n..].fill(0.0);
+                if s == 1 && ow_n == g.w {
+                    same_width_band(src_plane, dst, (oh_lo, oh_hi), (ow_lo, ow_hi), ow_n, {
+                        (kh * g.w + kw) as isize - (g.padding * g.w + g.padding) as isize
+                    });
+                    continue;
+                }
                 for oh in oh_lo..oh_hi {
                     let ih = oh * s + kh - g.padding;
                     let src_row = &src_plane[ih * g.w..(ih + 1) * g.w];
@@ -155,6 +161,42 @@ pub fn im2col(g: &ConvGeometry, image: &[f32], col: &mut [f32], row_len: usize, 
                 }
             }
         }
+    }
+}
+
+/// One im2col row of a stride-1 convolution whose output is as wide as its input (3x3 with
+/// padding 1, 1x1 without): output pixel `d` reads input pixel `d + offset` for every valid
+/// pixel, so the band of valid output rows is one contiguous copy instead of one short copy per
+/// row (16-pixel rows made the per-copy overhead most of im2col's time). The copy also brings
+/// neighbouring-row pixels into the columns that fall in the padding; those are zeroed after.
+fn same_width_band(
+    src_plane: &[f32],
+    dst: &mut [f32],
+    (oh_lo, oh_hi): (usize, usize),
+    (ow_lo, ow_hi): (usize, usize),
+    width: usize,
+    offset: isize,
+) {
+    if oh_lo >= oh_hi {
+        return;
+    }
+    let (start, end) = (oh_lo * width, oh_hi * width);
+    if ow_lo >= ow_hi {
+        dst[start..end].fill(0.0);
+        return;
+    }
+    // Clip to the input plane; whatever is clipped lies in padding columns.
+    let lo = ((-offset).max(0) as usize).clamp(start, end);
+    let hi = ((src_plane.len() as isize - offset).max(0) as usize).clamp(lo, end);
+    dst[start..lo].fill(0.0);
+    if lo < hi {
+        let from = (lo as isize + offset) as usize;
+        dst[lo..hi].copy_from_slice(&src_plane[from..from + (hi - lo)]);
+    }
+    dst[hi..end].fill(0.0);
+    for row in dst[start..end].chunks_exact_mut(width) {
+        row[..ow_lo].fill(0.0);
+        row[ow_hi..].fill(0.0);
     }
 }
 
@@ -295,6 +337,11 @@ mod tests {
             (1, 4, 3, 1, 1, 0),
             (1, 2, 2, 3, 1, 1),
             (1, 3, 3, 3, 3, 2),
+            (2, 16, 16, 3, 1, 1),
+            (1, 5, 9, 5, 1, 2),
+            (3, 6, 4, 3, 1, 1),
+            (2, 1, 6, 3, 1, 1),
+            (1, 4, 1, 5, 1, 2),
         ];
         for &(c, h, w, k, s, p) in &cases {
             let g = ConvGeometry::new((1, c, h, w), (1, c, k, k), s, p)?;
