@@ -7,6 +7,7 @@
 
 use crate::error::ClassifyError;
 use crate::image::{FaceRegion, ImageView, PixelFormat};
+use crate::kernels::gemm::SharedMut;
 use crate::kernels::Parallel;
 use alloc::vec;
 use alloc::vec::Vec;
@@ -252,22 +253,22 @@ impl Preprocessor {
             width: image.width(),
             height: image.height(),
         };
+        // Bytes per pixel and where red, green and blue sit in a pixel.
+        let layout = match image.format() {
+            PixelFormat::Rgb8 => Some((3, [0, 1, 2])),
+            PixelFormat::Bgr8 => Some((3, [2, 1, 0])),
+            PixelFormat::Rgba8 => Some((4, [0, 1, 2])),
+            PixelFormat::Bgra8 => Some((4, [2, 1, 0])),
+            PixelFormat::Gray8 => Some((1, [0, 0, 0])),
+            PixelFormat::Yuyv => None,
+        };
         let rows_per_task = s.div_ceil(par.threads().max(1));
-        let out = SharedOutput(out.as_mut_ptr());
+        let out = SharedMut(out.as_mut_ptr());
         let task = |t: usize, _worker: usize| {
             let rows = t * rows_per_task..s.min((t + 1) * rows_per_task);
             // SAFETY: `run` checked that `out` holds 3 * s * s floats; task t writes only its
             // own rows of each channel plane, so no two tasks touch the same float.
             let write = |i: usize, v: f32| unsafe { *out.get().add(i) = v };
-            // Bytes per pixel and where red, green and blue sit in a pixel.
-            let layout = match image.format() {
-                PixelFormat::Rgb8 => Some((3, [0, 1, 2])),
-                PixelFormat::Bgr8 => Some((3, [2, 1, 0])),
-                PixelFormat::Rgba8 => Some((4, [0, 1, 2])),
-                PixelFormat::Bgra8 => Some((4, [2, 1, 0])),
-                PixelFormat::Gray8 => Some((1, [0, 0, 0])),
-                PixelFormat::Yuyv => None,
-            };
             match layout {
                 Some((bytes, [r, g, b])) => {
                     let (data, stride) = (image.data(), image.stride());
@@ -282,20 +283,6 @@ impl Preprocessor {
         };
         par.run(s.div_ceil(rows_per_task), &task);
         Ok(())
-    }
-}
-
-/// `out`'s start, shared by the tasks of [`Preprocessor::align`], which write disjoint rows.
-#[derive(Clone, Copy)]
-struct SharedOutput(*mut f32);
-// SAFETY: see `Preprocessor::align`: each float is written by one task only.
-unsafe impl Sync for SharedOutput {}
-unsafe impl Send for SharedOutput {}
-
-impl SharedOutput {
-    // A method, so closures capture the whole (Sync) wrapper rather than its raw field.
-    fn get(self) -> *mut f32 {
-        self.0
     }
 }
 

@@ -273,15 +273,17 @@ pub struct Epilogue<'a> {
     pub activation: Activation,
 }
 
+/// A buffer's start shared by the tasks of one parallel job, each writing floats no other
+/// task touches (tiles of C, scratch slots, rows of an image).
 #[derive(Clone, Copy)]
-pub(super) struct SharedMut(pub(super) *mut f32);
-// SAFETY: tasks write disjoint tiles of C and use disjoint scratch slots (one per worker).
+pub(crate) struct SharedMut(pub(crate) *mut f32);
+// SAFETY: every user hands each task a disjoint part of the buffer (see each `unsafe` use).
 unsafe impl Sync for SharedMut {}
 unsafe impl Send for SharedMut {}
 
 impl SharedMut {
     // A method, so closures capture the whole (Sync) wrapper rather than its raw field.
-    pub(super) fn get(self) -> *mut f32 {
+    pub(crate) fn get(self) -> *mut f32 {
         self.0
     }
 

@@ -44,6 +44,50 @@ enum Weights {
     },
 }
 
+impl Weights {
+    /// `tile = pixels . panel` for the weight panel at `at` (one depth block of `kc` rows of
+    /// [`NR`] output channels), with the kernel for this storage and CPU.
+    #[inline(always)]
+    fn panel_product(&self, simd: Simd, at: usize, kc: usize, pixels: &[f32], tile: &mut Tile) {
+        match self {
+            Weights::Single(w) => {
+                let w_panel = BBlock {
+                    b: &w[at..at + kc * NR],
+                    rows: &PANEL_ROWS[..kc],
+                };
+                match simd {
+                    Simd::Portable => kernel_portable(kc, pixels, w_panel, tile),
+                    // SAFETY: detect() checked the CPU; lengths are exact above.
+                    #[cfg(target_arch = "x86_64")]
+                    Simd::Avx2Fma => unsafe { kernel_avx2(kc, pixels, w_panel, tile) },
+                }
+            }
+            Weights::Int8 { values, .. } => {
+                let w_panel = Int8Block {
+                    b: &values[at..at + kc * NR],
+                };
+                match simd {
+                    Simd::Portable => kernel_portable_i8(kc, pixels, w_panel, tile),
+                    // SAFETY: detect() checked AVX2 and FMA; lengths above.
+                    #[cfg(target_arch = "x86_64")]
+                    Simd::Avx2Fma => unsafe { kernel_avx2_i8(kc, pixels, w_panel, tile) },
+                }
+            }
+            Weights::Half(w) => {
+                let w_panel = HalfBlock {
+                    b: &w[at..at + kc * NR],
+                };
+                match simd {
+                    Simd::Portable => kernel_portable_f16(kc, pixels, w_panel, tile),
+                    // SAFETY: detect() checked AVX2, FMA and F16C; lengths above.
+                    #[cfg(target_arch = "x86_64")]
+                    Simd::Avx2Fma => unsafe { kernel_avx2_f16(kc, pixels, w_panel, tile) },
+                }
+            }
+        }
+    }
+}
+
 impl PackedAT {
     pub fn from_packed(a: &PackedA) -> PackedAT {
         let (m, k) = (a.m, a.k);
@@ -218,8 +262,8 @@ pub fn gemm_narrow(
 
 /// [`gemm_narrow`] over a batch of images laid out as `batch` says (`b` is usually a
 /// [`BatchedB`]): bit-identical to one [`gemm_narrow`] per image, with each weight panel read
-/// once for the whole batch. Requires `batch.columns() <= NC` rounded down to a multiple of [`MR`]; the residual has
-/// `C`'s layout.
+/// once for the whole batch. Requires `batch.columns() <= NC` rounded down to a multiple of
+/// [`MR`]; the residual has `C`'s layout.
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_narrow_batch(
     a: &PackedAT,
@@ -264,7 +308,7 @@ pub fn gemm_narrow_batch(
     // the tasks differ only in their rows of A, and packing B again in each of them was pure
     // duplicated work (all of it on the critical path with two threads). As many depth blocks
     // as the scratch holds are packed by one parallel job, then multiplied by another.
-    let padded_n = n.div_ceil(MR) * MR;
+    let padded_n = Batch::image_columns(n);
     let blocks = k.div_ceil(KC);
     if KC * padded_n > scratch.len() {
         return Err(KernelError::InvalidParams(
@@ -312,54 +356,7 @@ pub fn gemm_narrow_batch(
                     let channels = NR.min(m - q * NR);
                     for pp in 0..n.div_ceil(MR) {
                         let pixels = &pack[pp * kc * MR..][..kc * MR];
-                        match &a.data {
-                            Weights::Single(w) => {
-                                let w_panel = BBlock {
-                                    b: &w[at..at + kc * NR],
-                                    rows: &PANEL_ROWS[..kc],
-                                };
-                                match simd {
-                                    Simd::Portable => {
-                                        kernel_portable(kc, pixels, w_panel, &mut tile)
-                                    }
-                                    // SAFETY: detect() checked the CPU; lengths are exact above.
-                                    #[cfg(target_arch = "x86_64")]
-                                    Simd::Avx2Fma => unsafe {
-                                        kernel_avx2(kc, pixels, w_panel, &mut tile)
-                                    },
-                                }
-                            }
-                            Weights::Int8 { values, .. } => {
-                                let w_panel = Int8Block {
-                                    b: &values[at..at + kc * NR],
-                                };
-                                match simd {
-                                    Simd::Portable => {
-                                        kernel_portable_i8(kc, pixels, w_panel, &mut tile)
-                                    }
-                                    // SAFETY: detect() checked AVX2 and FMA; lengths above.
-                                    #[cfg(target_arch = "x86_64")]
-                                    Simd::Avx2Fma => unsafe {
-                                        kernel_avx2_i8(kc, pixels, w_panel, &mut tile)
-                                    },
-                                }
-                            }
-                            Weights::Half(w) => {
-                                let w_panel = HalfBlock {
-                                    b: &w[at..at + kc * NR],
-                                };
-                                match simd {
-                                    Simd::Portable => {
-                                        kernel_portable_f16(kc, pixels, w_panel, &mut tile)
-                                    }
-                                    // SAFETY: detect() checked AVX2, FMA and F16C; lengths above.
-                                    #[cfg(target_arch = "x86_64")]
-                                    Simd::Avx2Fma => unsafe {
-                                        kernel_avx2_f16(kc, pixels, w_panel, &mut tile)
-                                    },
-                                }
-                            }
-                        }
+                        a.data.panel_product(simd, at, kc, pixels, &mut tile);
                         let column = pp * MR;
                         let (image, px0) = (column / batch.padded, column % batch.padded);
                         let count = MR.min(batch.pixels.saturating_sub(px0));
