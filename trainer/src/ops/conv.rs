@@ -106,6 +106,16 @@ pub(super) fn contiguous_f32<'a>(
     }
 }
 
+/// The column matrix of images `[first, first + count)` of the input `x`, image-major along
+/// its `count * plane` columns (one GEMM's right-hand side).
+fn im2col_chunk(g: &ConvGeometry, x: &[f32], first: usize, count: usize, col: &mut [f32]) {
+    let (in_image, plane) = (g.c_in * g.in_plane(), g.out_plane());
+    for b in 0..count {
+        let image = &x[(first + b) * in_image..(first + b + 1) * in_image];
+        im2col(g, image, col, count * plane, b * plane);
+    }
+}
+
 /// Copies images `[first, first + count)` of a (N, rows, plane) tensor into a (rows, count*plane)
 /// matrix, the column layout the GEMMs use.
 fn gather_chunk(
@@ -188,10 +198,7 @@ pub fn conv2d_forward(g: &ConvGeometry, x: &[f32], w: &[f32]) -> Vec<f32> {
                     &x[image0 * in_image..(image0 + 1) * in_image]
                 } else {
                     let col = at_least(&mut scratch.col, rows * width);
-                    for b in 0..count {
-                        let image = &x[(image0 + b) * in_image..(image0 + b + 1) * in_image];
-                        im2col(g, image, col, width, b * plane);
-                    }
+                    im2col_chunk(g, x, image0, count, col);
                     &*col
                 };
                 if count == 1 {
@@ -323,10 +330,7 @@ pub fn conv2d_weight_grad(g: &ConvGeometry, x: &[f32], grad_y: &[f32]) -> Vec<f3
                     &x[image0 * in_image..(image0 + 1) * in_image]
                 } else {
                     let col = at_least(&mut scratch.col, rows * width);
-                    for b in 0..count {
-                        let image = &x[(image0 + b) * in_image..(image0 + b + 1) * in_image];
-                        im2col(g, image, col, width, b * plane);
-                    }
+                    im2col_chunk(g, x, image0, count, col);
                     &*col
                 };
                 sgemm(

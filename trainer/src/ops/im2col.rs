@@ -133,9 +133,8 @@ pub fn im2col(g: &ConvGeometry, image: &[f32], col: &mut [f32], row_len: usize, 
                 dst[..oh_lo * ow_n].fill(0.0);
                 dst[oh_hi * ow_n..].fill(0.0);
                 if s == 1 && ow_n == g.w {
-                    same_width_band(src_plane, dst, (oh_lo, oh_hi), (ow_lo, ow_hi), ow_n, {
-                        (kh * g.w + kw) as isize - (g.padding * g.w + g.padding) as isize
-                    });
+                    let offset = (kh * g.w + kw) as isize - (g.padding * g.w + g.padding) as isize;
+                    same_width_band(src_plane, dst, (oh_lo, oh_hi), (ow_lo, ow_hi), ow_n, offset);
                     continue;
                 }
                 for oh in oh_lo..oh_hi {
@@ -185,15 +184,13 @@ fn same_width_band(
         dst[start..end].fill(0.0);
         return;
     }
-    // Clip to the input plane; whatever is clipped lies in padding columns.
+    // Clip to the input plane; whatever is clipped lies in padding columns, zeroed below.
     let lo = ((-offset).max(0) as usize).clamp(start, end);
     let hi = ((src_plane.len() as isize - offset).max(0) as usize).clamp(lo, end);
-    dst[start..lo].fill(0.0);
     if lo < hi {
         let from = (lo as isize + offset) as usize;
         dst[lo..hi].copy_from_slice(&src_plane[from..from + (hi - lo)]);
     }
-    dst[hi..end].fill(0.0);
     for row in dst[start..end].chunks_exact_mut(width) {
         row[..ow_lo].fill(0.0);
         row[ow_hi..].fill(0.0);
