@@ -19,7 +19,7 @@ seeds=${*:-2 3 5}
 budget=${BUDGET_S:-480}
 runs=${RUNS_DIR:-/tmp/face2exp-gpu-runs}
 here=$(cd "$(dirname "$0")" && pwd)
-mkdir -p "$results" "$runs"
+mkdir -p "$results"
 export LD_LIBRARY_PATH="/usr/local/nvidia/lib64:/usr/local/nvidia/lib:$(echo /opt/torch/.venv/lib/python3*/site-packages/nvidia/cu13/lib):${LD_LIBRARY_PATH:-}"
 nvidia-smi -L || true
 "$bin" --version || exit 1
