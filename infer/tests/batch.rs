@@ -6,7 +6,8 @@ mod common;
 
 use common::{model_file, random_pixels, Spec};
 use face2exp_infer::{
-    FaceRegion, ImageView, Model, PixelFormat, Prediction, Session, SessionConfig, MAX_BATCH,
+    ClassifyError, FaceRegion, ImageView, Model, PixelFormat, Prediction, Session, SessionConfig,
+    MAX_BATCH,
 };
 
 /// `count` different face boxes inside a `width x height` frame, some with landmarks.
@@ -90,6 +91,50 @@ fn batched_predictions_equal_one_face_at_a_time() {
         check(&spec, false);
         if input_size == 48 {
             check(&spec, true);
+        }
+    }
+}
+
+/// A bad face anywhere in a batch fails the whole call with that face's error, whichever
+/// thread took it, and leaves the session working: the next batch is still right.
+#[test]
+fn a_bad_face_fails_the_batch_and_the_session_recovers() {
+    let spec = Spec {
+        arch: "resnet18",
+        stem: "imagenet",
+        input_size: 48,
+        classes: 7,
+    };
+    let model = Model::from_bytes(&model_file(&spec, 7)).unwrap();
+    let (w, h) = (160usize, 120usize);
+    let pixels = random_pixels(w * h * 3, 5);
+    let view = ImageView::packed(&pixels, w, h, PixelFormat::Rgb8).unwrap();
+    let good = faces(4, w as f32, h as f32);
+    for threads in [1, 2] {
+        let mut session = Session::new(
+            &model,
+            SessionConfig {
+                max_width: w,
+                max_height: h,
+                threads,
+            },
+        );
+        let alone: Vec<Prediction> = good
+            .iter()
+            .map(|face| session.classify_face(&view, face).unwrap())
+            .collect();
+        for bad_at in 0..good.len() {
+            let mut faces = good.clone();
+            faces[bad_at].bbox = [10.0, 10.0, 0.0, 20.0];
+            faces[bad_at].landmarks = None;
+            let mut out = vec![Prediction::EMPTY; faces.len()];
+            let result = session.classify_batch(&view, &faces, &mut out);
+            assert!(
+                matches!(result, Err(ClassifyError::BadFace("box has no area"))),
+                "{threads} threads, bad face {bad_at}: {result:?}"
+            );
+            session.classify_batch(&view, &good, &mut out).unwrap();
+            assert_eq!(out, alone, "{threads} threads, after bad face {bad_at}");
         }
     }
 }
