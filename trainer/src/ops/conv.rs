@@ -25,6 +25,8 @@ struct Scratch {
     col: Vec<f32>,
     out: Vec<f32>,
     gathered: Vec<f32>,
+    /// One zero-bordered input plane for im2col / col2im.
+    padded: Vec<f32>,
 }
 
 thread_local! {
@@ -108,11 +110,17 @@ pub(super) fn contiguous_f32<'a>(
 
 /// The column matrix of images `[first, first + count)` of the input `x`, image-major along
 /// its `count * plane` columns (one GEMM's right-hand side).
-fn im2col_chunk(g: &ConvGeometry, x: &[f32], first: usize, count: usize, col: &mut [f32]) {
+fn im2col_chunk(
+    g: &ConvGeometry,
+    x: &[f32],
+    (first, count): (usize, usize),
+    col: &mut [f32],
+    padded: &mut Vec<f32>,
+) {
     let (in_image, plane) = (g.c_in * g.in_plane(), g.out_plane());
     for b in 0..count {
         let image = &x[(first + b) * in_image..(first + b + 1) * in_image];
-        im2col(g, image, col, count * plane, b * plane);
+        im2col(g, image, col, count * plane, b * plane, padded);
     }
 }
 
@@ -198,7 +206,7 @@ pub fn conv2d_forward(g: &ConvGeometry, x: &[f32], w: &[f32]) -> Vec<f32> {
                     &x[image0 * in_image..(image0 + 1) * in_image]
                 } else {
                     let col = at_least(&mut scratch.col, rows * width);
-                    im2col_chunk(g, x, image0, count, col);
+                    im2col_chunk(g, x, (image0, count), col, &mut scratch.padded);
                     &*col
                 };
                 if count == 1 {
@@ -289,7 +297,7 @@ pub fn conv2d_input_grad(g: &ConvGeometry, grad_y: &[f32], w: &[f32]) -> Vec<f32
                     );
                     for b in 0..count {
                         let dst = &mut gx_group[(done + b) * in_image..(done + b + 1) * in_image];
-                        col2im(g, col, width, b * plane, dst);
+                        col2im(g, col, width, b * plane, dst, &mut scratch.padded);
                     }
                 }
                 done += count;
@@ -330,7 +338,7 @@ pub fn conv2d_weight_grad(g: &ConvGeometry, x: &[f32], grad_y: &[f32]) -> Vec<f3
                     &x[image0 * in_image..(image0 + 1) * in_image]
                 } else {
                     let col = at_least(&mut scratch.col, rows * width);
-                    im2col_chunk(g, x, image0, count, col);
+                    im2col_chunk(g, x, (image0, count), col, &mut scratch.padded);
                     &*col
                 };
                 sgemm(
