@@ -140,12 +140,32 @@ pub fn im2col(
     }
 }
 
-/// `dst.copy_from_slice(src)` for the few floats of one image row, as a loop the compiler
-/// unrolls in place rather than a `memcpy` call, whose fixed cost dominates at these lengths.
+/// `dst.copy_from_slice(src)` for the few floats of one image row, in fixed-size pieces the
+/// compiler turns into register moves: a plain loop is recognised as a copy and becomes a
+/// `memcpy` call, whose fixed cost dominates at these lengths.
 #[inline(always)]
 fn copy_short(dst: &mut [f32], src: &[f32]) {
-    for (d, x) in dst.iter_mut().zip(src) {
-        *d = *x;
+    let n = dst.len().min(src.len());
+    let (mut dst, mut src) = (&mut dst[..n], &src[..n]);
+    while dst.len() >= 8 {
+        let (head, rest) = dst.split_at_mut(8);
+        head.copy_from_slice(&src[..8]);
+        (dst, src) = (rest, &src[8..]);
+    }
+    if dst.len() >= 4 {
+        let (head, rest) = dst.split_at_mut(4);
+        head.copy_from_slice(&src[..4]);
+        (dst, src) = (rest, &src[4..]);
+    }
+    // At most three left: separate statements, so no loop to recognise.
+    if let Some(d) = dst.get_mut(0) {
+        *d = src[0];
+    }
+    if let Some(d) = dst.get_mut(1) {
+        *d = src[1];
+    }
+    if let Some(d) = dst.get_mut(2) {
+        *d = src[2];
     }
 }
 
