@@ -24,6 +24,23 @@ pub fn set_fast_cpu_kernels(enabled: bool) {
     FAST_CPU_KERNELS.store(enabled, Ordering::Relaxed);
 }
 
+/// How many times candle's element-wise worker threads poll for more work before they park,
+/// unless `CANDLE_BARRIER_POOL_SPIN_LIMIT` is set. With candle's default (25,000) an idle worker
+/// keeps polling through the convolutions that run on rayon's threads in between, taking a core
+/// from them: on the 2-core development machine the polling was 5 % of a training step's CPU
+/// time, and 1,000 made the step about 5 % faster (docs/BENCHMARKS.md, "Training kernels").
+pub const CANDLE_SPIN_LIMIT: u32 = 1_000;
+
+/// Applies [`CANDLE_SPIN_LIMIT`] unless the user chose a limit. candle reads the variable once,
+/// when its worker threads start (the first parallel element-wise op): call this first thing
+/// in `main`, before any thread exists, as the `face2exp` binary and the benchmarks do.
+pub fn configure_cpu_threads() {
+    const VAR: &str = "CANDLE_BARRIER_POOL_SPIN_LIMIT";
+    if std::env::var_os(VAR).is_none() {
+        std::env::set_var(VAR, CANDLE_SPIN_LIMIT.to_string());
+    }
+}
+
 /// Whether [`set_fast_cpu_kernels`] left the fast CPU kernels on.
 pub fn fast_cpu_kernels() -> bool {
     FAST_CPU_KERNELS.load(Ordering::Relaxed)
