@@ -7,7 +7,8 @@
 //!   cargo bench -p face2exp-trainer --bench train_step -- forward --image 112
 //! `step`/`forward` print one JSON line; scripts/bench_train.py runs them next to PyTorch.
 //! Threads: rayon's (`RAYON_NUM_THREADS`, default all cores); candle's element-wise workers
-//! poll `CANDLE_BARRIER_POOL_SPIN_LIMIT` times before parking (1,000 unless set, as in `face2exp`).
+//! poll `CANDLE_BARRIER_POOL_SPIN_LIMIT` times before parking, and glibc keeps freed memory
+//! (`ops::configure_cpu_runtime`, as in `face2exp`).
 
 use std::process::Command;
 use std::time::Instant;
@@ -317,7 +318,7 @@ fn suite() -> Result<()> {
 }
 
 fn main() -> Result<()> {
-    face2exp_trainer::ops::configure_cpu_threads();
+    face2exp_trainer::ops::configure_cpu_runtime();
     match Cli::parse().what {
         Some(What::Step(cfg)) => run("step", &cfg),
         Some(What::Forward(cfg)) => run("forward", &cfg),

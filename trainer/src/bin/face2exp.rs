@@ -261,7 +261,7 @@ struct ExportArgs {
 }
 
 fn main() {
-    face2exp_trainer::ops::configure_cpu_threads();
+    face2exp_trainer::ops::configure_cpu_runtime();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
