@@ -94,15 +94,15 @@ pub struct Args {
     pub detect_downscale: Option<u8>,
 
     /// Keep the classifier's late-layer weights (its memory-bound last stages) as half
-    /// floats: about 1.3x faster per face; on FER2013 val 99.97% of predictions and the
-    /// accuracy stay the same (probabilities move by at most 1.4e-4), see docs/BENCHMARKS.md.
+    /// floats: about 1.3x faster per face; on FER2013 val every prediction and the accuracy
+    /// stay the same (probabilities move by at most 2.2e-4), see docs/BENCHMARKS.md.
     #[arg(long)]
     pub half_weights: bool,
 
     /// Keep the classifier's late-layer weights as signed bytes with one scale per output
     /// channel: a quarter of the memory traffic of single precision, faster still per face;
-    /// on FER2013 val 99.78% of predictions agree and accuracy drops from 60.27% to 60.16%
-    /// (probabilities move by at most 4.8e-3), see docs/BENCHMARKS.md.
+    /// on FER2013 val 99.75% of predictions agree, at 62.83% accuracy against 62.80%
+    /// (probabilities move by at most 8.9e-3), see docs/BENCHMARKS.md.
     #[arg(long, conflicts_with = "half_weights")]
     pub int8_weights: bool,
 
