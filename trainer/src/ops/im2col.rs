@@ -83,6 +83,19 @@ impl ConvGeometry {
     pub fn is_pointwise(&self) -> bool {
         self.k == 1 && self.stride == 1 && self.padding == 0
     }
+
+    /// Width and float count of one input plane with its zero border, the plane [`im2col`]
+    /// reads from and [`col2im`] sums into.
+    fn padded_plane(&self) -> (usize, usize) {
+        let width = self.w + 2 * self.padding;
+        (width, width * (self.h + 2 * self.padding))
+    }
+
+    /// Where each input row starts inside the bordered plane.
+    fn padded_row_starts(&self) -> impl Iterator<Item = usize> {
+        let (width, p) = (self.padded_plane().0, self.padding);
+        (0..self.h).map(move |r| (r + p) * width + p)
+    }
 }
 
 /// Writes the column matrix of one image (`C_in*H*W` values) into `col`, whose rows are
@@ -103,17 +116,16 @@ pub fn im2col(
 ) {
     let (k, s, ow_n) = (g.k, g.stride, g.out_w);
     let plane = g.out_plane();
-    let pw = g.w + 2 * g.padding;
+    let (pw, padded_len) = g.padded_plane();
     if g.padding > 0 {
         // Borders stay zero: each channel overwrites the interior only.
         padded.clear();
-        padded.resize(pw * (g.h + 2 * g.padding), 0.0);
+        padded.resize(padded_len, 0.0);
     }
     for c in 0..g.c_in {
         let src_plane = &image[c * g.in_plane()..(c + 1) * g.in_plane()];
         let source: &[f32] = if g.padding > 0 {
-            for (r, src_row) in src_plane.chunks_exact(g.w).enumerate() {
-                let at = (r + g.padding) * pw + g.padding;
+            for (at, src_row) in g.padded_row_starts().zip(src_plane.chunks_exact(g.w)) {
                 copy_short(&mut padded[at..at + g.w], src_row);
             }
             padded
@@ -184,8 +196,7 @@ pub fn col2im(
     let (k, s, ow_n) = (g.k, g.stride, g.out_w);
     let plane = g.out_plane();
     let in_plane = g.in_plane();
-    let pw = g.w + 2 * g.padding;
-    let padded_len = pw * (g.h + 2 * g.padding);
+    let (pw, padded_len) = g.padded_plane();
     if padded.len() < padded_len {
         padded.resize(padded_len, 0.0);
     }
@@ -218,8 +229,7 @@ pub fn col2im(
         }
         if g.padding > 0 {
             let dst_plane = &mut image[c * in_plane..(c + 1) * in_plane];
-            for (r, dst_row) in dst_plane.chunks_exact_mut(g.w).enumerate() {
-                let at = (r + g.padding) * pw + g.padding;
+            for (at, dst_row) in g.padded_row_starts().zip(dst_plane.chunks_exact_mut(g.w)) {
                 for (d, x) in dst_row.iter_mut().zip(&padded[at..at + g.w]) {
                     *d += *x;
                 }

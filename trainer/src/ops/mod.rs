@@ -40,8 +40,9 @@ pub const CANDLE_SPIN_LIMIT: u32 = 1_000;
 ///   the process (no trimming; the heap grows in 256 MiB steps; blocks up to 32 MiB come from
 ///   the heap, not `mmap`). A training step frees and allocates the same few hundred MiB of
 ///   tensors every time; glibc's defaults hand much of it back to the kernel, and the step then
-///   spends ~5 % of its time zeroing and faulting the same pages in again. This kept 64 px /
-///   batch 64 steps ~10 % faster for ~10 MiB more peak RSS (docs/BENCHMARKS.md).
+///   spends ~5 % of its time zeroing and faulting the same pages in again. This made 64 px /
+///   batch 64 steps ~7 % and 112 px / batch 32 steps ~14 % faster for 14-40 MiB more peak RSS
+///   (docs/BENCHMARKS.md).
 pub fn configure_cpu_runtime() {
     const SPIN: &str = "CANDLE_BARRIER_POOL_SPIN_LIMIT";
     if std::env::var_os(SPIN).is_none() {
