@@ -2,10 +2,11 @@
 torchvision's (loaded with strict names) and that the preprocessing in docs/FORMAT.md is
 complete, by reproducing `face2exp eval` on an image-folder dataset.
 
-    python tools/torch_eval.py weights/face2exp-base.safetensors ../shared/data/fer2013/val
+    python tools/torch_eval.py weights/face2exp-base.safetensors ../shared/data/fer2013/val [--hflip]
 
 Needs torch, numpy and pillow. Prints overall, mean and std of per-class accuracy, which
 should equal `face2exp eval --weights FILE --data imagefolder:DIR` up to float rounding.
+`--hflip` averages each image's softmax with its mirror image's, as `face2exp eval --tta hflip`.
 ResNet-18 only (scripts/bench_infer_torch.py writes the network out).
 """
 
@@ -24,7 +25,9 @@ ALIASES = {"angry": "anger", "happiness": "happy", "sadness": "sad", "surprised"
 
 
 def main():
-    weights, root = sys.argv[1], sys.argv[2]
+    args = [a for a in sys.argv[1:] if a != "--hflip"]
+    hflip = len(args) < len(sys.argv) - 1
+    weights, root = args[0], args[1]
     model, size = load_face2exp(weights)
     _, meta = read_safetensors(weights)
     classes = meta["classes"].split(",")
@@ -41,9 +44,12 @@ def main():
                 img = img.resize((size, size), Image.BILINEAR, reducing_gap=None)
             x = (np.asarray(img, dtype=np.float32) / 255.0 - mean) / std
             batch.append(x.transpose(2, 0, 1))
+        x = torch.from_numpy(np.stack(batch))
         with torch.inference_mode():
-            logits = model(torch.from_numpy(np.stack(batch)))
-        for p in logits.argmax(1).tolist():
+            scores = model(x).softmax(1)
+            if hflip:
+                scores = scores + model(torch.flip(x, dims=[3])).softmax(1)
+        for p in scores.argmax(1).tolist():
             confusion[label, p] += 1
     per_class = confusion.diagonal() / confusion.sum(1)
     print(f"images {confusion.sum()}")

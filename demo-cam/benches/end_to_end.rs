@@ -247,6 +247,7 @@ fn main() -> Result<()> {
                 detect_downscale: downscale,
                 late_weights,
                 pipelined,
+                flip_average: false,
             };
             let precision = match late_weights {
                 None => "f32",

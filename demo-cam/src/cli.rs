@@ -106,6 +106,12 @@ pub struct Args {
     #[arg(long, conflicts_with = "half_weights")]
     pub int8_weights: bool,
 
+    /// Also classify each face mirrored left-right and average the two predictions: on
+    /// FER2013 val 63.75% accuracy instead of 62.80% (docs/RESULTS.md), for 1.5-2x the
+    /// classification time (docs/BENCHMARKS.md). `auto`: on for image files, off for a camera.
+    #[arg(long, value_enum, value_name = "WHEN", default_value = "auto")]
+    pub flip_average: Switch,
+
     /// Detect and classify each frame in turn, every thread on one stage at a time. By
     /// default, with 2 or more threads, the next frame's faces are detected on a thread of
     /// its own while this frame's are classified (the threads split between the two stages):
@@ -142,8 +148,15 @@ pub struct Args {
     pub mirror: bool,
 }
 
+/// An option that is on, off, or decided by the kind of input.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Switch {
+    Auto,
+    On,
+    Off,
+}
+
 impl Args {
-    /// `--threads`, or one per CPU core.
     /// How the classifier's late-layer weights are stored (`--half-weights`, `--int8-weights`).
     pub fn late_weights(&self) -> Option<LatePrecision> {
         if self.int8_weights {
@@ -155,6 +168,7 @@ impl Args {
         }
     }
 
+    /// `--threads`, or one per CPU core.
     pub fn thread_count(&self) -> usize {
         self.threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
@@ -165,6 +179,15 @@ impl Args {
     pub fn detect_downscale_for(&self, live: bool) -> usize {
         self.detect_downscale
             .map_or(if live { 2 } else { 1 }, usize::from)
+    }
+
+    /// `--flip-average`, with `auto` resolved: off for a camera (speed), on for files.
+    pub fn flip_average_for(&self, live: bool) -> bool {
+        match self.flip_average {
+            Switch::Auto => !live,
+            Switch::On => true,
+            Switch::Off => false,
+        }
     }
 
     /// Pipelined unless `--no-pipeline` or a single thread.
@@ -210,6 +233,18 @@ mod tests {
             ),
             (2, 1)
         );
+        assert_eq!(
+            (args.flip_average_for(true), args.flip_average_for(false)),
+            (false, true)
+        );
+        for (flag, want) in [("on", true), ("off", false)] {
+            let args = Args::try_parse_from(["face2exp-demo", "--flip-average", flag]).unwrap();
+            assert_eq!(
+                (args.flip_average_for(true), args.flip_average_for(false)),
+                (want, want)
+            );
+        }
+        assert!(Args::try_parse_from(["face2exp-demo", "--flip-average", "maybe"]).is_err());
         let args = Args::try_parse_from([
             "face2exp-demo",
             "--threads",

@@ -60,6 +60,7 @@ fn run(args: &Args) -> Result<ExitCode> {
         detect_downscale: args.detect_downscale_for(source.is_live()),
         late_weights: args.late_weights(),
         pipelined: args.pipelined(),
+        flip_average: args.flip_average_for(source.is_live()),
     };
     let engine = Engine::load(&classifier, detector.as_ref(), &config)?;
     let mut pipeline = Pipeline::new(engine, tracking);

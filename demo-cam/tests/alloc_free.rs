@@ -88,12 +88,13 @@ fn steady_state_frames_allocate_nothing() {
         height: photo.height(),
     };
 
-    for (threads, late_weights, pipelined) in [
-        (1, None, false),
-        (2, None, false),
-        (1, Some(LatePrecision::F16), false),
-        (1, Some(LatePrecision::Int8), false),
-        (2, None, true),
+    for (threads, late_weights, pipelined, flip_average) in [
+        (1, None, false, false),
+        (2, None, false, false),
+        (1, Some(LatePrecision::F16), false, false),
+        (1, Some(LatePrecision::Int8), false, false),
+        (2, None, true, false),
+        (2, None, true, true),
     ] {
         let config = EngineConfig {
             threads,
@@ -102,6 +103,7 @@ fn steady_state_frames_allocate_nothing() {
             detect_downscale: 1,
             late_weights,
             pipelined,
+            flip_average,
         };
         let engine = Engine::load(&classifier, Some(&detector), &config).unwrap();
         let mut pipeline = Pipeline::new(engine, Some(TrackerConfig::default()));
@@ -130,7 +132,7 @@ fn steady_state_frames_allocate_nothing() {
         let allocated = ALLOCATIONS.load(Ordering::SeqCst) - before;
         assert_eq!(
             allocated, 0,
-            "{allocated} allocations in 10 warm frames on {threads} thread(s), pipelined {pipelined}"
+            "{allocated} allocations in 10 warm frames on {threads} thread(s), pipelined {pipelined}, flip average {flip_average}"
         );
     }
 }

@@ -49,7 +49,13 @@ fn count(f: impl FnOnce()) -> (usize, usize) {
     )
 }
 
-fn check_session(model: &Model, threads: usize, formats: &[PixelFormat], calls: usize) {
+fn check_session(
+    model: &Model,
+    threads: usize,
+    formats: &[PixelFormat],
+    calls: usize,
+    flip_average: bool,
+) {
     let mut session = Session::new(
         model,
         SessionConfig {
@@ -58,6 +64,7 @@ fn check_session(model: &Model, threads: usize, formats: &[PixelFormat], calls: 
             threads,
         },
     );
+    session.set_flip_average(flip_average);
     // Different sizes per call: buffers must be sized for the maximum, not the first image.
     let sizes = [(160usize, 120usize), (38, 41), (8, 6), (100, 3)];
     let frames: Vec<Vec<u8>> = sizes
@@ -97,7 +104,7 @@ fn check_session(model: &Model, threads: usize, formats: &[PixelFormat], calls: 
         assert_eq!(
             (allocs, reallocs),
             (0, 0),
-            "{format:?}, {threads} threads: allocations during classify"
+            "{format:?}, {threads} threads, flip average {flip_average}: allocations during classify"
         );
     }
 }
@@ -111,10 +118,13 @@ fn classify_allocates_nothing_after_warm_up() {
         classes: 7,
     };
     let mut model = Model::from_bytes(&model_file(&spec, 4)).unwrap();
-    check_session(&model, 1, &PixelFormat::ALL, 100);
+    check_session(&model, 1, &PixelFormat::ALL, 100, false);
     // The worker pool must not allocate per job either (fewer calls: the test runs in CI).
-    check_session(&model, 2, &[PixelFormat::Rgb8], 20);
+    check_session(&model, 2, &[PixelFormat::Rgb8], 20, false);
+    // Nor averaging each face with its mirror image, batched or not.
+    check_session(&model, 1, &[PixelFormat::Rgb8], 20, true);
+    check_session(&model, 2, &[PixelFormat::Rgb8], 20, true);
     // Nor the half-precision late layers.
     assert!(model.store_late_weights_as_f16() > 0);
-    check_session(&model, 1, &[PixelFormat::Rgb8], 20);
+    check_session(&model, 1, &[PixelFormat::Rgb8], 20, false);
 }

@@ -8,7 +8,7 @@ use anyhow::Context;
 use candle_core::{Device, Tensor};
 
 use crate::data::{self, DatasetSpec, LoaderConfig};
-use crate::eval::Metrics;
+use crate::eval::{Metrics, Tta};
 use crate::export::{self, ModelMeta};
 use crate::model::ResNetConfig;
 use crate::train::checkpoint;
@@ -17,12 +17,14 @@ use crate::train::run::{sorted, BEST_FILE, CHECKPOINT_FILE};
 use crate::train::TrainConfig;
 
 /// Evaluates inference weights on a labeled dataset, preprocessing as the file's metadata says.
-/// Corrupt images are skipped, counted and reported by the loader.
+/// Corrupt images are skipped, counted and reported by the loader. `tta` adds test-time
+/// augmentation (see [`Tta`]).
 pub fn eval_weights(
     weights: &Path,
     spec: &DatasetSpec,
     device: &str,
     batch_size: usize,
+    tta: Tta,
 ) -> anyhow::Result<Metrics> {
     let device = parse_device(device)?;
     let (model, meta) = export::load_model(weights, &device)?;
@@ -49,7 +51,7 @@ pub fn eval_weights(
         let batch = batch?;
         Ok((batch.to_tensor(&device)?, batch.labels.clone()))
     });
-    crate::eval::evaluate(&model, batches, &device)
+    crate::eval::evaluate_with(&model, batches, &device, tta)
 }
 
 /// Writes the inference weights of network `net` (`base` or `adaptation`) of a run folder.

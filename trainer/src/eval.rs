@@ -12,6 +12,7 @@ use std::fmt;
 
 use anyhow::{bail, Context};
 use candle_core::{Device, Tensor, D};
+use candle_nn::ops::softmax;
 use serde_json::{json, Map, Value};
 
 use crate::model::{BnMode, ResNet};
@@ -153,12 +154,33 @@ fn truncate(s: &str, max: usize) -> &str {
     s.char_indices().nth(max).map_or(s, |(i, _)| &s[..i])
 }
 
+/// Test-time augmentation of `face2exp eval`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Tta {
+    /// Each image once, as it is.
+    #[default]
+    None,
+    /// Each image and its left-right mirror image; the prediction is the argmax of the mean of
+    /// the two softmax distributions (what `infer`'s `Session::set_flip_average` does).
+    Hflip,
+}
+
 /// Runs `model` in eval mode over `batches` of (images (N, 3, S, S), labels) and returns the
 /// metrics over the model's classes. Labels must be canonical indices below the class count.
 pub fn evaluate(
     model: &ResNet,
     batches: impl Iterator<Item = anyhow::Result<(Tensor, Vec<u32>)>>,
     device: &Device,
+) -> anyhow::Result<Metrics> {
+    evaluate_with(model, batches, device, Tta::None)
+}
+
+/// [`evaluate`] with test-time augmentation.
+pub fn evaluate_with(
+    model: &ResNet,
+    batches: impl Iterator<Item = anyhow::Result<(Tensor, Vec<u32>)>>,
+    device: &Device,
+    tta: Tta,
 ) -> anyhow::Result<Metrics> {
     let k = model.config().num_classes;
     let mut confusion = vec![vec![0u64; k]; k];
@@ -177,11 +199,15 @@ pub fn evaluate(
         }
         // No gradient is wanted: detach so the graph holds nothing beyond this batch.
         let images = images.to_device(device)?.detach();
-        let predictions: Vec<u32> = model
-            .forward_with(&images, BnMode::Eval)?
-            .detach()
-            .argmax(D::Minus1)?
-            .to_vec1()?;
+        let logits = model.forward_with(&images, BnMode::Eval)?.detach();
+        let scores = match tta {
+            Tta::None => logits,
+            Tta::Hflip => {
+                let mirrored = model.forward_with(&images.flip(&[3])?, BnMode::Eval)?;
+                (softmax(&logits, D::Minus1)? + softmax(&mirrored.detach(), D::Minus1)?)?
+            }
+        };
+        let predictions: Vec<u32> = scores.argmax(D::Minus1)?.to_vec1()?;
         for (&truth, &predicted) in labels.iter().zip(&predictions) {
             confusion[truth as usize][predicted as usize] += 1;
         }
@@ -281,6 +307,23 @@ mod tests {
         let diagonal: u64 = (0..7).map(|i| m.confusion[i][i]).sum();
         assert_eq!(diagonal, 3);
         assert!(m.confusion[labels[3] as usize][predicted[3] as usize] >= 1);
+        // Flip averaging: labels set to the argmax of the mean of both views' softmax, done
+        // by hand, must all count as right; the plain predictions are not all the same.
+        let mirrored = images.flip(&[3])?;
+        let by_hand: Vec<u32> = (softmax(&model.forward_t(&images, false)?, D::Minus1)?
+            + softmax(&model.forward_t(&mirrored, false)?, D::Minus1)?)?
+        .argmax(D::Minus1)?
+        .to_vec1()?;
+        let flip = evaluate_with(
+            &model,
+            vec![Ok((images.clone(), by_hand.clone()))].into_iter(),
+            &dev,
+            Tta::Hflip,
+        )?;
+        assert_eq!(flip.overall_acc, 1.0);
+        let column: Vec<f32> = mirrored.narrow(3, 0, 1)?.flatten_all()?.to_vec1()?;
+        let last: Vec<f32> = images.narrow(3, 31, 1)?.flatten_all()?.to_vec1()?;
+        assert_eq!(column, last, "flip(3) mirrors left-right");
         let bad = vec![Ok((images.narrow(0, 0, 1)?, vec![7u32]))];
         let err = evaluate(&model, bad.into_iter(), &dev)
             .unwrap_err()

@@ -158,7 +158,14 @@ fn feedback_changes_the_base_network_and_exports_evaluate() {
         let spec = format!("imagefolder:{}", data.path().join("train").display())
             .parse()
             .unwrap();
-        let metrics = face2exp_trainer::commands::eval_weights(&file, &spec, "cpu", 16).unwrap();
+        let metrics = face2exp_trainer::commands::eval_weights(
+            &file,
+            &spec,
+            "cpu",
+            16,
+            face2exp_trainer::eval::Tta::None,
+        )
+        .unwrap();
         assert_eq!(metrics.n, 28);
         let json = metrics.to_json();
         for key in [
