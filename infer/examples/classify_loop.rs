@@ -2,13 +2,14 @@
 //! seconds and prints the median and minimum time per call: a steady workload for a profiler.
 //!
 //!     cargo run --release -p face2exp-infer --example classify_loop -- \
-//!         [f32|f16|int8] [THREADS] [SECONDS] [SCALE] [FACES]
+//!         [f32|f16|int8] [THREADS] [SECONDS] [SCALE] [FACES] [classify|align]
 //!     perf record -g target/release/examples/classify_loop int8 1 8
 //!
 //! The late layers' weights are stored as given (default int8); threads default to 1, seconds
 //! to 8. SCALE (default 1) scales the photo first: its faces are about 100 px at 1, and the
 //! alignment's cost grows with the face (it area-samples when shrinking to the input). FACES
-//! (default 1) above 1 times one `classify_batch` call on that many faces instead.
+//! (default 1) above 1 times one `classify_batch` call on that many faces instead. `align`
+//! times only the preprocessing of the faces (landmark alignment, `Session::preprocess`).
 
 mod common;
 
@@ -29,6 +30,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let count: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(1);
     // FACES > 1 classifies that many (the fixture's two, repeated) with one classify_batch.
     let faces: Vec<FaceRegion> = faces.iter().copied().cycle().take(count.max(1)).collect();
+    let align_only = match args.next().as_deref() {
+        None | Some("classify") => false,
+        Some("align") => true,
+        Some(other) => return Err(format!("unknown mode `{other}`: classify or align").into()),
+    };
     let mut out = vec![Prediction::EMPTY; faces.len()];
     let mut model = Model::load(common::repo_root().join("weights/face2exp-base.safetensors"))?;
     match precision.as_str() {
@@ -51,7 +57,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let start = Instant::now();
     while start.elapsed().as_secs_f64() < seconds {
         let t = Instant::now();
-        if faces.len() == 1 {
+        if align_only {
+            for face in &faces {
+                session.preprocess(&view, Some(face))?;
+            }
+        } else if faces.len() == 1 {
             session.classify_face(&view, &faces[0])?;
         } else {
             session.classify_batch(&view, &faces, &mut out)?;
@@ -60,9 +70,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     times.sort_by(f64::total_cmp);
     println!(
-        "{precision}, {threads} thread(s), {} face(s) per call: median {:.3} ms, min {:.3} ms per \
-         call over {} calls",
+        "{precision}, {threads} thread(s), {} face(s) per call{}: median {:.3} ms, min {:.3} ms \
+         per call over {} calls",
         faces.len(),
+        if align_only { ", alignment only" } else { "" },
         times[times.len() / 2],
         times[0],
         times.len()

@@ -22,6 +22,7 @@
 
 extern crate alloc;
 
+mod align;
 pub mod detect;
 mod error;
 mod image;
@@ -34,6 +35,7 @@ mod preprocess;
 mod session;
 mod tensor_read;
 
+pub use align::ALIGN_TEMPLATE;
 pub use error::{ClassifyError, ImageError, LoadError};
 pub use image::{yuv_to_rgb, FaceRegion, ImageView, PixelFormat};
 pub use kernels::conv::LatePrecision;
@@ -41,5 +43,4 @@ pub use model::{Arch, Model, BN_EPS, MAX_CLASSES, MAX_INPUT_SIZE, MIN_INPUT_SIZE
 pub use network::Stem;
 #[cfg(feature = "std")]
 pub use pool::WorkerPool;
-pub use preprocess::ALIGN_TEMPLATE;
 pub use session::{Prediction, Session, SessionConfig, MAX_BATCH, MAX_SIDE, MAX_THREADS};

@@ -275,3 +275,96 @@ fn aligned_crops_are_the_same_in_every_format_and_with_two_threads() {
         "Gray8"
     );
 }
+
+#[test]
+fn aligned_crops_of_a_ramp_are_centred_at_every_shrink_factor() {
+    // An image whose levels rise linearly (0.2 per pixel right, 0.1 per pixel down), warped
+    // by a known rotation and scale: any area filter centred on each output pixel's
+    // footprint gives the ramp's value at the footprint's centre, so the crop's mean error
+    // shows a misplaced filter (half a pixel, a cell's offset) that rounding alone cannot
+    // explain. Shrink factors cover direct sampling (1.5), the cell grid with one sample per
+    // pixel (3) and with 2 x 2 (4.4, 7.3), and sub-sampled cells (11.6).
+    let size = 48usize;
+    let model = model(size);
+    let (w, h) = (1300usize, 1000usize);
+    let ramp = |x: f32, y: f32| 0.2 * x + 0.1 * y - 40.0;
+    let grey: Vec<u8> = (0..w * h)
+        .map(|i| {
+            ramp((i % w) as f32, (i / w) as f32)
+                .round()
+                .clamp(0.0, 255.0) as u8
+        })
+        .collect();
+    let view = ImageView::packed(&grey, w, h, PixelFormat::Gray8).unwrap();
+    let config = SessionConfig {
+        max_width: w,
+        max_height: h,
+        threads: 2,
+    };
+    let mut session = Session::new(&model, config);
+    for scale in [1.5f32, 3.0, 4.4, 7.3, 11.6] {
+        let angle = 0.3f32;
+        let (centre_x, centre_y) = (650.0f32, 480.0f32);
+        // Output continuous coordinates (pixel u covers [u, u + 1)) -> image coordinates.
+        let to_image = |u: f32, v: f32| {
+            let (x, y) = (u - size as f32 / 2.0, v - size as f32 / 2.0);
+            (
+                scale * (angle.cos() * x - angle.sin() * y) + centre_x,
+                scale * (angle.sin() * x + angle.cos() * y) + centre_y,
+            )
+        };
+        let landmarks: [[f32; 2]; 5] = core::array::from_fn(|i| {
+            let t = ALIGN_TEMPLATE[i];
+            let (x, y) = to_image(t[0] * size as f32, t[1] * size as f32);
+            [x, y]
+        });
+        let face = FaceRegion {
+            bbox: [0.0, 0.0, 1.0, 1.0],
+            landmarks: Some(landmarks),
+        };
+        let got = levels(session.preprocess(&view, Some(&face)).unwrap(), &model);
+        let (mut sum, mut worst) = (0.0f64, 0.0f32);
+        for v in 0..size {
+            for u in 0..size {
+                let (x, y) = to_image(u as f32 + 0.5, v as f32 + 0.5);
+                // Pixel (i, j)'s centre is at (i + 0.5, j + 0.5).
+                let want = ramp(x - 0.5, y - 0.5);
+                assert!(
+                    (0.0..=255.0).contains(&want),
+                    "ramp leaves 0..255 at {scale}"
+                );
+                let error = got[v * size + u][0] - want;
+                sum += error as f64;
+                worst = worst.max(error.abs());
+            }
+        }
+        let mean = sum / (size * size) as f64;
+        assert!(
+            mean.abs() < 0.1 && worst <= 1.05,
+            "shrink {scale}: mean error {mean:.3} levels, worst {worst:.3}"
+        );
+    }
+}
+
+#[test]
+fn absurdly_spread_landmarks_neither_panic_nor_overflow() {
+    // Landmarks the template's shape but up to a million times the input's size, partly or
+    // wholly off the image: the grid's cells grow with the shrink factor (reads per cell are
+    // bounded, so this stays quick), and no coordinate arithmetic may overflow.
+    let model = model(48);
+    let mut session = Session::new(&model, SessionConfig::default());
+    let pixels = random_pixels(64 * 48 * 3, 9);
+    let view = ImageView::packed(&pixels, 64, 48, PixelFormat::Rgb8).unwrap();
+    for spread in [10.0f32, 1e3, 1e5, 1e6] {
+        for offset in [0.0f32, -1e7, 3e9] {
+            let landmarks = ALIGN_TEMPLATE.map(|[x, y]| [x * spread + offset, y * spread]);
+            let face = FaceRegion {
+                bbox: [0.0, 0.0, 1.0, 1.0],
+                landmarks: Some(landmarks),
+            };
+            if let Ok(p) = session.classify_face(&view, &face) {
+                assert!(p.class < 7 && p.confidence.is_finite());
+            }
+        }
+    }
+}
