@@ -35,8 +35,8 @@ pub struct EngineConfig {
     /// cheaper; finds faces at least 32 x K px wide.
     pub detect_downscale: usize,
     /// Store the classifier's late-layer weights as half floats
-    /// (`Model::store_late_weights_as_f16`: faster per face, outputs within ~1e-4) or int8
-    /// (`Model::store_late_weights_as_int8`: faster still, outputs within ~5e-3); `None` keeps
+    /// (`Model::store_late_weights_as_f16`: faster per face, outputs within ~3e-4) or int8
+    /// (`Model::store_late_weights_as_int8`: faster still, outputs within ~1e-2); `None` keeps
     /// single precision.
     pub late_weights: Option<LatePrecision>,
     /// Detect frame k+1 on a thread of its own while frame k is classified (one frame of
