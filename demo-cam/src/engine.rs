@@ -61,7 +61,6 @@ struct ClassifyStage {
     session: Session<'static>,
     limits: (usize, usize),
     threads: usize,
-    flip_average: bool,
     /// One frame's faces and predictions, kept so that classifying allocates nothing once
     /// they have grown to the most faces seen.
     regions: Vec<FaceRegion>,
@@ -255,7 +254,6 @@ impl ClassifyStage {
             session: classifier_session(model, limits, threads, config.flip_average),
             limits,
             threads,
-            flip_average: config.flip_average,
             regions: Vec::with_capacity(config.max_faces),
             predictions: Vec::with_capacity(config.max_faces),
         }
@@ -263,7 +261,8 @@ impl ClassifyStage {
 
     fn classify(&mut self, frame: &Frame, faces: &mut [FaceResult]) -> Result<()> {
         if let Some(limits) = grown_limits(self.limits, frame) {
-            self.session = classifier_session(self.model, limits, self.threads, self.flip_average);
+            let flip_average = self.session.flip_average();
+            self.session = classifier_session(self.model, limits, self.threads, flip_average);
             self.limits = limits;
         }
         let view = bgra_view(frame)?;

@@ -108,6 +108,13 @@ pub(crate) fn grid_len(size: usize) -> usize {
     grid_side(size) * grid_side(size) * 3
 }
 
+/// Runs `each` on consecutive ranges of `0..rows`, one range per thread of `par`.
+fn split_rows(par: &dyn Parallel, rows: usize, each: impl Fn(core::ops::Range<usize>) + Sync) {
+    let per_task = rows.div_ceil(par.threads().max(1));
+    let task = |t: usize, _worker: usize| each(t * per_task..rows.min((t + 1) * per_task));
+    par.run(rows.div_ceil(per_task), &task);
+}
+
 /// One call of [`align`], before the pixel reader is chosen.
 struct Job<'a> {
     warp: Warp,
@@ -124,19 +131,17 @@ impl Job<'_> {
             let grid = CellGrid::covering(&self.warp.inverse, s, self.scale);
             let cells = SharedMut(self.grid.as_mut_ptr());
             let (width, height) = (self.warp.width, self.warp.height);
-            let rows_per_task = grid.rows.div_ceil(par.threads().max(1));
-            let task = |t: usize, _worker: usize| {
-                for row in t * rows_per_task..grid.rows.min((t + 1) * rows_per_task) {
+            split_rows(par, grid.rows, |rows| {
+                for row in rows {
                     // SAFETY: `grid_side` bounds `grid.rows` and `grid.cols` and the buffer
-                    // holds `grid_len` floats; task t writes only its own rows.
+                    // holds `grid_len` floats; each task writes only its own rows.
                     let cells = unsafe {
                         let row_len = grid.cols * 3;
                         core::slice::from_raw_parts_mut(cells.get().add(row * row_len), row_len)
                     };
                     grid.average_row(row, cells, width, height, &read);
                 }
-            };
-            par.run(grid.rows.div_ceil(rows_per_task), &task);
+            });
             let cells = &self.grid[..grid.rows * grid.cols * 3];
             // Sample the grid, not the image: grid index = (pixel index - cell centre) / k.
             let k = grid.cell as f32;
@@ -152,12 +157,12 @@ impl Job<'_> {
                 ..self.warp
             };
             let cols = grid.cols;
-            warp.split_rows(par, out, |x, y| {
+            warp.all_rows(par, out, |x, y| {
                 let c = &cells[(y * cols + x) * 3..][..3];
                 [c[0], c[1], c[2]]
             });
         } else {
-            self.warp.split_rows(par, out, read);
+            self.warp.all_rows(par, out, read);
         }
     }
 }
@@ -270,22 +275,18 @@ struct Warp {
 
 impl Warp {
     /// All output rows, split between `par`'s threads, into `out` (`3 * size * size`).
-    fn split_rows(
+    fn all_rows(
         &self,
         par: &dyn Parallel,
         out: SharedMut,
         pixel: impl Fn(usize, usize) -> [f32; 3] + Sync,
     ) {
-        let s = self.size;
-        let rows_per_task = s.div_ceil(par.threads().max(1));
-        let task = |t: usize, _worker: usize| {
-            let rows = t * rows_per_task..s.min((t + 1) * rows_per_task);
-            // SAFETY: `align`'s caller gave `out` 3 * s * s floats; task t writes only its
-            // own rows of each channel plane, so no two tasks touch the same float.
+        split_rows(par, self.size, |rows| {
+            // SAFETY: `align`'s caller gave `out` 3 * size * size floats; each task writes
+            // only its own rows of each channel plane, so no two tasks touch the same float.
             let write = |i: usize, v: f32| unsafe { *out.get().add(i) = v };
             self.rows(rows, write, &pixel)
-        };
-        par.run(s.div_ceil(rows_per_task), &task);
+        });
     }
 
     /// Output rows `rows`, each pixel the mean of `samples^2` bilinear samples read through

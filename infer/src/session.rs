@@ -231,30 +231,43 @@ impl<'m> Session<'m> {
             return Ok(());
         }
         let model = self.model;
-        let (input_len, classes) = (self.input.len(), model.num_classes());
-        let side = model.input_size();
+        let input_len = self.input.len();
         for (faces, out) in faces.chunks(per_batch).zip(out.chunks_mut(per_batch)) {
-            let images = faces.len() * views;
-            let inputs = &mut self.batch_inputs[..images * input_len];
+            let inputs = &mut self.batch_inputs[..faces.len() * views * input_len];
             let par = parallel(&self.pool);
             for (face, input) in faces.iter().zip(inputs.chunks_exact_mut(views * input_len)) {
-                let (input, mirror) = input.split_at_mut(input_len);
+                let input = &mut input[..input_len];
                 self.preprocessor
                     .run(image, Some(face), model.mean(), model.std(), input, par)?;
-                if views == 2 {
-                    mirror_into(input, mirror, side);
-                }
             }
-            let logits = &mut self.batch_logits[..images * classes];
-            model
-                .network
-                .forward_batch(inputs, images, &mut self.activations, par, logits)?;
-            for (slot, logits) in out.iter_mut().zip(logits.chunks_exact(views * classes)) {
-                *slot = Prediction::from_logits(&logits[..classes]);
-                if views == 2 {
-                    *slot =
-                        Prediction::averaged(slot, &Prediction::from_logits(&logits[classes..]));
-                }
+            self.run_batch(views, out)?;
+        }
+        Ok(())
+    }
+
+    /// Classifies the `out.len()` faces whose inputs are in `batch_inputs`, face i's at slot
+    /// `views * i`; with 2 views each face's mirror image goes into the slot after it and the
+    /// two predictions are averaged. One late-layer batch for all of them.
+    fn run_batch(&mut self, views: usize, out: &mut [Prediction]) -> Result<(), ClassifyError> {
+        let model = self.model;
+        let (input_len, classes) = (self.input.len(), model.num_classes());
+        let images = out.len() * views;
+        let inputs = &mut self.batch_inputs[..images * input_len];
+        if views == 2 {
+            for pair in inputs.chunks_exact_mut(2 * input_len) {
+                let (input, mirror) = pair.split_at_mut(input_len);
+                mirror_into(input, mirror, model.input_size());
+            }
+        }
+        let logits = &mut self.batch_logits[..images * classes];
+        let par = parallel(&self.pool);
+        model
+            .network
+            .forward_batch(inputs, images, &mut self.activations, par, logits)?;
+        for (slot, logits) in out.iter_mut().zip(logits.chunks_exact(views * classes)) {
+            *slot = Prediction::from_logits(&logits[..classes]);
+            if views == 2 {
+                *slot = Prediction::averaged(slot, &Prediction::from_logits(&logits[classes..]));
             }
         }
         Ok(())
@@ -298,30 +311,16 @@ impl<'m> Session<'m> {
             self.forward_input()?;
             return Ok(Prediction::from_logits(&self.logits));
         }
-        let side = self.model.input_size();
         if self.activations.batch_capacity() >= 2 {
             // Both views in one batch: the late layers read their weights once for the two.
-            let (len, classes) = (self.input.len(), self.model.num_classes());
-            let (input, mirror) = self.batch_inputs[..2 * len].split_at_mut(len);
-            input.copy_from_slice(&self.input);
-            mirror_into(&self.input, mirror, side);
-            let logits = &mut self.batch_logits[..2 * classes];
-            self.model.network.forward_batch(
-                &self.batch_inputs[..2 * len],
-                2,
-                &mut self.activations,
-                parallel(&self.pool),
-                logits,
-            )?;
-            let (a, b) = logits.split_at(classes);
-            return Ok(Prediction::averaged(
-                &Prediction::from_logits(a),
-                &Prediction::from_logits(b),
-            ));
+            self.batch_inputs[..self.input.len()].copy_from_slice(&self.input);
+            let mut out = [Prediction::EMPTY];
+            self.run_batch(2, &mut out)?;
+            return Ok(out[0]);
         }
         self.forward_input()?;
         let first = Prediction::from_logits(&self.logits);
-        for row in self.input.chunks_exact_mut(side) {
+        for row in self.input.chunks_exact_mut(self.model.input_size()) {
             row.reverse();
         }
         self.forward_input()?;
