@@ -110,6 +110,10 @@ struct TrainArgs {
     weight_decay: Option<f64>,
     #[arg(long)]
     label_smoothing: Option<f64>,
+    /// Probability of erasing a random rectangle (2-33 % of the area, filled with the mean
+    /// colour) of each labeled training image, as torchvision's RandomErasing; 0 = off.
+    #[arg(long)]
+    random_erasing: Option<f32>,
     /// Keep an EMA of B's weights with this decay (e.g. 0.999); eval/export use it.
     #[arg(long)]
     ema: Option<f64>,
@@ -187,6 +191,7 @@ impl TrainArgs {
         set!(self.lr_adaptation => meta.adaptation_schedule.lr);
         set!(self.weight_decay => sgd.weight_decay);
         set!(self.label_smoothing => label_smoothing);
+        set!(self.random_erasing => random_erasing);
         set!(self.ema.map(Some) => ema_decay);
         set!(self.seed => seed);
         set!(self.device => device);

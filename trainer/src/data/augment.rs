@@ -7,6 +7,8 @@
 //!   (p = 0.5) and a small rotation (+-10 degrees).
 //! - [`strong_view`]: the weak geometry, then [`rand_augment`] and [`cutout`], as FixMatch's
 //!   RandAugmentMC does for its strong view.
+//! - [`random_erasing`]: torchvision's `RandomErasing` on the normalised CHW tensor, optional
+//!   for labeled batches (`--random-erasing P`).
 //!
 //! Every random choice comes from the generator passed in, so a seeded ChaCha stream gives
 //! the same pixels on every run and every thread.
@@ -58,6 +60,35 @@ pub fn strong_view(image: &RgbImage, size: u32, n: usize, m: u32, rng: &mut impl
     view = rand_augment(&view, n, m, rng);
     cutout(&mut view, 0.5, rng);
     view
+}
+
+/// torchvision's `RandomErasing(p, scale=(0.02, 0.33), ratio=(0.3, 3.3), value=0)` on one
+/// normalised CHW image of side `size`: with probability `p`, a rectangle covering 2-33 % of
+/// the area with a log-uniform aspect ratio in [0.3, 3.3] is set to 0, the dataset's mean
+/// colour. Like torchvision it tries 10 shapes and erases nothing when none fits. Draws
+/// nothing from `rng` when `p` is 0, so runs without erasing keep their random streams.
+pub fn random_erasing(chw: &mut [f32], size: usize, p: f32, rng: &mut impl Rng) {
+    if p <= 0.0 || rng.gen::<f32>() >= p {
+        return;
+    }
+    let area = (size * size) as f32;
+    let (log_low, log_high) = (0.3f32.ln(), 3.3f32.ln());
+    for _ in 0..10 {
+        let erase_area = area * rng.gen_range(0.02f32..0.33);
+        let aspect = rng.gen_range(log_low..log_high).exp();
+        let h = (erase_area * aspect).sqrt().round() as usize;
+        let w = (erase_area / aspect).sqrt().round() as usize;
+        if h == 0 || w == 0 || h >= size || w >= size {
+            continue;
+        }
+        let (top, left) = (rng.gen_range(0..=size - h), rng.gen_range(0..=size - w));
+        for plane in chw.chunks_mut(size * size) {
+            for row in plane.chunks_mut(size).skip(top).take(h) {
+                row[left..left + w].fill(0.0);
+            }
+        }
+        return;
+    }
 }
 
 /// Takes a random crop covering `scale` of the area with aspect ratio in [3/4, 4/3]

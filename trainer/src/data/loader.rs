@@ -17,7 +17,7 @@ use crossbeam_channel::{bounded, Receiver};
 use image::RgbImage;
 use rayon::prelude::*;
 
-use super::augment::{eval_transform, strong_view, to_chw, weak_view};
+use super::augment::{eval_transform, random_erasing, strong_view, to_chw, weak_view};
 use super::decode::{decode_rgb, SkipReport, SkippedImages};
 use super::sampler::{rng_for, ClassBalancedSampler, EpochSampler, Sampler};
 use super::Dataset;
@@ -50,6 +50,8 @@ pub struct LoaderConfig {
     /// RandAugment ops per strong view and their maximum magnitude (of 10).
     pub randaugment_n: usize,
     pub randaugment_m: u32,
+    /// Probability of torchvision's `RandomErasing` on each labeled image (0 = off).
+    pub random_erasing: f32,
 }
 
 impl Default for LoaderConfig {
@@ -65,6 +67,7 @@ impl Default for LoaderConfig {
             center_crop: 1.0,
             randaugment_n: 2,
             randaugment_m: 10,
+            random_erasing: 0.0,
         }
     }
 }
@@ -282,6 +285,7 @@ impl LabeledLoader {
                         cfg.std,
                         out,
                     );
+                    random_erasing(out, size, cfg.random_erasing, &mut rng);
                     labels.push(dataset.items[used].label.expect("checked labeled").index() as u32);
                 }
                 Ok(LabeledBatch {

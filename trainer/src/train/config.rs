@@ -143,6 +143,8 @@ pub struct TrainConfig {
     /// Learning-rate schedule of the base network B (and of SL training).
     pub schedule: ScheduleConfig,
     pub label_smoothing: f64,
+    /// Probability of torchvision's `RandomErasing` on each labeled training image (0 = off).
+    pub random_erasing: f32,
     /// Keep an exponential moving average of B's weights with this decay; eval and export use it.
     pub ema_decay: Option<f64>,
     pub eval_every: u64,
@@ -179,6 +181,7 @@ impl Default for TrainConfig {
             sgd: SgdConfig::default(),
             schedule: ScheduleConfig::default(),
             label_smoothing: 0.0,
+            random_erasing: 0.0,
             ema_decay: None,
             eval_every: 500,
             checkpoint_every: 200,
@@ -222,6 +225,11 @@ impl TrainConfig {
             (16..=512).contains(&self.model.input_size),
             "--input-size {} is outside 16..=512",
             self.model.input_size
+        );
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&self.random_erasing),
+            "--random-erasing is a probability, got {}",
+            self.random_erasing
         );
         if self.method == Method::Meta {
             anyhow::ensure!(

@@ -401,6 +401,7 @@ fn loader_config(config: &TrainConfig, batch_size: usize, stream: u64) -> Loader
         workers: config.workers,
         prefetch: config.prefetch,
         seed: config.seed.wrapping_mul(1_000_003).wrapping_add(stream),
+        random_erasing: config.random_erasing,
         ..LoaderConfig::default()
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use image::{Rgb, RgbImage};
 
 use super::image_folder;
-use crate::data::augment::{eval_transform, strong_view, weak_view};
+use crate::data::augment::{eval_transform, random_erasing, strong_view, weak_view};
 use crate::data::sampler::{rng_for, ClassBalancedSampler};
 use crate::data::subset::{balanced_fraction, read_list, stratified_fraction, write_list};
 use crate::data::{
@@ -120,6 +120,53 @@ fn augmentations_are_deterministic_under_a_seed() {
 }
 
 #[test]
+fn random_erasing_zeroes_one_rectangle_in_every_channel() {
+    use rand::Rng;
+    let size = 32;
+    let original: Vec<f32> = (0..3 * size * size).map(|i| 1.0 + i as f32).collect();
+    // p = 0: nothing changes and the stream is untouched (older runs keep their pixels).
+    let (mut image, mut rng) = (original.clone(), rng_for(&[9]));
+    random_erasing(&mut image, size, 0.0, &mut rng);
+    assert_eq!(image, original);
+    assert_eq!(rng.gen::<u64>(), rng_for(&[9]).gen::<u64>());
+    let mut fractions = Vec::new();
+    for seed in 0..200u64 {
+        let mut image = original.clone();
+        random_erasing(&mut image, size, 1.0, &mut rng_for(&[seed]));
+        let erased: Vec<Vec<usize>> = image
+            .chunks(size * size)
+            .map(|plane| (0..size * size).filter(|&i| plane[i] == 0.0).collect())
+            .collect();
+        assert!(
+            erased.iter().all(|e| *e == erased[0]),
+            "seed {seed}: channels differ"
+        );
+        let (rows, cols): (Vec<usize>, Vec<usize>) =
+            erased[0].iter().map(|&i| (i / size, i % size)).unzip();
+        if rows.is_empty() {
+            continue; // no shape fitted in 10 tries, as torchvision
+        }
+        let height = rows.iter().max().unwrap() - rows.iter().min().unwrap() + 1;
+        let width = cols.iter().max().unwrap() - cols.iter().min().unwrap() + 1;
+        assert_eq!(height * width, rows.len(), "seed {seed}: not a rectangle");
+        fractions.push(rows.len() as f32 / (size * size) as f32);
+    }
+    assert!(
+        fractions.len() >= 190,
+        "erased only {} of 200",
+        fractions.len()
+    );
+    let lowest = fractions.iter().cloned().fold(f32::MAX, f32::min);
+    let highest = fractions.iter().cloned().fold(0.0, f32::max);
+    // 2-33 % of the area, up to rounding of each side.
+    assert!(lowest >= 0.01 && highest <= 0.37, "{lowest}..{highest}");
+    assert!(
+        highest - lowest > 0.2,
+        "sizes barely vary: {lowest}..{highest}"
+    );
+}
+
+#[test]
 fn eval_transform_is_triangle_resize_then_normalise() {
     let image = test_image();
     let (mean, std) = ([0.5, 0.4, 0.3], [0.2, 0.25, 0.3]);
@@ -179,6 +226,36 @@ fn labeled_loader_is_in_order_and_resumable_whatever_the_workers() {
             .unwrap(),
         batch.labels
     );
+}
+
+#[test]
+fn labeled_loader_erases_only_when_asked() {
+    let dataset = Arc::new(memory_dataset(&[7, 3, 5, 0, 2, 4, 6]));
+    let plain = LabeledLoader::new(Arc::clone(&dataset), &loader_config(1), false, 0)
+        .unwrap()
+        .next_batch()
+        .unwrap();
+    let cfg = LoaderConfig {
+        random_erasing: 1.0,
+        ..loader_config(2)
+    };
+    let erased = LabeledLoader::new(dataset, &cfg, false, 0)
+        .unwrap()
+        .next_batch()
+        .unwrap();
+    assert_eq!(erased.labels, plain.labels);
+    let plane = 3 * 16 * 16;
+    let zeros = |images: &[f32]| images.iter().filter(|&&v| v == 0.0).count();
+    for (e, p) in erased.images.chunks(plane).zip(plain.images.chunks(plane)) {
+        // Same geometry (the erasing draws after it), a rectangle of zeros on top.
+        let changed = e.iter().zip(p).filter(|(a, b)| a != b).count();
+        assert!(
+            changed > 0 && zeros(e) >= changed,
+            "{changed} changed, {} zero",
+            zeros(e)
+        );
+        assert!(e.iter().zip(p).all(|(a, b)| a == b || *a == 0.0));
+    }
 }
 
 #[test]
