@@ -3,8 +3,11 @@
 
 For every configuration the Rust benchmark (trainer/benches/train_step.rs) and the same step in
 PyTorch run one after the other, each in its own process so the peak RSS belongs to that run.
-The step is forward (train-mode BatchNorm) + cross-entropy + backward + plain SGD (lr 0.01) on
-random images and labels, 7 classes, torchvision's ResNet-18 (7x7/2 stem and 3x3/2 max pool).
+The step is forward (train-mode BatchNorm) + cross-entropy + backward + SGD (lr 0.01) on random
+images and labels, 7 classes, torchvision's ResNet-18 (7x7/2 stem and 3x3/2 max pool). The SGD is
+the trainer's by default (momentum 0.9, Nesterov, weight decay 5e-4 on conv and linear weights,
+none on BatchNorm and biases), in PyTorch the same through two parameter groups;
+`--optimizer plain` uses lr alone (what the tables before session 9 measured).
 
     pip install torch numpy         # CPU is enough; any recent torch 2.x
     python3 scripts/bench_train.py --threads 2
@@ -64,7 +67,7 @@ def torch_resnet18(torch):
     return nn.Sequential(*layers)
 
 
-def torch_worker(what, image, batch, reps, threads):
+def torch_worker(what, image, batch, reps, threads, optimizer):
     import torch
 
     torch.set_num_threads(threads)
@@ -72,7 +75,13 @@ def torch_worker(what, image, batch, reps, threads):
     model = torch_resnet18(torch)
     images = torch.rand(batch, 3, image, image) * 4 - 2
     labels = torch.randint(0, NUM_CLASSES, (batch,))
-    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    if optimizer == "trainer":
+        params = list(model.parameters())
+        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": 5e-4},
+                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+        opt = torch.optim.SGD(groups, lr=0.01, momentum=0.9, nesterov=True)
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
     loss_fn = torch.nn.CrossEntropyLoss()
     if what == "forward":
         model.eval()
@@ -135,6 +144,8 @@ def main():
                     help="also time candle's built-in kernels (slow)")
     ap.add_argument("--minimal-model", action="store_true",
                     help="also time the bench's minimal ResNet-18 that uses the fused train-mode BatchNorm")
+    ap.add_argument("--optimizer", choices=["trainer", "plain"], default="trainer",
+                    help="the trainer's SGD (momentum, Nesterov, weight decay) or lr alone")
     ap.add_argument("--bench-exe", help="prebuilt train_step executable (skips cargo)")
     ap.add_argument("--torch-worker", nargs=3, metavar=("WHAT", "IMAGE", "BATCH"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -142,7 +153,7 @@ def main():
     if args.torch_worker:
         what, image, batch = args.torch_worker
         reps = args.reps if what == "step" else args.forward_reps
-        torch_worker(what, int(image), int(batch), reps, args.threads)
+        torch_worker(what, int(image), int(batch), reps, args.threads, args.optimizer)
         return
 
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -153,17 +164,19 @@ def main():
     rows = []
     for what, image, batch in jobs:
         reps = args.reps if what == "step" else args.forward_reps
-        common = [what, "--image", str(image), "--batch", str(batch), "--reps", str(reps)]
+        common = [what, "--image", str(image), "--batch", str(batch), "--reps", str(reps),
+                  "--optimizer", args.optimizer]
         fast = run_json([exe, *common, "--kernels", "fast"], env)
         torch_res = run_json([sys.executable, os.path.abspath(__file__), "--threads", str(args.threads),
                               "--reps", str(args.reps), "--forward-reps", str(args.forward_reps),
+                              "--optimizer", args.optimizer,
                               "--torch-worker", what, str(image), str(batch)], env)
         base = run_json([exe, *common, "--kernels", "candle"], env) if args.candle_baseline else None
         minimal = run_json([exe, *common, "--model", "minimal"], env) if args.minimal_model else None
         rows.append((what, image, batch, fast, torch_res, base, minimal))
         print(f"done {what} {image}px batch {batch}", file=sys.stderr, flush=True)
 
-    print(f"\nthreads: {args.threads}, {torch_res['impl']}, median of {args.reps} steps / "
+    print(f"\nthreads: {args.threads}, {torch_res['impl']}, {args.optimizer} SGD, median of {args.reps} steps / "
           f"{args.forward_reps} forwards after one warm-up\n")
     head = "| what | image | batch | candle+ops s | torch s | ratio | RSS candle MiB | RSS torch MiB |"
     sep = "|---|---|---|---|---|---|---|---|"

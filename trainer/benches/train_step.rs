@@ -6,6 +6,8 @@
 //!   cargo bench -p face2exp-trainer --bench train_step -- step --image 112 --batch 32
 //!   cargo bench -p face2exp-trainer --bench train_step -- forward --image 112
 //! `step`/`forward` print one JSON line; scripts/bench_train.py runs them next to PyTorch.
+//! The step's update is the trainer's SGD (momentum, Nesterov, weight decay) unless
+//! `--optimizer plain` (lr only, as the tables before session 9 used).
 //! Threads: rayon's (`RAYON_NUM_THREADS`, default all cores); candle's element-wise workers
 //! poll `CANDLE_BARRIER_POOL_SPIN_LIMIT` times before parking, and glibc keeps freed memory
 //! (`ops::configure_cpu_runtime`, as in `face2exp`).
@@ -19,10 +21,12 @@ use candle_nn::{loss::cross_entropy, Optimizer, VarBuilder, VarMap, SGD};
 use clap::{Parser, Subcommand, ValueEnum};
 use face2exp_trainer::model::{trainable_vars, Arch, ResNet, ResNetConfig, Stem};
 use face2exp_trainer::ops;
+use face2exp_trainer::train::optim::{Sgd, SgdConfig};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 const NUM_CLASSES: usize = 7;
+const LR: f64 = 0.01;
 
 #[derive(Parser)]
 #[command(about = "ResNet-18 CPU training-step benchmark")]
@@ -40,6 +44,15 @@ enum What {
     Step(Config),
     /// Time an eval-mode forward pass.
     Forward(Config),
+    /// Time the trainer's SGD update of ResNet-18's parameters alone, the fused in-place CPU
+    /// ops against the same update in candle tensor ops, alternating in one process.
+    Update {
+        #[arg(long, default_value_t = 20)]
+        reps: usize,
+        /// Passed by `cargo bench`; ignored.
+        #[arg(long, hide = true)]
+        bench: bool,
+    },
 }
 
 #[derive(clap::Args, Clone)]
@@ -58,6 +71,10 @@ struct Config {
     /// also uses the fused train-mode BatchNorm (`ops::batch_norm_train`).
     #[arg(long, value_enum, default_value_t = ModelKind::Project)]
     model: ModelKind,
+    /// The update after backward: the trainer's SGD (momentum 0.9, Nesterov, weight decay
+    /// 5e-4 on conv and linear weights, its defaults) or plain SGD (candle_nn's, lr only).
+    #[arg(long, value_enum, default_value_t = OptimizerKind::Trainer)]
+    optimizer: OptimizerKind,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -69,6 +86,12 @@ enum Kernels {
     Fast,
     /// candle's built-in conv2d and the portable max pool.
     Candle,
+}
+
+#[derive(ValueEnum, Clone, Copy, PartialEq, Eq, Debug)]
+enum OptimizerKind {
+    Trainer,
+    Plain,
 }
 
 #[derive(ValueEnum, Clone, Copy, PartialEq, Eq, Debug)]
@@ -217,11 +240,9 @@ fn run(what: &str, cfg: &Config) -> Result<()> {
         .map(|_| rng.gen_range(0..NUM_CLASSES as u32))
         .collect();
     let labels = Tensor::from_vec(labels, cfg.batch, &dev)?;
-    let vars = trainable_vars(&varmap)
-        .into_iter()
-        .map(|(_, v)| v)
-        .collect();
-    let mut sgd = SGD::new(vars, 0.01)?;
+    let named = trainable_vars(&varmap);
+    let mut plain = SGD::new(named.iter().map(|(_, v)| v.clone()).collect(), LR)?;
+    let mut trainer = Sgd::new(named, SgdConfig::default());
     let mut times = Vec::with_capacity(cfg.reps);
     let mut last_loss = f32::NAN;
     for rep in 0..=cfg.reps {
@@ -229,7 +250,10 @@ fn run(what: &str, cfg: &Config) -> Result<()> {
         match what {
             "step" => {
                 let loss = cross_entropy(&model.forward_t(&images, true)?, &labels)?;
-                sgd.backward_step(&loss)?;
+                match cfg.optimizer {
+                    OptimizerKind::Plain => plain.backward_step(&loss)?,
+                    OptimizerKind::Trainer => trainer.step(&loss.backward()?, LR)?,
+                }
                 last_loss = loss.to_scalar::<f32>()?;
             }
             _ => {
@@ -245,9 +269,10 @@ fn run(what: &str, cfg: &Config) -> Result<()> {
         bail!("the {what} produced a non-finite value {last_loss}");
     }
     println!(
-        "{{\"impl\":\"candle-{:?}-{:?}\",\"what\":\"{what}\",\"image\":{},\"batch\":{},\"threads\":{},\"median_s\":{:.5},\"min_s\":{:.5},\"peak_rss_mib\":{:.1}}}",
+        "{{\"impl\":\"candle-{:?}-{:?}-{:?}\",\"what\":\"{what}\",\"image\":{},\"batch\":{},\"threads\":{},\"median_s\":{:.5},\"min_s\":{:.5},\"peak_rss_mib\":{:.1}}}",
         cfg.kernels,
         cfg.model,
+        cfg.optimizer,
         cfg.image,
         cfg.batch,
         rayon::current_num_threads(),
@@ -317,9 +342,48 @@ fn suite() -> Result<()> {
     Ok(())
 }
 
+/// Median ms of the SGD update with the fused ops and with tensor ops, and their ratio.
+fn update(reps: usize) -> Result<()> {
+    let dev = Device::Cpu;
+    let varmap = VarMap::new();
+    let config = ResNetConfig {
+        arch: Arch::Resnet18,
+        stem: Stem::Imagenet,
+        num_classes: NUM_CLASSES,
+        input_size: 48,
+    };
+    let model = ResNet::new(&config, VarBuilder::from_varmap(&varmap, DType::F32, &dev))?;
+    let images = Tensor::randn(0f32, 1.0, (4, 3, 48, 48), &dev)?;
+    let labels = Tensor::new(&[0u32, 1, 2, 3], &dev)?;
+    let grads = cross_entropy(&model.forward_t(&images, true)?, &labels)?.backward()?;
+    let named = trainable_vars(&varmap);
+    let count: usize = named.iter().map(|(_, v)| v.elem_count()).sum();
+    let mut sgd = Sgd::new(named, SgdConfig::default());
+    sgd.step(&grads, LR)?; // momentum buffers exist from here on, as in training
+    let (mut fused, mut tensor_ops) = (Vec::new(), Vec::new());
+    for _ in 0..reps {
+        for (fast, times) in [(true, &mut fused), (false, &mut tensor_ops)] {
+            ops::set_fast_cpu_kernels(fast);
+            let start = Instant::now();
+            sgd.step(&grads, LR)?;
+            times.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    let (fused, tensor_ops) = (median(fused), median(tensor_ops));
+    println!("| update of {count} parameters | fused ms | tensor ops ms | tensor ops / fused |");
+    println!("|---|---|---|---|");
+    println!(
+        "| SGD, momentum 0.9, Nesterov, wd 5e-4, {} threads | {fused:.2} | {tensor_ops:.2} | {:.2} |",
+        rayon::current_num_threads(),
+        tensor_ops / fused
+    );
+    Ok(())
+}
+
 fn main() -> Result<()> {
     face2exp_trainer::ops::configure_cpu_runtime();
     match Cli::parse().what {
+        Some(What::Update { reps, .. }) => update(reps),
         Some(What::Step(cfg)) => run("step", &cfg),
         Some(What::Forward(cfg)) => run("forward", &cfg),
         None => suite(),

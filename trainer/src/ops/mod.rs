@@ -8,6 +8,7 @@ mod batch_norm;
 mod conv;
 mod im2col;
 mod pool;
+mod update;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -15,6 +16,7 @@ use candle_core::{DType, Result, Tensor, D};
 
 pub use conv::Conv2dOp;
 pub use pool::MaxPool3x3S2P1;
+pub use update::{EmaUpdate, MomentumUpdate, ParamUpdate};
 
 static FAST_CPU_KERNELS: AtomicBool = AtomicBool::new(true);
 

@@ -115,7 +115,9 @@ pub fn step(
     {
         anyhow::bail!("internal error: L_u produced a gradient for B's `{name}`");
     }
-    let applied = adaptation.optimizer.step(&grads_u, rates.lr_adaptation)?;
+    let applied = adaptation
+        .optimizer
+        .step_with_directions(&grads_u, rates.lr_adaptation)?;
     adaptation.update_ema()?;
 
     // 4. The feedback coefficient f: how much A's step on pseudo labels helped it on real labels.

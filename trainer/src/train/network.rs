@@ -84,19 +84,33 @@ impl Network {
                 .shadow
                 .get_mut(&name)
                 .expect("EMA tracks every variable");
-            let t = var.as_tensor().detach();
-            *shadow = ((&*shadow * ema.decay)? + (t * (1.0 - ema.decay))?)?.detach();
+            let param = var.as_tensor();
+            let in_place = crate::ops::fast_cpu_kernels()
+                && [&*shadow, param].iter().all(|t| {
+                    t.device().is_cpu() && t.dtype() == candle_core::DType::F32 && t.is_contiguous()
+                });
+            if in_place {
+                shadow.inplace_op2(param, &crate::ops::EmaUpdate { decay: ema.decay })?;
+            } else {
+                let t = param.detach();
+                *shadow = ((&*shadow * ema.decay)? + (t * (1.0 - ema.decay))?)?.detach();
+            }
         }
         Ok(())
     }
 
     /// The weights that evaluation and export use: the EMA when enabled, else the live ones.
-    pub fn inference_tensors(&self) -> HashMap<String, Tensor> {
+    /// A snapshot: copies, since the optimizer and the EMA update their tensors in place.
+    pub fn inference_tensors(&self) -> candle_core::Result<HashMap<String, Tensor>> {
         match &self.ema {
-            Some(ema) => ema.shadow.clone(),
+            Some(ema) => ema
+                .shadow
+                .iter()
+                .map(|(n, t)| Ok((n.clone(), t.copy()?)))
+                .collect(),
             None => all_vars(&self.varmap)
                 .into_iter()
-                .map(|(n, v)| (n, v.as_tensor().detach()))
+                .map(|(n, v)| Ok((n, v.as_tensor().copy()?)))
                 .collect(),
         }
     }

@@ -4,7 +4,9 @@
 use std::collections::HashMap;
 
 use candle_core::backprop::GradStore;
-use candle_core::{Result, Tensor, Var};
+use candle_core::{DType, Result, Tensor, Var};
+
+use crate::ops::{self, MomentumUpdate, ParamUpdate};
 use serde::{Deserialize, Serialize};
 
 /// Hyper-parameters of [`Sgd`]. Serde names match the TOML config.
@@ -52,18 +54,84 @@ impl Sgd {
     /// Applies one update with learning rate `lr`. Parameters without a gradient are left alone.
     /// Returns the applied update direction `d` per parameter (so that `p_new = p_old - lr * d`),
     /// which Meta-Face2Exp's exact feedback needs.
-    pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<Vec<(usize, Tensor)>> {
+    /// One SGD step on every parameter that has a gradient.
+    pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
+        self.update(grads, lr, false).map(|_| ())
+    }
+
+    /// [`Sgd::step`], returning the update direction it applied to each parameter (by index
+    /// in [`Sgd::params`]): `exact` feedback needs it.
+    pub fn step_with_directions(
+        &mut self,
+        grads: &GradStore,
+        lr: f64,
+    ) -> Result<Vec<(usize, Tensor)>> {
+        self.update(grads, lr, true)
+    }
+
+    fn update(
+        &mut self,
+        grads: &GradStore,
+        lr: f64,
+        keep_directions: bool,
+    ) -> Result<Vec<(usize, Tensor)>> {
         let mut applied = Vec::with_capacity(self.params.len());
         for (index, (name, var)) in self.params.iter().enumerate() {
             let Some(grad) = grads.get(var.as_tensor()) else {
                 continue;
             };
-            // Gradients computed from tracked activations carry candle's op graph; keeping them
-            // (in momentum buffers) without detaching would chain every step's graph to the
-            // next and grow memory without bound.
+            let param = var.as_tensor();
+            let decays = self.config.weight_decay != 0.0 && var.rank() >= 2;
+            let fused = self.config.momentum != 0.0
+                && ops::fast_cpu_kernels()
+                && [param, grad]
+                    .iter()
+                    .all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous());
+            if fused {
+                let weight_decay = decays.then_some(self.config.weight_decay as f32);
+                let momentum = self.config.momentum as f32;
+                let buffer = match self.momentum_buffers.get(name) {
+                    Some(buffer) if buffer.is_contiguous() => buffer.clone(),
+                    Some(buffer) => buffer.copy()?,
+                    // Zero times the momentum plus g is exactly g: the first step matches.
+                    None => param.zeros_like()?,
+                };
+                buffer.inplace_op3(
+                    grad,
+                    param,
+                    &MomentumUpdate {
+                        momentum,
+                        weight_decay,
+                    },
+                )?;
+                if keep_directions {
+                    let direction = if self.config.nesterov {
+                        let g = match weight_decay {
+                            Some(_) => (grad + (param * self.config.weight_decay)?)?,
+                            None => grad.detach(),
+                        };
+                        (g + (&buffer * self.config.momentum)?)?
+                    } else {
+                        buffer.copy()?
+                    };
+                    applied.push((index, direction.detach()));
+                }
+                param.inplace_op3(
+                    grad,
+                    &buffer,
+                    &ParamUpdate {
+                        lr: lr as f32,
+                        momentum,
+                        weight_decay,
+                        nesterov: self.config.nesterov,
+                    },
+                )?;
+                self.momentum_buffers.insert(name.clone(), buffer);
+                continue;
+            }
             let mut g = grad.detach();
-            if self.config.weight_decay != 0.0 && var.rank() >= 2 {
-                g = (g + (var.as_tensor() * self.config.weight_decay)?)?;
+            if decays {
+                g = (g + (param * self.config.weight_decay)?)?;
             }
             let direction = if self.config.momentum != 0.0 {
                 let buf = match self.momentum_buffers.get(name) {
@@ -80,13 +148,14 @@ impl Sgd {
             } else {
                 g
             };
-            var.set(&(var.as_tensor() - (&direction * lr)?)?)?;
-            applied.push((index, direction));
+            var.set(&(param - (&direction * lr)?)?)?;
+            if keep_directions {
+                applied.push((index, direction));
+            }
         }
         Ok(applied)
     }
 
-    /// Momentum buffers by parameter name, for checkpoints.
     pub fn state(&self) -> impl Iterator<Item = (&String, &Tensor)> {
         self.momentum_buffers.iter()
     }
@@ -160,10 +229,97 @@ mod tests {
             let loss = (w.as_tensor() * w.as_tensor())?.sum_all()?;
             let grads = loss.backward()?;
             assert!(grads.get(w.as_tensor()).unwrap().track_op(), "test premise");
-            for (_, direction) in sgd.step(&grads, 0.1)? {
+            for (_, direction) in sgd.step_with_directions(&grads, 0.1)? {
                 assert!(!direction.track_op());
             }
             assert!(sgd.state().all(|(_, buf)| !buf.track_op()));
+        }
+        Ok(())
+    }
+
+    /// The tensor-op update the fused CPU path replaced, written out as it was.
+    fn reference_step(
+        config: &SgdConfig,
+        param: &Tensor,
+        grad: &Tensor,
+        buffer: Option<&Tensor>,
+        lr: f64,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let mut g = grad.clone();
+        if config.weight_decay != 0.0 && param.rank() >= 2 {
+            g = (g + (param * config.weight_decay)?)?;
+        }
+        let buf = match buffer {
+            Some(buf) => ((buf * config.momentum)? + &g)?,
+            None => g.clone(),
+        };
+        let direction = if config.nesterov {
+            (&g + (&buf * config.momentum)?)?
+        } else {
+            buf.clone()
+        };
+        Ok(((param - (&direction * lr)?)?, buf, direction))
+    }
+
+    #[test]
+    fn fused_cpu_update_is_bit_identical_to_the_tensor_ops() -> Result<()> {
+        let dev = Device::Cpu;
+        for nesterov in [true, false] {
+            let config = SgdConfig {
+                momentum: 0.9,
+                nesterov,
+                weight_decay: 5e-4,
+            };
+            // A conv-like weight (decayed) and a bias-like vector (not), one of them larger
+            // than a rayon chunk so the split path runs too.
+            let shapes: [&[usize]; 2] = [&[70, 33, 3, 3], &[200_003]];
+            let vars: Vec<(String, Var)> = shapes
+                .iter()
+                .enumerate()
+                .map(|(i, s)| Ok((format!("p{i}"), Var::randn(0f32, 1.0, *s, &dev)?)))
+                .collect::<Result<_>>()?;
+            let mut expected: Vec<Tensor> = vars
+                .iter()
+                .map(|(_, v)| v.as_tensor().copy())
+                .collect::<Result<_>>()?;
+            let mut buffers: Vec<Option<Tensor>> = vec![None; vars.len()];
+            let mut sgd = Sgd::new(vars.clone(), config.clone());
+            for step in 0..3 {
+                let mut total = Tensor::new(0f32, &dev)?;
+                for (_, v) in &vars {
+                    total = (total + (v.as_tensor().sqr()?.sum_all()? * (step + 1) as f64)?)?;
+                }
+                let grads = total.backward()?;
+                let mut expected_directions = Vec::new();
+                for (i, (_, v)) in vars.iter().enumerate() {
+                    let grad = grads.get(v.as_tensor()).unwrap().detach();
+                    let (p, b, d) =
+                        reference_step(&config, &expected[i], &grad, buffers[i].as_ref(), 0.05)?;
+                    (expected[i], buffers[i]) = (p, Some(b));
+                    expected_directions.push(d);
+                }
+                let directions = if step == 1 {
+                    sgd.step_with_directions(&grads, 0.05)?
+                } else {
+                    sgd.step(&grads, 0.05)?;
+                    Vec::new()
+                };
+                for (index, direction) in directions {
+                    let (got, want) = (
+                        direction.flatten_all()?,
+                        expected_directions[index].flatten_all()?,
+                    );
+                    assert_eq!(got.to_vec1::<f32>()?, want.to_vec1::<f32>()?);
+                }
+                for (i, (_, v)) in vars.iter().enumerate() {
+                    let got = v.as_tensor().flatten_all()?.to_vec1::<f32>()?;
+                    let want = expected[i].flatten_all()?.to_vec1::<f32>()?;
+                    assert!(
+                        got == want,
+                        "nesterov {nesterov}, step {step}, param {i} differs"
+                    );
+                }
+            }
         }
         Ok(())
     }

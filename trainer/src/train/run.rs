@@ -273,7 +273,7 @@ pub fn train(config: TrainConfig, options: &RunOptions) -> anyhow::Result<RunSum
                 let meta = inference_meta(&config, &base, done, &metrics);
                 crate::export::write_weights(
                     &out.join(BEST_FILE),
-                    &sorted(base.inference_tensors()),
+                    &sorted(base.inference_tensors()?),
                     &meta,
                 )?;
             }

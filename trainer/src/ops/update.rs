@@ -1,0 +1,220 @@
+//! In-place parameter updates on the CPU: SGD with momentum and weight decay, and the EMA of
+//! the weights, each one pass over memory instead of candle's chain of element-wise ops.
+//!
+//! Why: written with tensor ops, one SGD step on ResNet-18's 11.2 M parameters allocated,
+//! zeroed and wrote nine temporary tensors per parameter (weight decay, momentum, Nesterov
+//! look-ahead, scaled step, new weights), and the EMA three more; the fused ops read each value
+//! once and write it back where it is. They compute exactly what the tensor ops computed, in
+//! the same f32 order (candle's `tensor * f64` is `v * (s as f32) + 0`), so results are
+//! bit-identical (checked by the optimizer's tests).
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, InplaceOp2, InplaceOp3, Layout, Result};
+use rayon::prelude::*;
+
+/// Values per rayon task: large tensors are split over the threads, small ones stay on one.
+const CHUNK: usize = 1 << 16;
+
+fn slice<'a>(name: &str, storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
+    let CpuStorage::F32(data) = storage else {
+        candle_core::bail!("{name}: expected f32, got {:?}", storage.dtype());
+    };
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("{name}: operand is not contiguous"),
+    }
+}
+
+fn slice_mut<'a>(
+    name: &str,
+    storage: &'a mut CpuStorage,
+    layout: &Layout,
+) -> Result<&'a mut [f32]> {
+    let CpuStorage::F32(data) = storage else {
+        candle_core::bail!("{name}: expected f32, got {:?}", storage.dtype());
+    };
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&mut data[start..end]),
+        None => candle_core::bail!("{name}: operand is not contiguous"),
+    }
+}
+
+fn check_lengths(name: &str, lengths: &[usize]) -> Result<()> {
+    if lengths.iter().any(|&l| l != lengths[0]) {
+        candle_core::bail!("{name}: operand lengths differ: {lengths:?}");
+    }
+    Ok(())
+}
+
+/// The gradient with weight decay, as the tensor path computed it: `g + (p * wd + 0)`.
+#[inline(always)]
+fn decayed(g: f32, p: f32, weight_decay: Option<f32>) -> f32 {
+    match weight_decay {
+        Some(wd) => g + (p * wd + 0.0),
+        None => g,
+    }
+}
+
+/// `buffer <- buffer * momentum + (grad + param * weight_decay)`, applied to the momentum
+/// buffer with `buffer.inplace_op3(grad, param, &op)`.
+#[derive(Clone, Copy, Debug)]
+pub struct MomentumUpdate {
+    pub momentum: f32,
+    /// `None` where the parameter takes no weight decay (BatchNorm and biases).
+    pub weight_decay: Option<f32>,
+}
+
+impl InplaceOp3 for MomentumUpdate {
+    fn name(&self) -> &'static str {
+        "face2exp-sgd-momentum"
+    }
+
+    fn cpu_fwd(
+        &self,
+        buffer: &mut CpuStorage,
+        lb: &Layout,
+        grad: &CpuStorage,
+        lg: &Layout,
+        param: &CpuStorage,
+        lp: &Layout,
+    ) -> Result<()> {
+        let name = self.name();
+        let buffer = slice_mut(name, buffer, lb)?;
+        let (grad, param) = (slice(name, grad, lg)?, slice(name, param, lp)?);
+        check_lengths(name, &[buffer.len(), grad.len(), param.len()])?;
+        let (momentum, wd) = (self.momentum, self.weight_decay);
+        buffer
+            .par_chunks_mut(CHUNK)
+            .zip(grad.par_chunks(CHUNK).zip(param.par_chunks(CHUNK)))
+            .for_each(|(b, (g, p))| {
+                for ((b, &g), &p) in b.iter_mut().zip(g).zip(p) {
+                    *b = (*b * momentum + 0.0) + decayed(g, p, wd);
+                }
+            });
+        Ok(())
+    }
+}
+
+/// `param <- param - (direction * lr + 0)` with `direction = (grad + param * weight_decay) +
+/// buffer * momentum` (Nesterov) or `buffer`, applied with `param.inplace_op3(grad, buffer,
+/// &op)` after [`MomentumUpdate`] has updated the buffer.
+#[derive(Clone, Copy, Debug)]
+pub struct ParamUpdate {
+    pub lr: f32,
+    pub momentum: f32,
+    pub weight_decay: Option<f32>,
+    pub nesterov: bool,
+}
+
+impl InplaceOp3 for ParamUpdate {
+    fn name(&self) -> &'static str {
+        "face2exp-sgd-param"
+    }
+
+    fn cpu_fwd(
+        &self,
+        param: &mut CpuStorage,
+        lp: &Layout,
+        grad: &CpuStorage,
+        lg: &Layout,
+        buffer: &CpuStorage,
+        lb: &Layout,
+    ) -> Result<()> {
+        let name = self.name();
+        let param = slice_mut(name, param, lp)?;
+        let (grad, buffer) = (slice(name, grad, lg)?, slice(name, buffer, lb)?);
+        check_lengths(name, &[param.len(), grad.len(), buffer.len()])?;
+        let op = *self;
+        param
+            .par_chunks_mut(CHUNK)
+            .zip(grad.par_chunks(CHUNK).zip(buffer.par_chunks(CHUNK)))
+            .for_each(|(p, (g, b))| {
+                for ((p, &g), &b) in p.iter_mut().zip(g).zip(b) {
+                    let direction = if op.nesterov {
+                        decayed(g, *p, op.weight_decay) + (b * op.momentum + 0.0)
+                    } else {
+                        b
+                    };
+                    *p -= direction * op.lr + 0.0;
+                }
+            });
+        Ok(())
+    }
+}
+
+/// `shadow <- shadow * decay + param * (1 - decay)`, the EMA of the weights, applied with
+/// `shadow.inplace_op2(param, &op)`. `1 - decay` is computed in f64 first, as before.
+#[derive(Clone, Copy, Debug)]
+pub struct EmaUpdate {
+    pub decay: f64,
+}
+
+impl InplaceOp2 for EmaUpdate {
+    fn name(&self) -> &'static str {
+        "face2exp-ema"
+    }
+
+    fn cpu_fwd(
+        &self,
+        shadow: &mut CpuStorage,
+        ls: &Layout,
+        param: &CpuStorage,
+        lp: &Layout,
+    ) -> Result<()> {
+        let name = self.name();
+        let shadow = slice_mut(name, shadow, ls)?;
+        let param = slice(name, param, lp)?;
+        check_lengths(name, &[shadow.len(), param.len()])?;
+        let (keep, take) = (self.decay as f32, (1.0 - self.decay) as f32);
+        shadow
+            .par_chunks_mut(CHUNK)
+            .zip(param.par_chunks(CHUNK))
+            .for_each(|(s, p)| {
+                for (s, &p) in s.iter_mut().zip(p) {
+                    *s = (*s * keep + 0.0) + (p * take + 0.0);
+                }
+            });
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Tensor};
+
+    #[test]
+    fn ema_update_is_bit_identical_to_the_tensor_ops() -> Result<()> {
+        let dev = Device::Cpu;
+        let decay = 0.999;
+        for len in [7, 3 * CHUNK + 5] {
+            let shadow = Tensor::randn(0f32, 1.0, len, &dev)?;
+            let param = Tensor::randn(0f32, 1.0, len, &dev)?;
+            let expected = ((&shadow * decay)? + (&param * (1.0 - decay))?)?;
+            let updated = shadow.copy()?;
+            updated.inplace_op2(&param, &EmaUpdate { decay })?;
+            assert_eq!(updated.to_vec1::<f32>()?, expected.to_vec1::<f32>()?);
+            assert_ne!(updated.to_vec1::<f32>()?, shadow.to_vec1::<f32>()?);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn mismatched_operands_are_errors() -> Result<()> {
+        let dev = Device::Cpu;
+        let shadow = Tensor::zeros(4, candle_core::DType::F32, &dev)?;
+        let param = Tensor::zeros(5, candle_core::DType::F32, &dev)?;
+        let message = shadow
+            .inplace_op2(&param, &EmaUpdate { decay: 0.9 })
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("lengths differ"), "{message}");
+        let strided = Tensor::zeros((4, 2), candle_core::DType::F32, &dev)?.t()?;
+        let message = Tensor::zeros((2, 4), candle_core::DType::F32, &dev)?
+            .inplace_op2(&strided, &EmaUpdate { decay: 0.9 })
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("not contiguous"), "{message}");
+        Ok(())
+    }
+}
