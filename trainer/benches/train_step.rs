@@ -212,6 +212,16 @@ fn peak_rss_mib() -> Result<f64> {
     Ok(kib / 1024.0)
 }
 
+/// The project's ResNet-18 for 7 classes at this input side.
+fn resnet18(image: usize) -> ResNetConfig {
+    ResNetConfig {
+        arch: Arch::Resnet18,
+        stem: Stem::Imagenet,
+        num_classes: NUM_CLASSES,
+        input_size: image,
+    }
+}
+
 fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(|a, b| a.total_cmp(b));
     xs[xs.len() / 2]
@@ -221,15 +231,9 @@ fn run(what: &str, cfg: &Config) -> Result<()> {
     ops::set_fast_cpu_kernels(cfg.kernels == Kernels::Fast);
     let dev = Device::Cpu;
     let varmap = VarMap::new();
-    let config = ResNetConfig {
-        arch: Arch::Resnet18,
-        stem: Stem::Imagenet,
-        num_classes: NUM_CLASSES,
-        input_size: cfg.image,
-    };
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
     let model = match cfg.model {
-        ModelKind::Project => Model::Project(ResNet::new(&config, vb)?),
+        ModelKind::Project => Model::Project(ResNet::new(&resnet18(cfg.image), vb)?),
         ModelKind::Minimal => Model::Minimal(MinimalResNet18::new(vb)?),
     };
     let mut rng = ChaCha8Rng::seed_from_u64(0);
@@ -346,13 +350,10 @@ fn suite() -> Result<()> {
 fn update(reps: usize) -> Result<()> {
     let dev = Device::Cpu;
     let varmap = VarMap::new();
-    let config = ResNetConfig {
-        arch: Arch::Resnet18,
-        stem: Stem::Imagenet,
-        num_classes: NUM_CLASSES,
-        input_size: 48,
-    };
-    let model = ResNet::new(&config, VarBuilder::from_varmap(&varmap, DType::F32, &dev))?;
+    let model = ResNet::new(
+        &resnet18(48),
+        VarBuilder::from_varmap(&varmap, DType::F32, &dev),
+    )?;
     let images = Tensor::randn(0f32, 1.0, (4, 3, 48, 48), &dev)?;
     let labels = Tensor::new(&[0u32, 1, 2, 3], &dev)?;
     let grads = cross_entropy(&model.forward_t(&images, true)?, &labels)?.backward()?;
