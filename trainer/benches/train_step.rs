@@ -131,7 +131,7 @@ impl ConvBn {
     fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let y = ops::conv2d(x, &self.weight, self.stride, self.padding)?;
         if train {
-            Ok(ops::batch_norm_train(&y, &self.gamma, &self.beta, 1e-5)?.0)
+            Ok(ops::batch_norm_train(&y, &self.gamma, &self.beta, 1e-5, false)?.0)
         } else {
             let per_channel = (1, self.gamma.dim(0)?, 1, 1);
             let scale = (&self.gamma / (1.0f64 + 1e-5).sqrt())?;

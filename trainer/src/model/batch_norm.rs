@@ -73,6 +73,15 @@ impl BatchNorm2d {
     }
 
     pub fn forward(&self, x: &Tensor, mode: BnMode) -> Result<Tensor> {
+        self.forward_then(x, mode, false)
+    }
+
+    /// `relu(self.forward(x, mode))`, fused into one op in train mode on the CPU.
+    pub fn forward_relu(&self, x: &Tensor, mode: BnMode) -> Result<Tensor> {
+        self.forward_then(x, mode, true)
+    }
+
+    fn forward_then(&self, x: &Tensor, mode: BnMode, relu: bool) -> Result<Tensor> {
         let (n, c, h, w) = x.dims4()?;
         if c != self.weight.dim(0)? {
             candle_core::bail!(
@@ -88,9 +97,10 @@ impl BatchNorm2d {
             let var = self.running_var.as_tensor().detach().copy()?;
             let scale = self.weight.div(&(var + self.eps)?.sqrt()?)?;
             let shift = self.bias.sub(&mean.mul(&scale)?)?;
-            return x
+            let y = x
                 .broadcast_mul(&scale.reshape(per_channel)?)?
-                .broadcast_add(&shift.reshape(per_channel)?);
+                .broadcast_add(&shift.reshape(per_channel)?)?;
+            return if relu { y.relu() } else { Ok(y) };
         }
         let count = n * h * w;
         if count < 2 {
@@ -101,7 +111,7 @@ impl BatchNorm2d {
         }
         // Fused on the CPU (f64 accumulation across planes, like PyTorch's), candle ops elsewhere.
         let (y, batch_mean, batch_var) =
-            ops::batch_norm_train(x, &self.weight, &self.bias, self.eps)?;
+            ops::batch_norm_train(x, &self.weight, &self.bias, self.eps, relu)?;
         if mode == BnMode::Train {
             let m = self.momentum;
             let dtype = self.running_mean.dtype();

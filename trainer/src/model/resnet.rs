@@ -70,6 +70,11 @@ impl ConvBn {
     fn forward(&self, x: &Tensor, mode: BnMode) -> Result<Tensor> {
         self.bn.forward(&self.conv.forward(x)?, mode)
     }
+
+    /// `relu(self.forward(x, mode))`, the ReLU fused into the BatchNorm where it can be.
+    fn forward_relu(&self, x: &Tensor, mode: BnMode) -> Result<Tensor> {
+        self.bn.forward_relu(&self.conv.forward(x)?, mode)
+    }
 }
 
 /// `conv{i}` + `bn{i}` under the same `vb` (a block), as torchvision names them.
@@ -114,16 +119,17 @@ impl Block {
         let mut y = x.clone();
         let last = self.convs.len() - 1;
         for (i, unit) in self.convs.iter().enumerate() {
-            y = unit.forward(&y, mode)?;
-            if i < last {
-                y = y.relu()?;
-            }
+            y = if i < last {
+                unit.forward_relu(&y, mode)?
+            } else {
+                unit.forward(&y, mode)?
+            };
         }
         let shortcut = match &self.downsample {
             Some(projection) => projection.forward(x, mode)?,
             None => x.clone(),
         };
-        (y + shortcut)?.relu()
+        ops::add_relu(&y, &shortcut)
     }
 }
 
@@ -279,7 +285,7 @@ impl ResNet {
                 x.shape()
             )
         }
-        let mut y = self.stem.forward(x, mode)?.relu()?;
+        let mut y = self.stem.forward_relu(x, mode)?;
         if self.config.stem == Stem::Imagenet {
             y = ops::max_pool_3x3_s2_p1(&y)?;
         }

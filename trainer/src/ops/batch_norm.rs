@@ -4,11 +4,14 @@
 //! ops forward and more backward, each a full pass over the activations. Here the forward is two
 //! passes (statistics, normalise) and the backward two (per-channel sums, input gradient), all
 //! spread over rayon's threads. The forward's statistics are kept for the backward and handed
-//! to the caller for the running estimates.
+//! to the caller for the running estimates. A ReLU after the BatchNorm can be fused in: the
+//! forward clamps in its normalising pass, the backward masks the gradient first
+//! ([`super::relu`]).
 
 use std::sync::{Arc, Mutex};
 
 use super::conv::contiguous_f32;
+use super::relu::relu_grad;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -56,6 +59,8 @@ fn per_channel_sums(
 /// Forward: `x.apply_op3(weight, bias, BatchNormTrain)` -> y, statistics left in `saved`.
 struct BatchNormTrain {
     eps: f64,
+    /// y = relu(BatchNorm(x)).
+    relu: bool,
     saved: Shared,
 }
 
@@ -104,6 +109,7 @@ impl CustomOp3 for BatchNormTrain {
             .iter()
             .map(|v| (1.0 / (*v as f64 + self.eps).sqrt()) as f32)
             .collect();
+        let relu = self.relu;
         let mut y = vec![0f32; x.len()];
         y.par_chunks_mut(plane)
             .zip(x.par_chunks(plane))
@@ -112,8 +118,14 @@ impl CustomOp3 for BatchNormTrain {
                 let ch = p % c;
                 let scale = weight[ch] * inv_std[ch];
                 let shift = bias[ch] - mean[ch] * scale;
-                for (o, v) in out.iter_mut().zip(inp) {
-                    *o = v * scale + shift;
+                if relu {
+                    for (o, v) in out.iter_mut().zip(inp) {
+                        *o = (v * scale + shift).max(0.0);
+                    }
+                } else {
+                    for (o, v) in out.iter_mut().zip(inp) {
+                        *o = v * scale + shift;
+                    }
                 }
             });
         let mut saved = lock(&self.saved);
@@ -128,10 +140,14 @@ impl CustomOp3 for BatchNormTrain {
         x: &Tensor,
         weight: &Tensor,
         bias: &Tensor,
-        _y: &Tensor,
+        y: &Tensor,
         grad_y: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let grad_y = grad_y.contiguous()?;
+        let grad_y = if self.relu {
+            relu_grad(grad_y, y)?
+        } else {
+            grad_y.contiguous()?
+        };
         // One op computes the per-channel sums (they are the weight and bias gradients) and keeps
         // them for the input gradient that follows.
         let sums = x.apply_op2_no_bwd(
@@ -259,17 +275,20 @@ impl CustomOp3 for BatchNormInputGrad {
     }
 }
 
-/// Train-mode BatchNorm2d on the CPU: returns `y` (differentiable in x, weight and bias) and the
-/// batch mean and biased variance (C,), detached, for the caller's running estimates.
+/// Train-mode BatchNorm2d on the CPU, followed by a ReLU when `relu`: returns `y`
+/// (differentiable in x, weight and bias) and the batch mean and biased variance (C,),
+/// detached, for the caller's running estimates.
 pub fn batch_norm_train_cpu(
     x: &Tensor,
     weight: &Tensor,
     bias: &Tensor,
     eps: f64,
+    relu: bool,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let saved = Shared::default();
     let op = BatchNormTrain {
         eps,
+        relu,
         saved: saved.clone(),
     };
     let y = x

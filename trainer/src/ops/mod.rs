@@ -8,6 +8,7 @@ mod batch_norm;
 mod conv;
 mod im2col;
 mod pool;
+mod relu;
 mod update;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,6 +17,7 @@ use candle_core::{DType, Result, Tensor, D};
 
 pub use conv::Conv2dOp;
 pub use pool::MaxPool3x3S2P1;
+pub use relu::AddRelu;
 pub use update::{EmaUpdate, MomentumUpdate, ParamUpdate};
 
 static FAST_CPU_KERNELS: AtomicBool = AtomicBool::new(true);
@@ -106,17 +108,29 @@ pub fn max_pool_3x3_s2_p1(x: &Tensor) -> Result<Tensor> {
 
 /// BatchNorm2d in training mode: normalises with the batch's per-channel mean and biased
 /// variance. `x`: (N, C, H, W), `weight`/`bias`: (C,). Returns `(y, batch_mean, batch_var)`,
-/// the statistics detached (C,) so the caller can update its running estimates.
+/// the statistics detached (C,) so the caller can update its running estimates. With `relu`,
+/// `y` is `relu(BatchNorm(x))` (fused into the same op on the CPU).
 pub fn batch_norm_train(
     x: &Tensor,
     weight: &Tensor,
     bias: &Tensor,
     eps: f64,
+    relu: bool,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     if use_cpu_kernels(&[x, weight, bias]) {
-        batch_norm::batch_norm_train_cpu(x, weight, bias, eps)
+        batch_norm::batch_norm_train_cpu(x, weight, bias, eps, relu)
     } else {
-        batch_norm_train_candle(x, weight, bias, eps)
+        let (y, mean, var) = batch_norm_train_candle(x, weight, bias, eps)?;
+        Ok((if relu { y.relu()? } else { y }, mean, var))
+    }
+}
+
+/// `relu(a + b)` for same-shape tensors, the end of a residual block (one fused op on the CPU).
+pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if use_cpu_kernels(&[a, b]) {
+        a.contiguous()?.apply_op2(&b.contiguous()?, AddRelu)
+    } else {
+        (a + b)?.relu()
     }
 }
 

@@ -283,33 +283,78 @@ fn batch_norm_train_matches_candle_ops_forward_and_backward() -> Result<()> {
         (5, 2, 1, 1),
         (3, 6, 7, 2),
     ] {
-        let x = Var::from_tensor(&random(&mut rng, (n, c, h, w))?.affine(3.0, 0.5)?)?;
-        let weight = Var::from_tensor(&random(&mut rng, (1, c, 1, 1))?.flatten_all()?)?;
-        let bias = Var::from_tensor(&random(&mut rng, (1, c, 1, 1))?.flatten_all()?)?;
-        let probe = random(&mut rng, (n, c, h, w))?;
-        let (fast, mean, var) =
-            batch_norm_train(x.as_tensor(), weight.as_tensor(), bias.as_tensor(), 1e-5)?;
-        let (slow, mean_ref, var_ref) =
-            batch_norm_train_candle(x.as_tensor(), weight.as_tensor(), bias.as_tensor(), 1e-5)?;
-        let case = format!("{n}x{c}x{h}x{w}");
-        assert!(relative_error(&fast, &slow)? < 1e-5, "forward {case}");
-        assert!(relative_error(&mean, &mean_ref)? < 1e-6, "mean {case}");
-        assert!(relative_error(&var, &var_ref)? < 1e-5, "var {case}");
-        let g_fast = (fast * &probe)?.sum_all()?.backward()?;
-        let g_slow = (slow * &probe)?.sum_all()?.backward()?;
-        for (name, v) in [("x", &x), ("weight", &weight), ("bias", &bias)] {
-            let (a, b) = (
-                g_fast.get(v.as_tensor()).unwrap(),
-                g_slow.get(v.as_tensor()).unwrap(),
-            );
-            assert!(relative_error(a, b)? < 1e-4, "{name} gradient {case}");
+        for relu in [false, true] {
+            let x = Var::from_tensor(&random(&mut rng, (n, c, h, w))?.affine(3.0, 0.5)?)?;
+            let weight = Var::from_tensor(&random(&mut rng, (1, c, 1, 1))?.flatten_all()?)?;
+            let bias = Var::from_tensor(&random(&mut rng, (1, c, 1, 1))?.flatten_all()?)?;
+            let probe = random(&mut rng, (n, c, h, w))?;
+            let (x_t, w_t, b_t) = (x.as_tensor(), weight.as_tensor(), bias.as_tensor());
+            let (fast, mean, var) = batch_norm_train(x_t, w_t, b_t, 1e-5, relu)?;
+            let (slow, mean_ref, var_ref) = batch_norm_train_candle(x_t, w_t, b_t, 1e-5)?;
+            let slow = if relu { slow.relu()? } else { slow };
+            let case = format!("{n}x{c}x{h}x{w}, relu {relu}");
+            if relu {
+                let negative = slow.lt(0.0)?.to_dtype(DType::F32)?.sum_all()?;
+                assert_eq!(negative.to_scalar::<f32>()?, 0.0, "{case}");
+            }
+            assert!(relative_error(&fast, &slow)? < 1e-5, "forward {case}");
+            assert!(relative_error(&mean, &mean_ref)? < 1e-6, "mean {case}");
+            assert!(relative_error(&var, &var_ref)? < 1e-5, "var {case}");
+            let g_fast = (fast * &probe)?.sum_all()?.backward()?;
+            let g_slow = (slow * &probe)?.sum_all()?.backward()?;
+            for (name, v) in [("x", &x), ("weight", &weight), ("bias", &bias)] {
+                let (a, b) = (
+                    g_fast.get(v.as_tensor()).unwrap(),
+                    g_slow.get(v.as_tensor()).unwrap(),
+                );
+                assert!(relative_error(a, b)? < 1e-4, "{name} gradient {case}");
+            }
         }
     }
     let one = Tensor::ones((1, 2, 1, 1), DType::F32, &Device::Cpu)?;
     let wb = Tensor::ones(2, DType::F32, &Device::Cpu)?;
-    let err = batch_norm_train(&one, &wb, &wb, 1e-5)
+    let err = batch_norm_train(&one, &wb, &wb, 1e-5, true)
         .unwrap_err()
         .to_string();
     assert!(err.contains("more than one value per channel"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn add_relu_matches_candle_ops_forward_and_backward() -> Result<()> {
+    let mut rng = ChaCha8Rng::seed_from_u64(10);
+    for shape in [
+        (2usize, 3usize, 5usize, 4usize),
+        (1, 1, 1, 1),
+        (3, 64, 9, 9),
+    ] {
+        let a = Var::from_tensor(&random(&mut rng, shape)?)?;
+        let b = Var::from_tensor(&random(&mut rng, shape)?)?;
+        // An input that takes no gradient (like the image) must not get one.
+        let fixed = random(&mut rng, shape)?;
+        let probe = random(&mut rng, shape)?;
+        let fast = add_relu(a.as_tensor(), b.as_tensor())?;
+        let slow = (a.as_tensor() + b.as_tensor())?.relu()?;
+        assert_eq!(relative_error(&fast, &slow)?, 0.0, "forward {shape:?}");
+        let g_fast = (&fast * &probe)?.sum_all()?.backward()?;
+        let g_slow = (&slow * &probe)?.sum_all()?.backward()?;
+        for v in [&a, &b] {
+            let (x, y) = (
+                g_fast.get(v.as_tensor()).unwrap(),
+                g_slow.get(v.as_tensor()).unwrap(),
+            );
+            assert_eq!(relative_error(x, y)?, 0.0, "gradient {shape:?}");
+        }
+        let half = add_relu(a.as_tensor(), &fixed)?;
+        let grads = half.sum_all()?.backward()?;
+        assert!(grads.get(&fixed).is_none() && grads.get(a.as_tensor()).is_some());
+    }
+    let err = add_relu(
+        &Tensor::zeros((1, 2, 2, 2), DType::F32, &Device::Cpu)?,
+        &Tensor::zeros((1, 2, 2, 3), DType::F32, &Device::Cpu)?,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("differs"), "{err}");
     Ok(())
 }
