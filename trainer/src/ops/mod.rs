@@ -86,6 +86,12 @@ fn use_cpu_kernels(tensors: &[&Tensor]) -> bool {
             .all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
 }
 
+/// Whether the in-place update ops ([`MomentumUpdate`], [`ParamUpdate`], [`EmaUpdate`]) handle
+/// these tensors: where the fast CPU kernels do, and contiguous.
+pub fn in_place_update_applies(tensors: &[&Tensor]) -> bool {
+    use_cpu_kernels(tensors) && tensors.iter().all(|t| t.is_contiguous())
+}
+
 /// 2-D convolution without bias, `groups = 1`, square kernel, dilation 1.
 /// `x`: (N, C_in, H, W), `w`: (C_out, C_in, K, K).
 pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {

@@ -85,11 +85,7 @@ impl Network {
                 .get_mut(&name)
                 .expect("EMA tracks every variable");
             let param = var.as_tensor();
-            let in_place = crate::ops::fast_cpu_kernels()
-                && [&*shadow, param].iter().all(|t| {
-                    t.device().is_cpu() && t.dtype() == candle_core::DType::F32 && t.is_contiguous()
-                });
-            if in_place {
+            if crate::ops::in_place_update_applies(&[&*shadow, param]) {
                 shadow.inplace_op2(param, &crate::ops::EmaUpdate { decay: ema.decay })?;
             } else {
                 let t = param.detach();

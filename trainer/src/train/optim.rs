@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Result, Tensor, Var};
+use candle_core::{Result, Tensor, Var};
 
 use crate::ops::{self, MomentumUpdate, ParamUpdate};
 use serde::{Deserialize, Serialize};
@@ -52,15 +52,16 @@ impl Sgd {
     }
 
     /// Applies one update with learning rate `lr`. Parameters without a gradient are left alone.
-    /// Returns the applied update direction `d` per parameter (so that `p_new = p_old - lr * d`),
-    /// which Meta-Face2Exp's exact feedback needs.
-    /// One SGD step on every parameter that has a gradient.
+    /// On the CPU (f32, contiguous, with momentum) parameters and momentum buffers are updated
+    /// in place by fused ops ([`crate::ops::MomentumUpdate`], [`crate::ops::ParamUpdate`]),
+    /// bit-identical to the tensor-op update used elsewhere.
     pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
         self.update(grads, lr, false).map(|_| ())
     }
 
-    /// [`Sgd::step`], returning the update direction it applied to each parameter (by index
-    /// in [`Sgd::params`]): `exact` feedback needs it.
+    /// [`Sgd::step`], returning the applied update direction `d` per parameter (by index in
+    /// [`Sgd::params`], so that `p_new = p_old - lr * d`), which Meta-Face2Exp's exact feedback
+    /// needs.
     pub fn step_with_directions(
         &mut self,
         grads: &GradStore,
@@ -82,11 +83,7 @@ impl Sgd {
             };
             let param = var.as_tensor();
             let decays = self.config.weight_decay != 0.0 && var.rank() >= 2;
-            let fused = self.config.momentum != 0.0
-                && ops::fast_cpu_kernels()
-                && [param, grad]
-                    .iter()
-                    .all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous());
+            let fused = self.config.momentum != 0.0 && ops::in_place_update_applies(&[param, grad]);
             if fused {
                 let weight_decay = decays.then_some(self.config.weight_decay as f32);
                 let momentum = self.config.momentum as f32;
@@ -129,6 +126,9 @@ impl Sgd {
                 self.momentum_buffers.insert(name.clone(), buffer);
                 continue;
             }
+            // Gradients computed from tracked activations carry candle's op graph; keeping them
+            // (in momentum buffers) without detaching would chain every step's graph to the
+            // next and grow memory without bound.
             let mut g = grad.detach();
             if decays {
                 g = (g + (param * self.config.weight_decay)?)?;
@@ -156,6 +156,7 @@ impl Sgd {
         Ok(applied)
     }
 
+    /// Momentum buffers by parameter name, for checkpoints.
     pub fn state(&self) -> impl Iterator<Item = (&String, &Tensor)> {
         self.momentum_buffers.iter()
     }
