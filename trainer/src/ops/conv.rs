@@ -108,6 +108,22 @@ pub(super) fn contiguous_f32<'a>(
     }
 }
 
+/// [`contiguous_f32`] for an operand written in place (`InplaceOp` destinations).
+pub(super) fn contiguous_f32_mut<'a>(
+    what: &str,
+    storage: &'a mut CpuStorage,
+    layout: &Layout,
+) -> Result<&'a mut [f32]> {
+    let data = match storage {
+        CpuStorage::F32(v) => v.as_mut_slice(),
+        other => candle_core::bail!("{what}: expected f32, got {:?}", other.dtype()),
+    };
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&mut data[start..end]),
+        None => candle_core::bail!("{what}: tensor must be contiguous"),
+    }
+}
+
 /// The column matrix of images `[first, first + count)` of the input `x`, image-major along
 /// its `count * plane` columns (one GEMM's right-hand side).
 fn im2col_chunk(

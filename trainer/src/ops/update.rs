@@ -8,36 +8,12 @@
 //! the same f32 order (candle's `tensor * f64` is `v * (s as f32) + 0`), so results are
 //! bit-identical (checked by the optimizer's tests).
 
-use candle_core::backend::BackendStorage;
+use super::conv::{contiguous_f32, contiguous_f32_mut};
 use candle_core::{CpuStorage, InplaceOp2, InplaceOp3, Layout, Result};
 use rayon::prelude::*;
 
 /// Values per rayon task: large tensors are split over the threads, small ones stay on one.
 const CHUNK: usize = 1 << 16;
-
-fn slice<'a>(name: &str, storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
-    let CpuStorage::F32(data) = storage else {
-        candle_core::bail!("{name}: expected f32, got {:?}", storage.dtype());
-    };
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("{name}: operand is not contiguous"),
-    }
-}
-
-fn slice_mut<'a>(
-    name: &str,
-    storage: &'a mut CpuStorage,
-    layout: &Layout,
-) -> Result<&'a mut [f32]> {
-    let CpuStorage::F32(data) = storage else {
-        candle_core::bail!("{name}: expected f32, got {:?}", storage.dtype());
-    };
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&mut data[start..end]),
-        None => candle_core::bail!("{name}: operand is not contiguous"),
-    }
-}
 
 fn check_lengths(name: &str, lengths: &[usize]) -> Result<()> {
     if lengths.iter().any(|&l| l != lengths[0]) {
@@ -79,8 +55,11 @@ impl InplaceOp3 for MomentumUpdate {
         lp: &Layout,
     ) -> Result<()> {
         let name = self.name();
-        let buffer = slice_mut(name, buffer, lb)?;
-        let (grad, param) = (slice(name, grad, lg)?, slice(name, param, lp)?);
+        let buffer = contiguous_f32_mut(name, buffer, lb)?;
+        let (grad, param) = (
+            contiguous_f32(name, grad, lg)?,
+            contiguous_f32(name, param, lp)?,
+        );
         check_lengths(name, &[buffer.len(), grad.len(), param.len()])?;
         let (momentum, wd) = (self.momentum, self.weight_decay);
         buffer
@@ -121,8 +100,11 @@ impl InplaceOp3 for ParamUpdate {
         lb: &Layout,
     ) -> Result<()> {
         let name = self.name();
-        let param = slice_mut(name, param, lp)?;
-        let (grad, buffer) = (slice(name, grad, lg)?, slice(name, buffer, lb)?);
+        let param = contiguous_f32_mut(name, param, lp)?;
+        let (grad, buffer) = (
+            contiguous_f32(name, grad, lg)?,
+            contiguous_f32(name, buffer, lb)?,
+        );
         check_lengths(name, &[param.len(), grad.len(), buffer.len()])?;
         let op = *self;
         param
@@ -162,8 +144,8 @@ impl InplaceOp2 for EmaUpdate {
         lp: &Layout,
     ) -> Result<()> {
         let name = self.name();
-        let shadow = slice_mut(name, shadow, ls)?;
-        let param = slice(name, param, lp)?;
+        let shadow = contiguous_f32_mut(name, shadow, ls)?;
+        let param = contiguous_f32(name, param, lp)?;
         check_lengths(name, &[shadow.len(), param.len()])?;
         let (keep, take) = (self.decay as f32, (1.0 - self.decay) as f32);
         shadow
@@ -214,7 +196,7 @@ mod tests {
             .inplace_op2(&strided, &EmaUpdate { decay: 0.9 })
             .unwrap_err()
             .to_string();
-        assert!(message.contains("not contiguous"), "{message}");
+        assert!(message.contains("must be contiguous"), "{message}");
         Ok(())
     }
 }
