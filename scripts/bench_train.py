@@ -146,6 +146,8 @@ def main():
                     help="also time the bench's minimal ResNet-18 that uses the fused train-mode BatchNorm")
     ap.add_argument("--optimizer", choices=["trainer", "plain"], default="trainer",
                     help="the trainer's SGD (momentum, Nesterov, weight decay) or lr alone")
+    ap.add_argument("--im2col-baseline", action="store_true",
+                    help="also time the fast kernels with im2col for every convolution (no Winograd)")
     ap.add_argument("--bench-exe", help="prebuilt train_step executable (skips cargo)")
     ap.add_argument("--torch-worker", nargs=3, metavar=("WHAT", "IMAGE", "BATCH"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -173,7 +175,8 @@ def main():
                               "--torch-worker", what, str(image), str(batch)], env)
         base = run_json([exe, *common, "--kernels", "candle"], env) if args.candle_baseline else None
         minimal = run_json([exe, *common, "--model", "minimal"], env) if args.minimal_model else None
-        rows.append((what, image, batch, fast, torch_res, base, minimal))
+        im2col = run_json([exe, *common, "--conv", "im2col"], env) if args.im2col_baseline else None
+        rows.append((what, image, batch, fast, torch_res, base, minimal, im2col))
         print(f"done {what} {image}px batch {batch}", file=sys.stderr, flush=True)
 
     print(f"\nthreads: {args.threads}, {torch_res['impl']}, {args.optimizer} SGD, median of {args.reps} steps / "
@@ -186,9 +189,12 @@ def main():
     if args.candle_baseline:
         head += " candle built-in s | RSS built-in MiB |"
         sep += "---|---|"
+    if args.im2col_baseline:
+        head += " im2col only s | ratio | RSS MiB |"
+        sep += "---|---|---|"
     print(head)
     print(sep)
-    for what, image, batch, fast, t, base, minimal in rows:
+    for what, image, batch, fast, t, base, minimal, im2col in rows:
         line = (f"| {what} | {image} | {batch} | {fast['median_s']:.3f} | {t['median_s']:.3f} | "
                 f"{fast['median_s'] / t['median_s']:.2f} | {fast['peak_rss_mib']:.0f} | {t['peak_rss_mib']:.0f} |")
         if minimal:
@@ -196,6 +202,9 @@ def main():
                      f" {minimal['peak_rss_mib']:.0f} |")
         if base:
             line += f" {base['median_s']:.3f} | {base['peak_rss_mib']:.0f} |"
+        if im2col:
+            line += (f" {im2col['median_s']:.3f} | {im2col['median_s'] / t['median_s']:.2f} |"
+                     f" {im2col['peak_rss_mib']:.0f} |")
         print(line)
 
 

@@ -20,7 +20,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::{loss::cross_entropy, Optimizer, VarBuilder, VarMap, SGD};
 use clap::{Parser, Subcommand, ValueEnum};
 use face2exp_trainer::model::{trainable_vars, Arch, ResNet, ResNetConfig, Stem};
-use face2exp_trainer::ops;
+use face2exp_trainer::ops::{self, ConvAlgorithm};
 use face2exp_trainer::train::optim::{Sgd, SgdConfig};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -75,6 +75,10 @@ struct Config {
     /// 5e-4 on conv and linear weights, its defaults) or plain SGD (candle_nn's, lr only).
     #[arg(long, value_enum, default_value_t = OptimizerKind::Trainer)]
     optimizer: OptimizerKind,
+    /// Kernel of the 3x3 stride-1 convolutions (fast kernels only): Winograd where it pays
+    /// (`auto`, the trainer's default), im2col everywhere, or Winograd everywhere it applies.
+    #[arg(long, value_enum, default_value_t = ConvAlgorithm::Auto)]
+    conv: ConvAlgorithm,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -229,6 +233,7 @@ fn median(mut xs: Vec<f64>) -> f64 {
 
 fn run(what: &str, cfg: &Config) -> Result<()> {
     ops::set_fast_cpu_kernels(cfg.kernels == Kernels::Fast);
+    ops::set_conv_algorithm(cfg.conv);
     let dev = Device::Cpu;
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);

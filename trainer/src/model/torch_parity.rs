@@ -15,10 +15,14 @@ use super::{Arch, BnMode, ResNet, ResNetConfig, Stem};
 
 /// Largest accepted max |ours - torch float64| / max |torch float64| per compared tensor.
 const TOLERANCE: f32 = 1e-4;
-/// The same for resnet50's early-layer gradients. With candle's own kernels
-/// (`ops::set_fast_cpu_kernels(false)`) they are within 1e-4 too; the fast CPU kernels
-/// (f32 sums inside each plane) measured 2.6e-3 on `layer1.0.downsample.0.weight`.
-/// A wrong graph is off by 1e-1 or more.
+/// The same for early-layer gradients, which pass back through many train-mode BatchNorms that
+/// divide by small batch deviations. With candle's own kernels (`ops::set_fast_cpu_kernels(false)`)
+/// they are within 1e-4; the fast CPU kernels measured 2.6e-3 on resnet50's
+/// `layer1.0.downsample.0.weight` (f32 sums inside each plane), and Winograd F(2x2, 3x3), whose
+/// rounding error scales with a whole 4x4 input tile rather than with each output, 4.0e-3 on
+/// resnet18's `bn1.weight` (2.5e-6 with im2col for every convolution; the ops agree to ~1e-6 of
+/// each other on every single convolution, `ops::winograd` tests). A wrong graph is off by
+/// 1e-1 or more.
 const DEEP_GRAD_TOLERANCE: f32 = 1e-2;
 
 fn fnv1a64(name: &str) -> u64 {
@@ -180,7 +184,7 @@ fn resnet18_small_stem_matches_torchvision() -> anyhow::Result<()> {
         Stem::Small,
         48,
         "resnet18_small48.safetensors",
-        TOLERANCE,
+        DEEP_GRAD_TOLERANCE,
     )
 }
 

@@ -1,5 +1,7 @@
 //! conv2d on the CPU as candle custom ops: forward, input gradient and weight gradient, each an
-//! im2col/col2im copy around one GEMM per chunk of images.
+//! im2col/col2im copy around one GEMM per chunk of images, or Winograd F(2x2, 3x3) for the 3x3
+//! stride-1 convolutions where it is faster (`winograd.rs` decides, `set_conv_algorithm`
+//! overrides).
 //!
 //! Threads: the batch is split into one group of images per rayon thread, each group running
 //! single-threaded GEMMs on its own scratch (no synchronisation inside a layer); a batch smaller
@@ -7,6 +9,7 @@
 //! (the deep layers) are gathered into chunks so that each GEMM still has a wide right-hand side.
 
 use super::im2col::{col2im, im2col, sgemm, ConvGeometry, MatRef};
+use super::winograd::{self, Pass};
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
@@ -21,12 +24,12 @@ const MAX_CHUNK_FLOATS: usize = 4 << 20;
 /// layer of every step used to allocate them afresh, zero them (`resize`) and fault their pages
 /// in, only for im2col / the GEMM / the gather to overwrite every float anyway.
 #[derive(Default)]
-struct Scratch {
-    col: Vec<f32>,
-    out: Vec<f32>,
-    gathered: Vec<f32>,
-    /// One zero-bordered input plane for im2col / col2im.
-    padded: Vec<f32>,
+pub(super) struct Scratch {
+    pub(super) col: Vec<f32>,
+    pub(super) out: Vec<f32>,
+    pub(super) gathered: Vec<f32>,
+    /// One zero-bordered input plane for im2col / col2im (and Winograd's input transform).
+    pub(super) padded: Vec<f32>,
 }
 
 thread_local! {
@@ -36,18 +39,18 @@ thread_local! {
 impl Scratch {
     /// This thread's buffers, leaving empty ones behind: a task that rayon runs on this thread
     /// while this one waits inside a parallel GEMM simply starts from empty buffers.
-    fn take() -> Scratch {
+    pub(super) fn take() -> Scratch {
         SCRATCH.with(|cell| cell.take())
     }
 
-    fn give_back(self) {
+    pub(super) fn give_back(self) {
         SCRATCH.with(|cell| cell.set(self));
     }
 }
 
 /// The first `len` floats of `buffer`, grown (never shrunk) to hold them. The contents are
 /// stale: callers overwrite every float they read.
-fn at_least(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
+pub(super) fn at_least(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
     if buffer.len() < len {
         buffer.resize(len, 0.0);
     }
@@ -65,21 +68,22 @@ struct Plan {
     gemm_parallelism: Parallelism,
 }
 
+/// Images per thread group and the parallelism each GEMM gets: one group per rayon thread, or,
+/// for a batch smaller than the thread count, one group whose GEMMs use every thread.
+pub(super) fn split_batch(batch: usize) -> (usize, Parallelism) {
+    let threads = rayon::current_num_threads().max(1);
+    if batch >= threads {
+        (batch.div_ceil(threads), Parallelism::None)
+    } else if threads > 1 {
+        (batch.max(1), Parallelism::Rayon(threads))
+    } else {
+        (batch.max(1), Parallelism::None)
+    }
+}
+
 impl Plan {
     fn new(g: &ConvGeometry) -> Self {
-        let threads = rayon::current_num_threads().max(1);
-        let (images_per_group, gemm_parallelism) = if g.batch >= threads {
-            (g.batch.div_ceil(threads), Parallelism::None)
-        } else {
-            (
-                g.batch.max(1),
-                if threads > 1 {
-                    Parallelism::Rayon(threads)
-                } else {
-                    Parallelism::None
-                },
-            )
-        };
+        let (images_per_group, gemm_parallelism) = split_batch(g.batch);
         let plane = g.out_plane().max(1);
         let by_width = TARGET_CHUNK_COLUMNS.div_ceil(plane);
         let by_memory = (MAX_CHUNK_FLOATS / (g.col_rows() * plane).max(1)).max(1);
@@ -180,7 +184,7 @@ fn scatter_chunk(
 }
 
 /// Row-major dense matrix view.
-fn dense(data: &[f32], cols: usize) -> MatRef<'_> {
+pub(super) fn dense(data: &[f32], cols: usize) -> MatRef<'_> {
     MatRef {
         data,
         row_stride: cols,
@@ -189,7 +193,7 @@ fn dense(data: &[f32], cols: usize) -> MatRef<'_> {
 }
 
 /// Transposed view of a dense row-major matrix with `cols` columns.
-fn transposed(data: &[f32], cols: usize) -> MatRef<'_> {
+pub(super) fn transposed(data: &[f32], cols: usize) -> MatRef<'_> {
     MatRef {
         data,
         row_stride: 1,
@@ -197,8 +201,17 @@ fn transposed(data: &[f32], cols: usize) -> MatRef<'_> {
     }
 }
 
-/// y = conv2d(x, w): the forward pass.
+/// y = conv2d(x, w): the forward pass, through Winograd where it pays, else im2col.
 pub fn conv2d_forward(g: &ConvGeometry, x: &[f32], w: &[f32]) -> Vec<f32> {
+    if winograd::pays(g, Pass::Forward) {
+        winograd::forward(g, x, w)
+    } else {
+        im2col_forward(g, x, w)
+    }
+}
+
+/// [`conv2d_forward`] through im2col, for any geometry.
+pub(super) fn im2col_forward(g: &ConvGeometry, x: &[f32], w: &[f32]) -> Vec<f32> {
     let plan = Plan::new(g);
     let (rows, plane, c_out) = (g.col_rows(), g.out_plane(), g.c_out);
     let in_image = g.c_in * g.in_plane();
@@ -258,8 +271,17 @@ pub fn conv2d_forward(g: &ConvGeometry, x: &[f32], w: &[f32]) -> Vec<f32> {
     y
 }
 
-/// dL/dx = col2im(w^T * dL/dy).
+/// dL/dx, through Winograd where it pays, else `col2im(w^T * dL/dy)`.
 pub fn conv2d_input_grad(g: &ConvGeometry, grad_y: &[f32], w: &[f32]) -> Vec<f32> {
+    if winograd::pays(g, Pass::InputGrad) {
+        winograd::input_grad(g, grad_y, w)
+    } else {
+        im2col_input_grad(g, grad_y, w)
+    }
+}
+
+/// [`conv2d_input_grad`] through im2col, for any geometry.
+pub(super) fn im2col_input_grad(g: &ConvGeometry, grad_y: &[f32], w: &[f32]) -> Vec<f32> {
     let plan = Plan::new(g);
     let (rows, plane, c_out) = (g.col_rows(), g.out_plane(), g.c_out);
     let in_image = g.c_in * g.in_plane();
@@ -326,55 +348,77 @@ pub fn conv2d_input_grad(g: &ConvGeometry, grad_y: &[f32], w: &[f32]) -> Vec<f32
 /// dL/dw = sum over images of dL/dy * im2col(x)^T; each thread group sums its own images, the
 /// partial sums are added at the end.
 pub fn conv2d_weight_grad(g: &ConvGeometry, x: &[f32], grad_y: &[f32]) -> Vec<f32> {
+    if winograd::pays(g, Pass::WeightGrad) {
+        winograd::weight_grad(g, x, grad_y)
+    } else {
+        im2col_weight_grad(g, x, grad_y)
+    }
+}
+
+/// [`conv2d_weight_grad`] through im2col, for any geometry.
+pub(super) fn im2col_weight_grad(g: &ConvGeometry, x: &[f32], grad_y: &[f32]) -> Vec<f32> {
     let plan = Plan::new(g);
     let (rows, plane, c_out) = (g.col_rows(), g.out_plane(), g.c_out);
     let in_image = g.c_in * g.in_plane();
     let out_image = c_out * plane;
     let groups = g.batch.div_ceil(plan.images_per_group);
+    sum_over_groups(groups, c_out * rows, |group, grad_w| {
+        let first_image = group * plan.images_per_group;
+        let images = plan.images_per_group.min(g.batch - first_image);
+        let mut scratch = Scratch::take();
+        let mut done = 0;
+        while done < images {
+            let count = plan.chunk.min(images - done);
+            let width = count * plane;
+            let image0 = first_image + done;
+            let grad = if count == 1 {
+                &grad_y[image0 * out_image..(image0 + 1) * out_image]
+            } else {
+                let gathered = at_least(&mut scratch.gathered, c_out * width);
+                gather_chunk(grad_y, c_out, plane, image0, count, gathered);
+                &*gathered
+            };
+            let cols = if g.is_pointwise() && count == 1 {
+                &x[image0 * in_image..(image0 + 1) * in_image]
+            } else {
+                let col = at_least(&mut scratch.col, rows * width);
+                im2col_chunk(g, x, (image0, count), col, &mut scratch.padded);
+                &*col
+            };
+            sgemm(
+                c_out,
+                rows,
+                width,
+                grad_w,
+                done > 0,
+                dense(grad, width),
+                transposed(cols, width),
+                plan.gemm_parallelism,
+            );
+            done += count;
+        }
+        scratch.give_back();
+    })
+}
+
+/// Runs `accumulate(group, partial)` for every thread group in parallel, each into its own
+/// zeroed `len` floats, and returns the sum of those partials: how the weight gradients sum
+/// over the batch without synchronising inside a layer.
+pub(super) fn sum_over_groups(
+    groups: usize,
+    len: usize,
+    accumulate: impl Fn(usize, &mut [f32]) + Sync,
+) -> Vec<f32> {
     let partials: Vec<Vec<f32>> = (0..groups)
         .into_par_iter()
         .map(|group| {
-            let first_image = group * plan.images_per_group;
-            let images = plan.images_per_group.min(g.batch - first_image);
-            let mut grad_w = vec![0f32; c_out * rows];
-            let mut scratch = Scratch::take();
-            let mut done = 0;
-            while done < images {
-                let count = plan.chunk.min(images - done);
-                let width = count * plane;
-                let image0 = first_image + done;
-                let grad = if count == 1 {
-                    &grad_y[image0 * out_image..(image0 + 1) * out_image]
-                } else {
-                    let gathered = at_least(&mut scratch.gathered, c_out * width);
-                    gather_chunk(grad_y, c_out, plane, image0, count, gathered);
-                    &*gathered
-                };
-                let cols = if g.is_pointwise() && count == 1 {
-                    &x[image0 * in_image..(image0 + 1) * in_image]
-                } else {
-                    let col = at_least(&mut scratch.col, rows * width);
-                    im2col_chunk(g, x, (image0, count), col, &mut scratch.padded);
-                    &*col
-                };
-                sgemm(
-                    c_out,
-                    rows,
-                    width,
-                    &mut grad_w,
-                    done > 0,
-                    dense(grad, width),
-                    transposed(cols, width),
-                    plan.gemm_parallelism,
-                );
-                done += count;
-            }
-            scratch.give_back();
-            grad_w
+            let mut partial = vec![0f32; len];
+            accumulate(group, &mut partial);
+            partial
         })
         .collect();
     let mut partials = partials.into_iter();
-    let mut total = partials.next().unwrap_or_else(|| vec![0f32; c_out * rows]);
+    let mut total = partials.next().unwrap_or_else(|| vec![0f32; len]);
     for partial in partials {
         total.iter_mut().zip(&partial).for_each(|(t, p)| *t += *p);
     }

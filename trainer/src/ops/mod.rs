@@ -10,15 +10,18 @@ mod im2col;
 mod pool;
 mod relu;
 mod update;
+mod winograd;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::{DType, Result, Tensor, D};
 
-pub use conv::Conv2dOp;
+pub use conv::{conv2d_forward, conv2d_input_grad, conv2d_weight_grad, Conv2dOp};
+pub use im2col::ConvGeometry;
 pub use pool::MaxPool3x3S2P1;
 pub use relu::AddRelu;
 pub use update::{EmaUpdate, MomentumUpdate, ParamUpdate};
+pub use winograd::{set_conv_algorithm, ConvAlgorithm};
 
 static FAST_CPU_KERNELS: AtomicBool = AtomicBool::new(true);
 
