@@ -199,12 +199,10 @@ fn transform_input(
             let (t0, rest) = rows.split_at_mut(pw);
             let (t1, rest) = rest.split_at_mut(pw);
             let (t2, t3) = rest.split_at_mut(pw);
-            for x in 0..pw {
-                t0[x] = d0[x] - d2[x];
-                t1[x] = d1[x] + d2[x];
-                t2[x] = d2[x] - d1[x];
-                t3[x] = d1[x] - d3[x];
-            }
+            combine(t0, d0, d2, |a, b| a - b);
+            combine(t1, d1, d2, |a, b| a + b);
+            combine(t2, d2, d1, |a, b| a - b);
+            combine(t3, d1, d3, |a, b| a - b);
             let run = c * columns + first + ti * tiles.cols;
             for (r, t) in [&*t0, &*t1, &*t2, &*t3].into_iter().enumerate() {
                 let at = |c4: usize| (r * 4 + c4) * position_stride + run;
@@ -214,18 +212,10 @@ fn transform_input(
                 let (even, odd) = t.split_at(pw / 2);
                 let n = tiles.cols;
                 let (e0, e1, o0, o1) = (&even[..n], &even[1..=n], &odd[..n], &odd[1..=n]);
-                for (tj, o) in v[out(0)].iter_mut().enumerate() {
-                    *o = e0[tj] - e1[tj];
-                }
-                for (tj, o) in v[out(1)].iter_mut().enumerate() {
-                    *o = o0[tj] + e1[tj];
-                }
-                for (tj, o) in v[out(2)].iter_mut().enumerate() {
-                    *o = e1[tj] - o0[tj];
-                }
-                for (tj, o) in v[out(3)].iter_mut().enumerate() {
-                    *o = o0[tj] - o1[tj];
-                }
+                combine(&mut v[out(0)], e0, e1, |a, b| a - b);
+                combine(&mut v[out(1)], o0, e1, |a, b| a + b);
+                combine(&mut v[out(2)], e1, o0, |a, b| a - b);
+                combine(&mut v[out(3)], o0, o1, |a, b| a - b);
             }
         }
     }
@@ -237,13 +227,31 @@ fn transform_input(
 fn deinterleave_into(dst: &mut [f32], src: &[f32], offset: usize) {
     let half = dst.len() / 2;
     let (even, odd) = dst.split_at_mut(half);
-    for (c, &value) in src.iter().enumerate() {
-        let x = c + offset;
-        if x % 2 == 0 {
-            even[x / 2] = value;
-        } else {
-            odd[x / 2] = value;
-        }
+    // Column offset + i lands in `even` when offset + i is even: the first source value goes to
+    // `even` (at offset / 2) or, for an odd offset, to `odd` (at offset / 2), and the two
+    // alternate from there.
+    let (first, second, second_at) = if offset % 2 == 0 {
+        (&mut even[offset / 2..], &mut odd[offset / 2..], 0)
+    } else {
+        (&mut odd[offset / 2..], &mut even[offset / 2..], 1)
+    };
+    for (d, s) in first.iter_mut().zip(src.iter().step_by(2)) {
+        *d = *s;
+    }
+    for (d, s) in second[second_at..]
+        .iter_mut()
+        .zip(src.iter().skip(1).step_by(2))
+    {
+        *d = *s;
+    }
+}
+
+/// `out[i] = f(a[i], b[i])` over the shortest of the three, as zipped iterators: no bounds
+/// checks, so the compiler vectorises it.
+#[inline(always)]
+fn combine(out: &mut [f32], a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) {
+    for (o, (x, y)) in out.iter_mut().zip(a.iter().zip(b)) {
+        *o = f(*x, *y);
     }
 }
 
@@ -335,9 +343,11 @@ fn transform_output(
             for c in 0..4 {
                 let (m0, m1, m2, m3) = (m_at(c), m_at(4 + c), m_at(8 + c), m_at(12 + c));
                 let (s0, s1) = rows[c * 2 * n..(c + 1) * 2 * n].split_at_mut(n);
-                for tj in 0..n {
-                    s0[tj] = m0[tj] + m1[tj] + m2[tj];
-                    s1[tj] = m1[tj] - m2[tj] - m3[tj];
+                for (s, (a, (b, c))) in s0.iter_mut().zip(m0.iter().zip(m1.iter().zip(m2))) {
+                    *s = a + b + c;
+                }
+                for (s, (b, (c, d))) in s1.iter_mut().zip(m1.iter().zip(m2.iter().zip(m3))) {
+                    *s = b - c - d;
                 }
             }
             // ... then the same on columns: (s0 + s1 + s2, s1 - s2 - s3).
@@ -391,11 +401,9 @@ fn transform_output_grad(
             // A y: rows (y0, y0 + y1, y0 - y1, -y1), whole plane rows...
             let (t1, rest) = rows.split_at_mut(pw);
             let (t2, t3) = rest[..2 * pw].split_at_mut(pw);
-            for x in 0..pw {
-                t1[x] = y0[x] + y1[x];
-                t2[x] = y0[x] - y1[x];
-                t3[x] = -y1[x];
-            }
+            combine(t1, y0, y1, |a, b| a + b);
+            combine(t2, y0, y1, |a, b| a - b);
+            combine(t3, y0, y1, |_, b| -b);
             let run = co * columns + first + ti * n;
             for (r, t) in [y0, &*t1, &*t2, &*t3].into_iter().enumerate() {
                 let at = |c4: usize| (r * 4 + c4) * position_stride + run;
@@ -404,15 +412,9 @@ fn transform_output_grad(
                 // are columns 2tj and 2tj + 1: even[tj] and odd[tj].
                 let (even, odd) = t.split_at(n);
                 p[out(0)].copy_from_slice(even);
-                for (o, (e, d)) in p[out(1)].iter_mut().zip(even.iter().zip(odd)) {
-                    *o = e + d;
-                }
-                for (o, (e, d)) in p[out(2)].iter_mut().zip(even.iter().zip(odd)) {
-                    *o = e - d;
-                }
-                for (o, d) in p[out(3)].iter_mut().zip(odd) {
-                    *o = -d;
-                }
+                combine(&mut p[out(1)], even, odd, |a, b| a + b);
+                combine(&mut p[out(2)], even, odd, |a, b| a - b);
+                combine(&mut p[out(3)], even, odd, |_, b| -b);
             }
         }
     }
