@@ -3,6 +3,7 @@
 //! Data flows `data` -> `model` -> `train` -> `export`; `eval` and `plot` report on the way.
 
 pub mod atomic;
+pub mod average;
 pub mod commands;
 pub mod data;
 pub mod eval;

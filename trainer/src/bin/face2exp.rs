@@ -37,6 +37,8 @@ enum Command {
     Eval(EvalArgs),
     /// Write inference weights (safetensors + metadata) from a run folder.
     Export(ExportArgs),
+    /// Average several weights files of one network into one (a "model soup").
+    Average(AverageArgs),
     /// Redraw a run folder's training curves (curves.png, val_curves.png).
     Plot {
         /// The run folder.
@@ -271,6 +273,19 @@ struct ExportArgs {
     out: PathBuf,
 }
 
+/// The uniform average of weights files from one training trajectory (a run's exported EMA
+/// weights at different steps, or runs continued from one another): usually better than each
+/// member. The files must describe the same network; BatchNorm statistics are averaged too.
+#[derive(Args)]
+struct AverageArgs {
+    /// Two or more weights files written by `face2exp export` (or `average`).
+    #[arg(long, num_args = 2.., required = true)]
+    weights: Vec<PathBuf>,
+    /// Output .safetensors file.
+    #[arg(long)]
+    out: PathBuf,
+}
+
 fn main() {
     face2exp_trainer::ops::configure_cpu_runtime();
     tracing_subscriber::fmt()
@@ -325,6 +340,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let best = matches!(args.from, Which::Best);
             commands::export_run(&args.run, &args.net, best, &args.out)?;
             eprintln!("wrote {}", args.out.display());
+            Ok(())
+        }
+        Command::Average(args) => {
+            face2exp_trainer::average::average_weights(&args.weights, &args.out)?;
+            eprintln!(
+                "wrote {}, the average of {} files",
+                args.out.display(),
+                args.weights.len()
+            );
             Ok(())
         }
         Command::Plot { run } => {
