@@ -85,15 +85,21 @@ def torch_worker(what, image, batch, reps, threads, optimizer):
     loss_fn = torch.nn.CrossEntropyLoss()
     if what == "forward":
         model.eval()
-    times = []
+    times, phases = [], ([], [], [])
     for rep in range(reps + 1):
         start = time.perf_counter()
         if what == "step":
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(model(images), labels)
+            forward_done = time.perf_counter()
             loss.backward()
+            backward_done = time.perf_counter()
             opt.step()
             value = loss.item()
+            if rep > 0:
+                spans = (start, forward_done, backward_done, time.perf_counter())
+                for phase, a, b in zip(phases, spans, spans[1:]):
+                    phase.append(b - a)
         else:
             with torch.no_grad():
                 value = model(images).sum().item()
@@ -101,7 +107,12 @@ def torch_worker(what, image, batch, reps, threads, optimizer):
             times.append(time.perf_counter() - start)
     assert value == value, "non-finite result"
     times.sort()
+    medians = {}
+    if phases[0]:
+        for name, phase in zip(("forward_s", "backward_s", "update_s"), phases):
+            medians[name] = sorted(phase)[len(phase) // 2]
     print(json.dumps({
+        **medians,
         "impl": f"torch-{torch.__version__}",
         "what": what, "image": image, "batch": batch, "threads": torch.get_num_threads(),
         "median_s": times[len(times) // 2], "min_s": times[0],
@@ -148,6 +159,8 @@ def main():
                     help="the trainer's SGD (momentum, Nesterov, weight decay) or lr alone")
     ap.add_argument("--im2col-baseline", action="store_true",
                     help="also time the fast kernels with im2col for every convolution (no Winograd)")
+    ap.add_argument("--phases", action="store_true",
+                    help="also print each step's forward (with the loss), backward and update times")
     ap.add_argument("--bench-exe", help="prebuilt train_step executable (skips cargo)")
     ap.add_argument("--torch-worker", nargs=3, metavar=("WHAT", "IMAGE", "BATCH"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -206,6 +219,14 @@ def main():
             line += (f" {im2col['median_s']:.3f} | {im2col['median_s'] / t['median_s']:.2f} |"
                      f" {im2col['peak_rss_mib']:.0f} |")
         print(line)
+    if args.phases:
+        print("\nPhases of a step, median ms: forward (with the loss) / backward / update\n")
+        print("| image | batch | candle+ops | torch |")
+        print("|---|---|---|---|")
+        for what, image, batch, fast, t, *_ in rows:
+            if what == "step" and "forward_s" in fast:
+                ms = lambda r: " / ".join(f"{r[k] * 1e3:.0f}" for k in ("forward_s", "backward_s", "update_s"))
+                print(f"| {image} | {batch} | {ms(fast)} | {ms(t)} |")
 
 
 if __name__ == "__main__":

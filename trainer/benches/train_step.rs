@@ -253,15 +253,29 @@ fn run(what: &str, cfg: &Config) -> Result<()> {
     let mut plain = SGD::new(named.iter().map(|(_, v)| v.clone()).collect(), LR)?;
     let mut trainer = Sgd::new(named, SgdConfig::default());
     let mut times = Vec::with_capacity(cfg.reps);
+    // Forward (with the loss), backward and update of each step, trainer SGD only (candle_nn's
+    // plain SGD does backward and update in one call).
+    let mut phases: [Vec<f64>; 3] = Default::default();
     let mut last_loss = f32::NAN;
     for rep in 0..=cfg.reps {
         let start = Instant::now();
         match what {
             "step" => {
                 let loss = cross_entropy(&model.forward_t(&images, true)?, &labels)?;
+                let forward_done = Instant::now();
                 match cfg.optimizer {
                     OptimizerKind::Plain => plain.backward_step(&loss)?,
-                    OptimizerKind::Trainer => trainer.step(&loss.backward()?, LR)?,
+                    OptimizerKind::Trainer => {
+                        let grads = loss.backward()?;
+                        let backward_done = Instant::now();
+                        trainer.step(&grads, LR)?;
+                        if rep > 0 {
+                            let spans = [start, forward_done, backward_done, Instant::now()];
+                            for (phase, span) in phases.iter_mut().zip(spans.windows(2)) {
+                                phase.push((span[1] - span[0]).as_secs_f64());
+                            }
+                        }
+                    }
                 }
                 last_loss = loss.to_scalar::<f32>()?;
             }
@@ -277,8 +291,14 @@ fn run(what: &str, cfg: &Config) -> Result<()> {
     if !last_loss.is_finite() {
         bail!("the {what} produced a non-finite value {last_loss}");
     }
+    let phases = if phases[0].is_empty() {
+        String::new()
+    } else {
+        let [f, b, u] = phases.map(median);
+        format!(",\"forward_s\":{f:.5},\"backward_s\":{b:.5},\"update_s\":{u:.5}")
+    };
     println!(
-        "{{\"impl\":\"candle-{:?}-{:?}-{:?}\",\"what\":\"{what}\",\"image\":{},\"batch\":{},\"threads\":{},\"median_s\":{:.5},\"min_s\":{:.5},\"peak_rss_mib\":{:.1}}}",
+        "{{\"impl\":\"candle-{:?}-{:?}-{:?}\",\"what\":\"{what}\",\"image\":{},\"batch\":{},\"threads\":{},\"median_s\":{:.5},\"min_s\":{:.5},\"peak_rss_mib\":{:.1}{phases}}}",
         cfg.kernels,
         cfg.model,
         cfg.optimizer,
