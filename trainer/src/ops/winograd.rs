@@ -88,10 +88,10 @@ pub enum Pass {
 /// tiles per group (ratio 1.04-1.34) and win from 64 (0.58-0.83); the weight gradient loses at
 /// 64 (1.12), breaks even at 512 on a 7x7 plane (0.98) and wins at 256 on 8x8 and up (0.65-0.83).
 const MIN_GROUP_TILES: usize = 64;
+const MIN_GROUP_TILES_WEIGHT_GRAD: usize = 256;
 /// Smallest output side at which Winograd pays: on a 3x3 plane the 2x2 tiles cover 4x4, and
 /// with 7 of 16 outputs wasted it lost on every pass (ratio 1.07-1.34 at 48 px / batch 64).
 const MIN_PLANE_SIDE: usize = 4;
-const MIN_GROUP_TILES_WEIGHT_GRAD: usize = 256;
 
 /// Whether Winograd computes this pass: it [`applies`], and with [`ConvAlgorithm::Auto`] the
 /// batch also gives each thread group enough tiles for its GEMMs.
