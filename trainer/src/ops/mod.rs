@@ -35,7 +35,7 @@ pub fn set_fast_cpu_kernels(enabled: bool) {
 /// unless `CANDLE_BARRIER_POOL_SPIN_LIMIT` is set. With candle's default (25,000) an idle worker
 /// keeps polling through the convolutions that run on rayon's threads in between, taking a core
 /// from them: on the 2-core development machine the polling was 5 % of a training step's CPU
-/// time, and 1,000 made the step about 5 % faster (docs/BENCHMARKS.md, "Training kernels").
+/// time, and 1,000 made the step about 5 % faster (docs/BENCHMARKS_HISTORY.md, "Training kernels").
 pub const CANDLE_SPIN_LIMIT: u32 = 1_000;
 
 /// Tunes the process for CPU training; call it first thing in `main`, before any thread exists
@@ -49,7 +49,7 @@ pub const CANDLE_SPIN_LIMIT: u32 = 1_000;
 ///   tensors every time; glibc's defaults hand much of it back to the kernel, and the step then
 ///   spends ~5 % of its time zeroing and faulting the same pages in again. This made 64 px /
 ///   batch 64 steps ~7 % and 112 px / batch 32 steps ~14 % faster for 14-40 MiB more peak RSS
-///   (docs/BENCHMARKS.md).
+///   (docs/BENCHMARKS_HISTORY.md).
 pub fn configure_cpu_runtime() {
     const SPIN: &str = "CANDLE_BARRIER_POOL_SPIN_LIMIT";
     if std::env::var_os(SPIN).is_none() {
