@@ -57,15 +57,16 @@ pub(super) fn at_least(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
     &mut buffer[..len]
 }
 
-/// How the batch is spread over threads.
+/// How the batch is spread over threads, and each thread's images over chunks (one GEMM, or
+/// Winograd's 16, per chunk).
 #[derive(Debug, Clone, Copy)]
-struct Plan {
+pub(super) struct Plan {
     /// Images per thread group (the last group may hold fewer).
-    images_per_group: usize,
-    /// Images per GEMM inside a group.
-    chunk: usize,
+    pub(super) images_per_group: usize,
+    /// Images per chunk inside a group.
+    pub(super) chunk: usize,
     /// Parallelism handed to each GEMM.
-    gemm_parallelism: Parallelism,
+    pub(super) gemm_parallelism: Parallelism,
 }
 
 /// Images per thread group and the parallelism each GEMM gets: one group per rayon thread, or,
@@ -82,17 +83,38 @@ pub(super) fn split_batch(batch: usize) -> (usize, Parallelism) {
 }
 
 impl Plan {
+    /// im2col's plan: a chunk's GEMM has one column per output pixel and a column matrix of
+    /// `C_in * k * k` rows.
     fn new(g: &ConvGeometry) -> Self {
-        let (images_per_group, gemm_parallelism) = split_batch(g.batch);
-        let plane = g.out_plane().max(1);
-        let by_width = TARGET_CHUNK_COLUMNS.div_ceil(plane);
-        let by_memory = (MAX_CHUNK_FLOATS / (g.col_rows() * plane).max(1)).max(1);
-        let chunk = by_width.min(by_memory).clamp(1, images_per_group);
+        Self::for_columns(g.batch, g.out_plane(), g.col_rows(), TARGET_CHUNK_COLUMNS)
+    }
+
+    /// Chunks of at least `target_columns` GEMM columns (`columns_per_image` per image) where
+    /// the thread group has the images, without letting a chunk's `floats_per_column` x
+    /// columns buffer grow past [`MAX_CHUNK_FLOATS`].
+    pub(super) fn for_columns(
+        batch: usize,
+        columns_per_image: usize,
+        floats_per_column: usize,
+        target_columns: usize,
+    ) -> Self {
+        let (images_per_group, gemm_parallelism) = split_batch(batch);
+        let columns = columns_per_image.max(1);
+        let by_width = target_columns.div_ceil(columns);
+        let by_memory = (MAX_CHUNK_FLOATS / (floats_per_column * columns).max(1)).max(1);
         Self {
             images_per_group,
-            chunk,
+            chunk: by_width.min(by_memory).clamp(1, images_per_group),
             gemm_parallelism,
         }
+    }
+
+    /// `(first, count)` of each chunk of a group of `images` images, relative to the group.
+    pub(super) fn chunks(&self, images: usize) -> impl Iterator<Item = (usize, usize)> {
+        let chunk = self.chunk;
+        (0..images)
+            .step_by(chunk)
+            .map(move |first| (first, chunk.min(images - first)))
     }
 }
 
@@ -226,9 +248,7 @@ pub(super) fn im2col_forward(g: &ConvGeometry, x: &[f32], w: &[f32]) -> Vec<f32>
             let first_image = group * plan.images_per_group;
             let images = y_group.len() / out_image;
             let mut scratch = Scratch::take();
-            let mut done = 0;
-            while done < images {
-                let count = plan.chunk.min(images - done);
+            for (done, count) in plan.chunks(images) {
                 let width = count * plane;
                 let image0 = first_image + done;
                 let rhs = if g.is_pointwise() && count == 1 {
@@ -264,7 +284,6 @@ pub(super) fn im2col_forward(g: &ConvGeometry, x: &[f32], w: &[f32]) -> Vec<f32>
                     );
                     scatter_chunk(out, c_out, plane, done, count, y_group);
                 }
-                done += count;
             }
             scratch.give_back();
         });
@@ -297,9 +316,7 @@ pub(super) fn im2col_input_grad(g: &ConvGeometry, grad_y: &[f32], w: &[f32]) -> 
             let first_image = group * plan.images_per_group;
             let images = gx_group.len() / in_image;
             let mut scratch = Scratch::take();
-            let mut done = 0;
-            while done < images {
-                let count = plan.chunk.min(images - done);
+            for (done, count) in plan.chunks(images) {
                 let width = count * plane;
                 let image0 = first_image + done;
                 let lhs_grad = if count == 1 {
@@ -338,7 +355,6 @@ pub(super) fn im2col_input_grad(g: &ConvGeometry, grad_y: &[f32], w: &[f32]) -> 
                         col2im(g, col, width, b * plane, dst, &mut scratch.padded);
                     }
                 }
-                done += count;
             }
             scratch.give_back();
         });
@@ -366,9 +382,7 @@ pub(super) fn im2col_weight_grad(g: &ConvGeometry, x: &[f32], grad_y: &[f32]) ->
         let first_image = group * plan.images_per_group;
         let images = plan.images_per_group.min(g.batch - first_image);
         let mut scratch = Scratch::take();
-        let mut done = 0;
-        while done < images {
-            let count = plan.chunk.min(images - done);
+        for (done, count) in plan.chunks(images) {
             let width = count * plane;
             let image0 = first_image + done;
             let grad = if count == 1 {
@@ -395,7 +409,6 @@ pub(super) fn im2col_weight_grad(g: &ConvGeometry, x: &[f32], grad_y: &[f32]) ->
                 transposed(cols, width),
                 plan.gemm_parallelism,
             );
-            done += count;
         }
         scratch.give_back();
     })

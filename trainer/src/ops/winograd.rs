@@ -25,17 +25,15 @@
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
-use super::conv::{at_least, dense, split_batch, sum_over_groups, transposed, Scratch};
+use super::conv::{at_least, dense, split_batch, sum_over_groups, transposed, Plan, Scratch};
 use super::im2col::{sgemm, ConvGeometry, MatRef};
-use gemm::Parallelism;
 use rayon::prelude::*;
 
 /// Positions in a transformed 4x4 tile.
 const POSITIONS: usize = 16;
-/// Aim for at least this many tiles (GEMM columns) per chunk of images.
+/// Aim for at least this many tiles (GEMM columns) per chunk of images (within conv.rs's
+/// memory bound on a chunk).
 const TARGET_CHUNK_TILES: usize = 160;
-/// ...without letting one transformed chunk grow past this many floats (16 MiB).
-const MAX_CHUNK_FLOATS: usize = 4 << 20;
 
 /// Which kernel computes the 3x3 stride-1 convolutions, process-wide.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -142,25 +140,16 @@ impl Tiles {
     }
 }
 
-/// How a batch is spread over threads and chunks.
-struct Plan {
-    images_per_group: usize,
-    chunk: usize,
-    gemm_parallelism: Parallelism,
-}
-
-impl Plan {
-    fn new(batch: usize, tiles_per_image: usize, widest_channels: usize) -> Self {
-        let (images_per_group, gemm_parallelism) = split_batch(batch);
-        let by_width = TARGET_CHUNK_TILES.div_ceil(tiles_per_image.max(1));
-        let by_memory =
-            (MAX_CHUNK_FLOATS / (POSITIONS * widest_channels * tiles_per_image).max(1)).max(1);
-        Self {
-            images_per_group,
-            chunk: by_width.min(by_memory).clamp(1, images_per_group.max(1)),
-            gemm_parallelism,
-        }
-    }
+/// The chunk plan of a Winograd pass: one GEMM column per tile, and per column 16 transformed
+/// values of every channel on the wider side.
+fn chunk_plan(g: &ConvGeometry, tiles_per_image: usize) -> Plan {
+    let floats_per_column = POSITIONS * g.c_in.max(g.c_out);
+    Plan::for_columns(
+        g.batch,
+        tiles_per_image,
+        floats_per_column,
+        TARGET_CHUNK_TILES,
+    )
 }
 
 /// `B^T d B` of every tile of one image, into columns `[first, first + tiles)` of the 16
@@ -450,7 +439,7 @@ pub fn input_grad(g: &ConvGeometry, grad_y: &[f32], w: &[f32]) -> Vec<f32> {
 fn run_forward(g: &ConvGeometry, x: &[f32], u: &TransformedWeights, y: &mut [f32]) {
     let tiles = Tiles::new(g);
     let per_image = tiles.per_image();
-    let plan = Plan::new(g.batch, per_image, g.c_in.max(g.c_out));
+    let plan = chunk_plan(g, per_image);
     let (in_image, out_image) = (g.c_in * g.in_plane(), g.c_out * g.out_plane());
     if y.is_empty() {
         return;
@@ -461,9 +450,7 @@ fn run_forward(g: &ConvGeometry, x: &[f32], u: &TransformedWeights, y: &mut [f32
             let first_image = group * plan.images_per_group;
             let images = y_group.len() / out_image;
             let mut scratch = Scratch::take();
-            let mut done = 0;
-            while done < images {
-                let count = plan.chunk.min(images - done);
+            for (done, count) in plan.chunks(images) {
                 let columns = count * per_image;
                 let v = at_least(&mut scratch.col, POSITIONS * g.c_in * columns);
                 for b in 0..count {
@@ -492,7 +479,6 @@ fn run_forward(g: &ConvGeometry, x: &[f32], u: &TransformedWeights, y: &mut [f32
                     let at = (columns, b * per_image);
                     transform_output(g, &tiles, m, at, dst, &mut scratch.gathered);
                 }
-                done += count;
             }
             scratch.give_back();
         });
@@ -503,17 +489,15 @@ fn run_forward(g: &ConvGeometry, x: &[f32], u: &TransformedWeights, y: &mut [f32
 pub fn weight_grad(g: &ConvGeometry, x: &[f32], grad_y: &[f32]) -> Vec<f32> {
     let tiles = Tiles::new(g);
     let per_image = tiles.per_image();
-    let plan = Plan::new(g.batch, per_image, g.c_in.max(g.c_out));
+    let plan = chunk_plan(g, per_image);
     let (in_image, out_image) = (g.c_in * g.in_plane(), g.c_out * g.out_plane());
     let matrix = g.c_out * g.c_in;
-    let groups = g.batch.div_ceil(plan.images_per_group.max(1));
+    let groups = g.batch.div_ceil(plan.images_per_group);
     let grad_u = sum_over_groups(groups, POSITIONS * matrix, |group, grad_u| {
         let first_image = group * plan.images_per_group;
         let images = plan.images_per_group.min(g.batch - first_image);
         let mut scratch = Scratch::take();
-        let mut done = 0;
-        while done < images {
-            let count = plan.chunk.min(images - done);
+        for (done, count) in plan.chunks(images) {
             let columns = count * per_image;
             let v = at_least(&mut scratch.col, POSITIONS * g.c_in * columns);
             let p = at_least(&mut scratch.out, POSITIONS * g.c_out * columns);
@@ -538,7 +522,6 @@ pub fn weight_grad(g: &ConvGeometry, x: &[f32], grad_y: &[f32]) -> Vec<f32> {
                     plan.gemm_parallelism,
                 );
             }
-            done += count;
         }
         scratch.give_back();
     });
