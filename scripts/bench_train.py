@@ -157,13 +157,18 @@ def main():
                     help="also time the bench's minimal ResNet-18 that uses the fused train-mode BatchNorm")
     ap.add_argument("--optimizer", choices=["trainer", "plain"], default="trainer",
                     help="the trainer's SGD (momentum, Nesterov, weight decay) or lr alone")
+    ap.add_argument("--conv-baseline", metavar="ALGORITHM",
+                    help="also time the fast kernels with this --conv of the step benchmark, e.g. "
+                         "auto-no-taps (the default before per-tap GEMMs) or im2col")
     ap.add_argument("--im2col-baseline", action="store_true",
-                    help="also time the fast kernels with im2col for every convolution (no Winograd)")
+                    help="same as --conv-baseline im2col (no Winograd, no per-tap GEMMs)")
     ap.add_argument("--phases", action="store_true",
                     help="also print each step's forward (with the loss), backward and update times")
     ap.add_argument("--bench-exe", help="prebuilt train_step executable (skips cargo)")
     ap.add_argument("--torch-worker", nargs=3, metavar=("WHAT", "IMAGE", "BATCH"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.im2col_baseline:
+        args.conv_baseline = args.conv_baseline or "im2col"
 
     if args.torch_worker:
         what, image, batch = args.torch_worker
@@ -188,7 +193,8 @@ def main():
                               "--torch-worker", what, str(image), str(batch)], env)
         base = run_json([exe, *common, "--kernels", "candle"], env) if args.candle_baseline else None
         minimal = run_json([exe, *common, "--model", "minimal"], env) if args.minimal_model else None
-        im2col = run_json([exe, *common, "--conv", "im2col"], env) if args.im2col_baseline else None
+        im2col = (run_json([exe, *common, "--conv", args.conv_baseline], env)
+                  if args.conv_baseline else None)
         rows.append((what, image, batch, fast, torch_res, base, minimal, im2col))
         print(f"done {what} {image}px batch {batch}", file=sys.stderr, flush=True)
 
@@ -202,8 +208,8 @@ def main():
     if args.candle_baseline:
         head += " candle built-in s | RSS built-in MiB |"
         sep += "---|---|"
-    if args.im2col_baseline:
-        head += " im2col only s | ratio | RSS MiB |"
+    if args.conv_baseline:
+        head += f" --conv {args.conv_baseline} s | ratio | RSS MiB |"
         sep += "---|---|---|"
     print(head)
     print(sep)

@@ -1,6 +1,6 @@
-//! The CPU convolution kernels of `trainer/src/ops`, Winograd F(2x2, 3x3) against im2col, on
-//! the 3x3 stride-1 convolutions of ResNet-18 at one input size and batch, alternating the two
-//! in one process and printing a markdown table of median milliseconds and their ratio:
+//! The CPU convolution kernels of `trainer/src/ops`, Winograd F(2x2, 3x3) and per-tap GEMMs
+//! against im2col, on the 3x3 convolutions of ResNet-18 at one input size and batch, alternating
+//! them in one process and printing a markdown table of median milliseconds and ratios:
 //!
 //!   cargo bench -p face2exp-trainer --bench conv_algorithms -- --image 64 --batch 32
 //!
@@ -15,7 +15,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 #[derive(Parser)]
-#[command(about = "Winograd against im2col on ResNet-18's 3x3 stride-1 convolutions")]
+#[command(about = "Winograd and per-tap GEMMs against im2col on ResNet-18's 3x3 convolutions")]
 struct Cli {
     /// Square network input side in pixels (the stem and max pool divide it by 4).
     #[arg(long, default_value_t = 64)]
@@ -39,46 +39,88 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// One of ResNet-18's 3x3 convolutions: where it sits, its input side and channels, stride,
+/// and how many times a forward pass runs it.
+struct Conv {
+    name: String,
+    side: usize,
+    c_in: usize,
+    c_out: usize,
+    stride: usize,
+    uses: f64,
+}
+
+/// ResNet-18's 3x3 convolutions at an input size: each stage's stride-1 convolution (four in
+/// layer1, three in the others, timing one is enough) and the stride-2 first convolutions of
+/// layers 2-4. The 7x7 stem and the 1x1 shortcuts have no 3x3 kernel.
+fn resnet18_convs(image: usize) -> Vec<Conv> {
+    let mut convs = Vec::new();
+    let mut side = image.div_ceil(4);
+    for (layer, channels) in [64usize, 128, 256, 512].into_iter().enumerate() {
+        if layer > 0 {
+            convs.push(Conv {
+                name: format!("layer{}.0.conv1", layer + 1),
+                side,
+                c_in: channels / 2,
+                c_out: channels,
+                stride: 2,
+                uses: 1.0,
+            });
+            side = side.div_ceil(2);
+        }
+        convs.push(Conv {
+            name: format!("layer{} 3x3/1", layer + 1),
+            side,
+            c_in: channels,
+            c_out: channels,
+            stride: 1,
+            uses: if layer == 0 { 4.0 } else { 3.0 },
+        });
+    }
+    convs
+}
+
 fn main() -> Result<()> {
     ops::configure_cpu_runtime();
     let cli = Cli::parse();
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     println!(
-        "threads: {}, input {} px, batch {}, median of {} (ms)\n",
+        "threads: {}, input {} px, batch {}, median of {} (ms); ratios against im2col\n",
         rayon::current_num_threads(),
         cli.image,
         cli.batch,
         cli.reps
     );
-    println!("| layer | plane | channels | pass | im2col | winograd | ratio | auto | ratio |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!(
+        "| conv | plane | channels | pass | im2col | winograd | ratio | taps | ratio | \
+         auto-no-taps | ratio | auto | ratio |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let algorithms = [
         ConvAlgorithm::Im2col,
         ConvAlgorithm::Winograd,
+        ConvAlgorithm::Taps,
+        ConvAlgorithm::AutoNoTaps,
         ConvAlgorithm::Auto,
     ];
-    let mut totals = [0f64; 3];
-    let mut side = cli.image.div_ceil(4);
-    for (layer, channels) in [64usize, 128, 256, 512].into_iter().enumerate() {
-        // Each stage runs its 3x3 stride-1 convolution three times at batch scale (four in
-        // layer1, where the first block has no stride-2 conv); timing one is enough.
+    let mut totals = [0f64; 5];
+    for conv in resnet18_convs(cli.image) {
         let g = ConvGeometry::new(
-            (cli.batch, channels, side, side),
-            (channels, channels, 3, 3),
-            1,
+            (cli.batch, conv.c_in, conv.side, conv.side),
+            (conv.c_out, conv.c_in, 3, 3),
+            conv.stride,
             1,
         )?;
-        let x = random(&mut rng, cli.batch * channels * side * side);
-        let w = random(&mut rng, channels * channels * 9);
-        let grad_y = random(&mut rng, cli.batch * channels * g.out_plane());
+        let x = random(&mut rng, cli.batch * conv.c_in * conv.side * conv.side);
+        let w = random(&mut rng, conv.c_out * conv.c_in * 9);
+        let grad_y = random(&mut rng, cli.batch * conv.c_out * g.out_plane());
         let passes: [(&str, &dyn Fn() -> Vec<f32>); 3] = [
             ("forward", &|| ops::conv2d_forward(&g, &x, &w)),
             ("input grad", &|| ops::conv2d_input_grad(&g, &grad_y, &w)),
             ("weight grad", &|| ops::conv2d_weight_grad(&g, &x, &grad_y)),
         ];
-        let uses = if layer == 0 { 4.0 } else { 3.0 };
         for (pass, run) in passes {
-            let mut times = [Vec::new(), Vec::new(), Vec::new()];
+            let mut times: [Vec<f64>; 5] = Default::default();
             for rep in 0..=cli.reps {
                 for (algorithm, &kind) in algorithms.iter().enumerate() {
                     ops::set_conv_algorithm(kind);
@@ -89,28 +131,42 @@ fn main() -> Result<()> {
                     }
                 }
             }
-            let [im2col, winograd, auto] = times.map(median);
-            for (total, ms) in totals.iter_mut().zip([im2col, winograd, auto]) {
-                *total += uses * ms;
+            let ms = times.map(median);
+            for (total, ms) in totals.iter_mut().zip(ms) {
+                *total += conv.uses * ms;
             }
+            let [im2col, winograd, taps, no_taps, auto] = ms;
             println!(
-                "| layer{} | {side}x{side} | {channels} | {pass} | {im2col:.2} | {winograd:.2} | \
-                 {:.2} | {auto:.2} | {:.2} |",
-                layer + 1,
+                "| {} | {}x{} -> {}x{} | {} -> {} | {pass} | {im2col:.2} | {winograd:.2} | \
+                 {:.2} | {taps:.2} | {:.2} | {no_taps:.2} | {:.2} | {auto:.2} | {:.2} |",
+                conv.name,
+                conv.side,
+                conv.side,
+                g.out_h,
+                g.out_w,
+                conv.c_in,
+                conv.c_out,
                 winograd / im2col,
+                taps / im2col,
+                no_taps / im2col,
                 auto / im2col
             );
         }
-        side = side.div_ceil(2);
     }
     println!(
-        "\nAll 3x3 stride-1 convolutions of one step (forward + both gradients): im2col {:.1} ms, \
-         winograd {:.1} ms ({:.2}), auto {:.1} ms ({:.2})",
+        "\nAll 3x3 convolutions of one step (forward + both gradients): im2col {:.1} ms, \
+         winograd {:.1} ms ({:.2}), taps {:.1} ms ({:.2}), auto-no-taps {:.1} ms ({:.2}), \
+         auto {:.1} ms ({:.2}); auto / auto-no-taps {:.2}",
         totals[0],
         totals[1],
         totals[1] / totals[0],
         totals[2],
-        totals[2] / totals[0]
+        totals[2] / totals[0],
+        totals[3],
+        totals[3] / totals[0],
+        totals[4],
+        totals[4] / totals[0],
+        totals[4] / totals[3]
     );
     Ok(())
 }

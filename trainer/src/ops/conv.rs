@@ -2,122 +2,21 @@
 //! im2col/col2im copy around one GEMM per chunk of images, or Winograd F(2x2, 3x3) for the 3x3
 //! stride-1 convolutions where it is faster (`winograd.rs` decides, `set_conv_algorithm`
 //! overrides).
-//!
-//! Threads: the batch is split into one group of images per rayon thread, each group running
-//! single-threaded GEMMs on its own scratch (no synchronisation inside a layer); a batch smaller
-//! than the thread count instead hands all threads to the GEMM. Images whose output plane is small
-//! (the deep layers) are gathered into chunks so that each GEMM still has a wide right-hand side.
+//! Per-tap GEMMs (`taps.rs`) take small bordered planes where Winograd does not pay. Threads
+//! and chunks: `chunks.rs`.
 
-use super::im2col::{col2im, im2col, sgemm, ConvGeometry, MatRef};
-use super::winograd::{self, Pass};
+use super::algorithm::Pass;
+use super::chunks::{
+    at_least, chunk_matrix, dense, scatter_chunk, sum_partials, transposed, Chunk, Plan, Scratch,
+};
+use super::im2col::{col2im, im2col, sgemm, ConvGeometry};
+use super::taps;
+use super::winograd;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
-use gemm::Parallelism;
-use rayon::prelude::*;
 
 /// Aim for at least this many GEMM columns (images x output pixels) per chunk.
 const TARGET_CHUNK_COLUMNS: usize = 512;
-/// ...without letting one column matrix grow past this many floats (16 MiB).
-const MAX_CHUNK_FLOATS: usize = 4 << 20;
-
-/// Column, product and gathered-gradient buffers of one thread, kept between calls: every
-/// layer of every step used to allocate them afresh, zero them (`resize`) and fault their pages
-/// in, only for im2col / the GEMM / the gather to overwrite every float anyway.
-#[derive(Default)]
-pub(super) struct Scratch {
-    pub(super) col: Vec<f32>,
-    pub(super) out: Vec<f32>,
-    pub(super) gathered: Vec<f32>,
-    /// One zero-bordered input plane for im2col / col2im (and Winograd's input transform).
-    pub(super) padded: Vec<f32>,
-}
-
-thread_local! {
-    static SCRATCH: std::cell::Cell<Scratch> = std::cell::Cell::new(Scratch::default());
-}
-
-impl Scratch {
-    /// This thread's buffers, leaving empty ones behind: a task that rayon runs on this thread
-    /// while this one waits inside a parallel GEMM simply starts from empty buffers.
-    pub(super) fn take() -> Scratch {
-        SCRATCH.with(|cell| cell.take())
-    }
-
-    pub(super) fn give_back(self) {
-        SCRATCH.with(|cell| cell.set(self));
-    }
-}
-
-/// The first `len` floats of `buffer`, grown (never shrunk) to hold them. The contents are
-/// stale: callers overwrite every float they read.
-pub(super) fn at_least(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
-    if buffer.len() < len {
-        buffer.resize(len, 0.0);
-    }
-    &mut buffer[..len]
-}
-
-/// How the batch is spread over threads, and each thread's images over chunks (one GEMM, or
-/// Winograd's 16, per chunk).
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Plan {
-    /// Images per thread group (the last group may hold fewer).
-    pub(super) images_per_group: usize,
-    /// Images per chunk inside a group.
-    pub(super) chunk: usize,
-    /// Parallelism handed to each GEMM.
-    pub(super) gemm_parallelism: Parallelism,
-}
-
-/// Images per thread group and the parallelism each GEMM gets: one group per rayon thread, or,
-/// for a batch smaller than the thread count, one group whose GEMMs use every thread.
-pub(super) fn split_batch(batch: usize) -> (usize, Parallelism) {
-    let threads = rayon::current_num_threads().max(1);
-    if batch >= threads {
-        (batch.div_ceil(threads), Parallelism::None)
-    } else if threads > 1 {
-        (batch.max(1), Parallelism::Rayon(threads))
-    } else {
-        (batch.max(1), Parallelism::None)
-    }
-}
-
-impl Plan {
-    /// im2col's plan: a chunk's GEMM has one column per output pixel and a column matrix of
-    /// `C_in * k * k` rows.
-    fn new(g: &ConvGeometry) -> Self {
-        Self::for_columns(g.batch, g.out_plane(), g.col_rows(), TARGET_CHUNK_COLUMNS)
-    }
-
-    /// Chunks of at least `target_columns` GEMM columns (`columns_per_image` per image) where
-    /// the thread group has the images, without letting a chunk's `floats_per_column` x
-    /// columns buffer grow past [`MAX_CHUNK_FLOATS`].
-    pub(super) fn for_columns(
-        batch: usize,
-        columns_per_image: usize,
-        floats_per_column: usize,
-        target_columns: usize,
-    ) -> Self {
-        let (images_per_group, gemm_parallelism) = split_batch(batch);
-        let columns = columns_per_image.max(1);
-        let by_width = target_columns.div_ceil(columns);
-        let by_memory = (MAX_CHUNK_FLOATS / (floats_per_column * columns).max(1)).max(1);
-        Self {
-            images_per_group,
-            chunk: by_width.min(by_memory).clamp(1, images_per_group),
-            gemm_parallelism,
-        }
-    }
-
-    /// `(first, count)` of each chunk of a group of `images` images, relative to the group.
-    pub(super) fn chunks(&self, images: usize) -> impl Iterator<Item = (usize, usize)> {
-        let chunk = self.chunk;
-        (0..images)
-            .step_by(chunk)
-            .map(move |first| (first, chunk.min(images - first)))
-    }
-}
-
 /// The storage of a contiguous f32 tensor as a slice, with a clear error otherwise.
 pub(super) fn contiguous_f32<'a>(
     what: &str,
@@ -166,134 +65,86 @@ fn im2col_chunk(
     }
 }
 
-/// Copies images `[first, first + count)` of a (N, rows, plane) tensor into a (rows, count*plane)
-/// matrix, the column layout the GEMMs use.
-fn gather_chunk(
-    src: &[f32],
-    rows: usize,
-    plane: usize,
-    first: usize,
-    count: usize,
-    dst: &mut [f32],
-) {
-    let width = count * plane;
-    for b in 0..count {
-        let image = &src[(first + b) * rows * plane..(first + b + 1) * rows * plane];
-        for r in 0..rows {
-            dst[r * width + b * plane..r * width + (b + 1) * plane]
-                .copy_from_slice(&image[r * plane..(r + 1) * plane]);
-        }
-    }
-}
-
-/// The inverse of [`gather_chunk`] for the images of one group: `dst` starts at image `first`.
-fn scatter_chunk(
-    src: &[f32],
-    rows: usize,
-    plane: usize,
-    first: usize,
-    count: usize,
-    dst: &mut [f32],
-) {
-    let width = count * plane;
-    for b in 0..count {
-        let image = &mut dst[(first + b) * rows * plane..(first + b + 1) * rows * plane];
-        for r in 0..rows {
-            image[r * plane..(r + 1) * plane]
-                .copy_from_slice(&src[r * width + b * plane..r * width + (b + 1) * plane]);
-        }
-    }
-}
-
-/// Row-major dense matrix view.
-pub(super) fn dense(data: &[f32], cols: usize) -> MatRef<'_> {
-    MatRef {
-        data,
-        row_stride: cols,
-        col_stride: 1,
-    }
-}
-
-/// Transposed view of a dense row-major matrix with `cols` columns.
-pub(super) fn transposed(data: &[f32], cols: usize) -> MatRef<'_> {
-    MatRef {
-        data,
-        row_stride: 1,
-        col_stride: cols,
-    }
-}
-
-/// y = conv2d(x, w): the forward pass, through Winograd where it pays, else im2col.
+/// y = conv2d(x, w): the forward pass, through Winograd or by taps where they pay (Winograd
+/// first: where both pay, its 4 products per output and channel pair beat the 6.25 a 3x3
+/// kernel's taps keep on a 4x4 plane), else im2col.
 pub fn conv2d_forward(g: &ConvGeometry, x: &[f32], w: &[f32]) -> Vec<f32> {
     if winograd::pays(g, Pass::Forward) {
         winograd::forward(g, x, w)
+    } else if taps::pays(g, Pass::Forward) {
+        taps::forward(g, x, w)
     } else {
         im2col_forward(g, x, w)
     }
 }
 
+/// im2col's plan: a chunk's GEMM has one column per output pixel and a column matrix of
+/// `C_in * k * k` rows.
+fn im2col_plan(g: &ConvGeometry) -> Plan {
+    Plan::for_columns(g.batch, g.out_plane(), g.col_rows(), TARGET_CHUNK_COLUMNS)
+}
+
+/// A chunk's column matrix: the input images themselves for a pointwise convolution of one
+/// image, else im2col of them in `col`.
+fn chunk_columns<'a>(
+    g: &ConvGeometry,
+    x: &'a [f32],
+    chunk: Chunk,
+    col: &'a mut Vec<f32>,
+    padded: &mut Vec<f32>,
+) -> &'a [f32] {
+    let in_image = g.c_in * g.in_plane();
+    if g.is_pointwise() && chunk.count == 1 {
+        return &x[chunk.first * in_image..(chunk.first + 1) * in_image];
+    }
+    let col = at_least(col, g.col_rows() * chunk.count * g.out_plane());
+    im2col_chunk(g, x, (chunk.first, chunk.count), col, padded);
+    col
+}
+
 /// [`conv2d_forward`] through im2col, for any geometry.
 pub(super) fn im2col_forward(g: &ConvGeometry, x: &[f32], w: &[f32]) -> Vec<f32> {
-    let plan = Plan::new(g);
+    let plan = im2col_plan(g);
     let (rows, plane, c_out) = (g.col_rows(), g.out_plane(), g.c_out);
-    let in_image = g.c_in * g.in_plane();
     let out_image = c_out * plane;
     let mut y = vec![0f32; g.batch * out_image];
-    if y.is_empty() {
-        return y;
-    }
-    y.par_chunks_mut(plan.images_per_group * out_image)
-        .enumerate()
-        .for_each(|(group, y_group)| {
-            let first_image = group * plan.images_per_group;
-            let images = y_group.len() / out_image;
-            let mut scratch = Scratch::take();
-            for (done, count) in plan.chunks(images) {
-                let width = count * plane;
-                let image0 = first_image + done;
-                let rhs = if g.is_pointwise() && count == 1 {
-                    &x[image0 * in_image..(image0 + 1) * in_image]
-                } else {
-                    let col = at_least(&mut scratch.col, rows * width);
-                    im2col_chunk(g, x, (image0, count), col, &mut scratch.padded);
-                    &*col
-                };
-                if count == 1 {
-                    let dst = &mut y_group[done * out_image..(done + 1) * out_image];
-                    sgemm(
-                        c_out,
-                        width,
-                        rows,
-                        dst,
-                        false,
-                        dense(w, rows),
-                        dense(rhs, width),
-                        plan.gemm_parallelism,
-                    );
-                } else {
-                    let out = at_least(&mut scratch.out, c_out * width);
-                    sgemm(
-                        c_out,
-                        width,
-                        rows,
-                        out,
-                        false,
-                        dense(w, rows),
-                        dense(rhs, width),
-                        plan.gemm_parallelism,
-                    );
-                    scatter_chunk(out, c_out, plane, done, count, y_group);
-                }
-            }
-            scratch.give_back();
-        });
+    plan.for_each_chunk(&mut y, out_image, |scratch, chunk, y_group| {
+        let Scratch {
+            col, out, padded, ..
+        } = scratch;
+        let width = chunk.count * plane;
+        let rhs = dense(chunk_columns(g, x, chunk, col, padded), width);
+        // One image: the GEMM writes the output in place; more: into `out`, then scattered.
+        let direct = chunk.count == 1;
+        let dst = if direct {
+            &mut y_group[chunk.in_group * out_image..(chunk.in_group + 1) * out_image]
+        } else {
+            at_least(out, c_out * width)
+        };
+        let lhs = dense(w, rows);
+        sgemm(
+            c_out,
+            width,
+            rows,
+            dst,
+            false,
+            lhs,
+            rhs,
+            plan.gemm_parallelism,
+        );
+        if !direct {
+            scatter_chunk(out, c_out, plane, chunk.in_group, chunk.count, y_group);
+        }
+    });
     y
 }
 
-/// dL/dx, through Winograd where it pays, else `col2im(w^T * dL/dy)`.
+/// dL/dx, through Winograd or by taps where they pay, else `col2im(w^T * dL/dy)`.
 pub fn conv2d_input_grad(g: &ConvGeometry, grad_y: &[f32], w: &[f32]) -> Vec<f32> {
     if winograd::pays(g, Pass::InputGrad) {
         winograd::input_grad(g, grad_y, w)
+    } else if taps::pays(g, Pass::InputGrad) {
+        taps::input_grad(g, grad_y, w)
     } else {
         im2col_input_grad(g, grad_y, w)
     }
@@ -301,63 +152,44 @@ pub fn conv2d_input_grad(g: &ConvGeometry, grad_y: &[f32], w: &[f32]) -> Vec<f32
 
 /// [`conv2d_input_grad`] through im2col, for any geometry.
 pub(super) fn im2col_input_grad(g: &ConvGeometry, grad_y: &[f32], w: &[f32]) -> Vec<f32> {
-    let plan = Plan::new(g);
+    let plan = im2col_plan(g);
     let (rows, plane, c_out) = (g.col_rows(), g.out_plane(), g.c_out);
     let in_image = g.c_in * g.in_plane();
-    let out_image = c_out * plane;
     let mut grad_x = vec![0f32; g.batch * in_image];
-    if grad_x.is_empty() {
-        return grad_x;
-    }
-    grad_x
-        .par_chunks_mut(plan.images_per_group * in_image)
-        .enumerate()
-        .for_each(|(group, gx_group)| {
-            let first_image = group * plan.images_per_group;
-            let images = gx_group.len() / in_image;
-            let mut scratch = Scratch::take();
-            for (done, count) in plan.chunks(images) {
-                let width = count * plane;
-                let image0 = first_image + done;
-                let lhs_grad = if count == 1 {
-                    &grad_y[image0 * out_image..(image0 + 1) * out_image]
-                } else {
-                    let gathered = at_least(&mut scratch.gathered, c_out * width);
-                    gather_chunk(grad_y, c_out, plane, image0, count, gathered);
-                    &*gathered
-                };
-                if g.is_pointwise() && count == 1 {
-                    let dst = &mut gx_group[done * in_image..(done + 1) * in_image];
-                    sgemm(
-                        rows,
-                        width,
-                        c_out,
-                        dst,
-                        false,
-                        transposed(w, rows),
-                        dense(lhs_grad, width),
-                        plan.gemm_parallelism,
-                    );
-                } else {
-                    let col = at_least(&mut scratch.col, rows * width);
-                    sgemm(
-                        rows,
-                        width,
-                        c_out,
-                        col,
-                        false,
-                        transposed(w, rows),
-                        dense(lhs_grad, width),
-                        plan.gemm_parallelism,
-                    );
-                    for b in 0..count {
-                        let dst = &mut gx_group[(done + b) * in_image..(done + b + 1) * in_image];
-                        col2im(g, col, width, b * plane, dst, &mut scratch.padded);
-                    }
-                }
+    plan.for_each_chunk(&mut grad_x, in_image, |scratch, chunk, gx_group| {
+        let Scratch {
+            col,
+            gathered,
+            padded,
+            ..
+        } = scratch;
+        let (width, done) = (chunk.count * plane, chunk.in_group);
+        let grad = chunk_matrix(grad_y, c_out, plane, chunk, gathered);
+        let (lhs, rhs) = (transposed(w, rows), dense(grad, width));
+        // A pointwise convolution of one image: the GEMM writes dL/dx in place.
+        let direct = g.is_pointwise() && chunk.count == 1;
+        let dst = if direct {
+            &mut gx_group[done * in_image..(done + 1) * in_image]
+        } else {
+            at_least(col, rows * width)
+        };
+        sgemm(
+            rows,
+            width,
+            c_out,
+            dst,
+            false,
+            lhs,
+            rhs,
+            plan.gemm_parallelism,
+        );
+        if !direct {
+            for b in 0..chunk.count {
+                let dst = &mut gx_group[(done + b) * in_image..(done + b + 1) * in_image];
+                col2im(g, col, width, b * plane, dst, padded);
             }
-            scratch.give_back();
-        });
+        }
+    });
     grad_x
 }
 
@@ -366,6 +198,8 @@ pub(super) fn im2col_input_grad(g: &ConvGeometry, grad_y: &[f32], w: &[f32]) -> 
 pub fn conv2d_weight_grad(g: &ConvGeometry, x: &[f32], grad_y: &[f32]) -> Vec<f32> {
     if winograd::pays(g, Pass::WeightGrad) {
         winograd::weight_grad(g, x, grad_y)
+    } else if taps::pays(g, Pass::WeightGrad) {
+        taps::weight_grad(g, x, grad_y)
     } else {
         im2col_weight_grad(g, x, grad_y)
     }
@@ -373,69 +207,32 @@ pub fn conv2d_weight_grad(g: &ConvGeometry, x: &[f32], grad_y: &[f32]) -> Vec<f3
 
 /// [`conv2d_weight_grad`] through im2col, for any geometry.
 pub(super) fn im2col_weight_grad(g: &ConvGeometry, x: &[f32], grad_y: &[f32]) -> Vec<f32> {
-    let plan = Plan::new(g);
+    let plan = im2col_plan(g);
     let (rows, plane, c_out) = (g.col_rows(), g.out_plane(), g.c_out);
-    let in_image = g.c_in * g.in_plane();
-    let out_image = c_out * plane;
-    let groups = g.batch.div_ceil(plan.images_per_group);
-    sum_over_groups(groups, c_out * rows, |group, grad_w| {
-        let first_image = group * plan.images_per_group;
-        let images = plan.images_per_group.min(g.batch - first_image);
-        let mut scratch = Scratch::take();
-        for (done, count) in plan.chunks(images) {
-            let width = count * plane;
-            let image0 = first_image + done;
-            let grad = if count == 1 {
-                &grad_y[image0 * out_image..(image0 + 1) * out_image]
-            } else {
-                let gathered = at_least(&mut scratch.gathered, c_out * width);
-                gather_chunk(grad_y, c_out, plane, image0, count, gathered);
-                &*gathered
-            };
-            let cols = if g.is_pointwise() && count == 1 {
-                &x[image0 * in_image..(image0 + 1) * in_image]
-            } else {
-                let col = at_least(&mut scratch.col, rows * width);
-                im2col_chunk(g, x, (image0, count), col, &mut scratch.padded);
-                &*col
-            };
-            sgemm(
-                c_out,
-                rows,
-                width,
-                grad_w,
-                done > 0,
-                dense(grad, width),
-                transposed(cols, width),
-                plan.gemm_parallelism,
-            );
-        }
-        scratch.give_back();
-    })
-}
-
-/// Runs `accumulate(group, partial)` for every thread group in parallel, each into its own
-/// zeroed `len` floats, and returns the sum of those partials: how the weight gradients sum
-/// over the batch without synchronising inside a layer.
-pub(super) fn sum_over_groups(
-    groups: usize,
-    len: usize,
-    accumulate: impl Fn(usize, &mut [f32]) + Sync,
-) -> Vec<f32> {
-    let partials: Vec<Vec<f32>> = (0..groups)
-        .into_par_iter()
-        .map(|group| {
-            let mut partial = vec![0f32; len];
-            accumulate(group, &mut partial);
-            partial
-        })
-        .collect();
-    let mut partials = partials.into_iter();
-    let mut total = partials.next().unwrap_or_else(|| vec![0f32; len]);
-    for partial in partials {
-        total.iter_mut().zip(&partial).for_each(|(t, p)| *t += *p);
-    }
-    total
+    let partials = plan.partials(c_out * rows, |scratch, chunk, grad_w| {
+        let Scratch {
+            col,
+            gathered,
+            padded,
+            ..
+        } = scratch;
+        let width = chunk.count * plane;
+        let grad = chunk_matrix(grad_y, c_out, plane, chunk, gathered);
+        let cols = chunk_columns(g, x, chunk, col, padded);
+        let (lhs, rhs) = (dense(grad, width), transposed(cols, width));
+        let accumulate = chunk.in_group > 0;
+        sgemm(
+            c_out,
+            rows,
+            width,
+            grad_w,
+            accumulate,
+            lhs,
+            rhs,
+            plan.gemm_parallelism,
+        );
+    });
+    sum_partials(partials, c_out * rows)
 }
 
 /// The forward op: `x.apply_op2(w, Conv2dOp)`.
@@ -592,3 +389,6 @@ impl CustomOp2 for ConvWeightGradOp {
         ))
     }
 }
+
+#[cfg(test)]
+pub(super) mod kernel_checks;

@@ -156,7 +156,7 @@ pub fn im2col(
 /// compiler turns into register moves: a plain loop is recognised as a copy and becomes a
 /// `memcpy` call, whose fixed cost dominates at these lengths.
 #[inline(always)]
-fn copy_short(dst: &mut [f32], src: &[f32]) {
+pub(super) fn copy_short(dst: &mut [f32], src: &[f32]) {
     let n = dst.len().min(src.len());
     let (mut dst, mut src) = (&mut dst[..n], &src[..n]);
     while dst.len() >= 8 {
@@ -259,13 +259,36 @@ pub fn sgemm(
     rhs: MatRef<'_>,
     parallelism: Parallelism,
 ) {
+    sgemm_rows(m, n, k, dst, n, accumulate, lhs, rhs, parallelism);
+}
+
+/// [`sgemm`] into a row-major `dst` whose rows are `dst_row_stride >= n` floats apart: a block
+/// of columns of a wider matrix.
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm_rows(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    dst_row_stride: usize,
+    accumulate: bool,
+    lhs: MatRef<'_>,
+    rhs: MatRef<'_>,
+    parallelism: Parallelism,
+) {
     if m == 0 || n == 0 {
         return;
     }
-    assert!(dst.len() >= m * n, "gemm destination too small");
+    assert!(dst_row_stride >= n, "gemm destination rows overlap");
+    assert!(
+        dst.len() > (m - 1) * dst_row_stride + n - 1,
+        "gemm destination too small"
+    );
     if k == 0 {
         if !accumulate {
-            dst[..m * n].fill(0.0);
+            for row in dst.chunks_mut(dst_row_stride).take(m) {
+                row[..n].fill(0.0);
+            }
         }
         return;
     }
@@ -283,7 +306,7 @@ pub fn sgemm(
             k,
             dst.as_mut_ptr(),
             1,
-            n as isize,
+            dst_row_stride as isize,
             accumulate,
             lhs.data.as_ptr(),
             lhs.col_stride as isize,

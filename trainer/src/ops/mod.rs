@@ -4,11 +4,14 @@
 //!
 //! Every function here is differentiable through candle's autograd.
 
+mod algorithm;
 mod batch_norm;
+mod chunks;
 mod conv;
 mod im2col;
 mod pool;
 mod relu;
+mod taps;
 mod update;
 mod winograd;
 
@@ -16,12 +19,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::{DType, Result, Tensor, D};
 
+pub use algorithm::{set_conv_algorithm, ConvAlgorithm};
 pub use conv::{conv2d_forward, conv2d_input_grad, conv2d_weight_grad, Conv2dOp};
 pub use im2col::ConvGeometry;
 pub use pool::MaxPool3x3S2P1;
 pub use relu::AddRelu;
 pub use update::{EmaUpdate, MomentumUpdate, ParamUpdate};
-pub use winograd::{set_conv_algorithm, ConvAlgorithm};
 
 static FAST_CPU_KERNELS: AtomicBool = AtomicBool::new(true);
 

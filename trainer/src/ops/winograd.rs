@@ -23,9 +23,8 @@
 //! Threads and chunks follow `conv.rs`: the batch is split into one group per rayon thread,
 //! each group transforms and multiplies chunks of images on its own scratch.
 
-use std::sync::atomic::{AtomicU8, Ordering};
-
-use super::conv::{at_least, dense, split_batch, sum_over_groups, transposed, Plan, Scratch};
+use super::algorithm::{conv_algorithm, ConvAlgorithm, Pass};
+use super::chunks::{at_least, dense, split_batch, sum_partials, transposed, Plan};
 use super::im2col::{sgemm, ConvGeometry, MatRef};
 use rayon::prelude::*;
 
@@ -35,45 +34,10 @@ const POSITIONS: usize = 16;
 /// memory bound on a chunk).
 const TARGET_CHUNK_TILES: usize = 160;
 
-/// Which kernel computes the 3x3 stride-1 convolutions, process-wide.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum ConvAlgorithm {
-    /// im2col for every convolution.
-    Im2col,
-    /// Winograd where it [`pays`] (the default), im2col elsewhere.
-    Auto,
-    /// Winograd wherever it [`applies`], even where it is slower: for benchmarks.
-    Winograd,
-}
-
-static ALGORITHM: AtomicU8 = AtomicU8::new(ConvAlgorithm::Auto as u8);
-
-/// Sets the convolution algorithm for the whole process: for benchmarks (A/B in one process)
-/// and bug hunts; [`ConvAlgorithm::Auto`] is the default.
-pub fn set_conv_algorithm(algorithm: ConvAlgorithm) {
-    ALGORITHM.store(algorithm as u8, Ordering::Relaxed);
-}
-
-fn conv_algorithm() -> ConvAlgorithm {
-    match ALGORITHM.load(Ordering::Relaxed) {
-        x if x == ConvAlgorithm::Im2col as u8 => ConvAlgorithm::Im2col,
-        x if x == ConvAlgorithm::Winograd as u8 => ConvAlgorithm::Winograd,
-        _ => ConvAlgorithm::Auto,
-    }
-}
-
 /// Whether Winograd can compute this convolution: 3x3 kernel, stride 1, padding at most 2 (so
 /// that the input gradient is a convolution with non-negative padding too).
 pub fn applies(g: &ConvGeometry) -> bool {
     g.k == 3 && g.stride == 1 && g.padding <= 2 && g.out_h > 0 && g.out_w > 0
-}
-
-/// The pass of a convolution a kernel computes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pass {
-    Forward,
-    InputGrad,
-    WeightGrad,
 }
 
 /// Fewest tiles per thread group (GEMM columns per transformed position, see [`Plan`]) at which
@@ -95,9 +59,9 @@ const MIN_PLANE_SIDE: usize = 4;
 pub fn pays(g: &ConvGeometry, pass: Pass) -> bool {
     match conv_algorithm() {
         _ if !applies(g) => return false,
-        ConvAlgorithm::Im2col => return false,
+        ConvAlgorithm::Im2col | ConvAlgorithm::Taps => return false,
         ConvAlgorithm::Winograd => return true,
-        ConvAlgorithm::Auto => {}
+        ConvAlgorithm::Auto | ConvAlgorithm::AutoNoTaps => {}
     }
     if g.out_h.min(g.out_w) < MIN_PLANE_SIDE {
         return false;
@@ -441,47 +405,39 @@ fn run_forward(g: &ConvGeometry, x: &[f32], u: &TransformedWeights, y: &mut [f32
     let per_image = tiles.per_image();
     let plan = chunk_plan(g, per_image);
     let (in_image, out_image) = (g.c_in * g.in_plane(), g.c_out * g.out_plane());
-    if y.is_empty() {
-        return;
-    }
-    y.par_chunks_mut(plan.images_per_group * out_image)
-        .enumerate()
-        .for_each(|(group, y_group)| {
-            let first_image = group * plan.images_per_group;
-            let images = y_group.len() / out_image;
-            let mut scratch = Scratch::take();
-            for (done, count) in plan.chunks(images) {
-                let columns = count * per_image;
-                let v = at_least(&mut scratch.col, POSITIONS * g.c_in * columns);
-                for b in 0..count {
-                    let image = first_image + done + b;
-                    let src = &x[image * in_image..(image + 1) * in_image];
-                    let at = (columns, b * per_image);
-                    transform_input(g, &tiles, src, v, at, &mut scratch.padded);
-                }
-                let m = at_least(&mut scratch.out, POSITIONS * g.c_out * columns);
-                for xi in 0..POSITIONS {
-                    let v_xi = xi * g.c_in * columns;
-                    let m_xi = &mut m[xi * g.c_out * columns..(xi + 1) * g.c_out * columns];
-                    sgemm(
-                        g.c_out,
-                        columns,
-                        g.c_in,
-                        m_xi,
-                        false,
-                        u.position(xi),
-                        dense(&v[v_xi..v_xi + g.c_in * columns], columns),
-                        plan.gemm_parallelism,
-                    );
-                }
-                for b in 0..count {
-                    let dst = &mut y_group[(done + b) * out_image..(done + b + 1) * out_image];
-                    let at = (columns, b * per_image);
-                    transform_output(g, &tiles, m, at, dst, &mut scratch.gathered);
-                }
-            }
-            scratch.give_back();
-        });
+    plan.for_each_chunk(y, out_image, |scratch, chunk, y_group| {
+        let columns = chunk.count * per_image;
+        let v = at_least(&mut scratch.col, POSITIONS * g.c_in * columns);
+        for b in 0..chunk.count {
+            let image = chunk.first + b;
+            let src = &x[image * in_image..(image + 1) * in_image];
+            let at = (columns, b * per_image);
+            transform_input(g, &tiles, src, v, at, &mut scratch.padded);
+        }
+        let m = at_least(&mut scratch.out, POSITIONS * g.c_out * columns);
+        for xi in 0..POSITIONS {
+            let v_xi = xi * g.c_in * columns;
+            let m_xi = &mut m[xi * g.c_out * columns..(xi + 1) * g.c_out * columns];
+            let rhs = dense(&v[v_xi..v_xi + g.c_in * columns], columns);
+            let (c_out, c_in) = (g.c_out, g.c_in);
+            sgemm(
+                c_out,
+                columns,
+                c_in,
+                m_xi,
+                false,
+                u.position(xi),
+                rhs,
+                plan.gemm_parallelism,
+            );
+        }
+        for b in 0..chunk.count {
+            let image = chunk.in_group + b;
+            let dst = &mut y_group[image * out_image..(image + 1) * out_image];
+            let at = (columns, b * per_image);
+            transform_output(g, &tiles, m, at, dst, &mut scratch.gathered);
+        }
+    });
 }
 
 /// dL/dw for a 3x3 stride-1 convolution: each thread group sums `dU` over its images, the
@@ -492,40 +448,33 @@ pub fn weight_grad(g: &ConvGeometry, x: &[f32], grad_y: &[f32]) -> Vec<f32> {
     let plan = chunk_plan(g, per_image);
     let (in_image, out_image) = (g.c_in * g.in_plane(), g.c_out * g.out_plane());
     let matrix = g.c_out * g.c_in;
-    let groups = g.batch.div_ceil(plan.images_per_group);
-    let grad_u = sum_over_groups(groups, POSITIONS * matrix, |group, grad_u| {
-        let first_image = group * plan.images_per_group;
-        let images = plan.images_per_group.min(g.batch - first_image);
-        let mut scratch = Scratch::take();
-        for (done, count) in plan.chunks(images) {
-            let columns = count * per_image;
-            let v = at_least(&mut scratch.col, POSITIONS * g.c_in * columns);
-            let p = at_least(&mut scratch.out, POSITIONS * g.c_out * columns);
-            for b in 0..count {
-                let image = first_image + done + b;
-                let at = (columns, b * per_image);
-                let src = &x[image * in_image..(image + 1) * in_image];
-                transform_input(g, &tiles, src, v, at, &mut scratch.padded);
-                let grad = &grad_y[image * out_image..(image + 1) * out_image];
-                transform_output_grad(g, &tiles, grad, p, at, &mut scratch.gathered);
-            }
-            for xi in 0..POSITIONS {
-                let (p_xi, v_xi) = (xi * g.c_out * columns, xi * g.c_in * columns);
-                sgemm(
-                    g.c_out,
-                    g.c_in,
-                    columns,
-                    &mut grad_u[xi * matrix..(xi + 1) * matrix],
-                    done > 0,
-                    dense(&p[p_xi..p_xi + g.c_out * columns], columns),
-                    transposed(&v[v_xi..v_xi + g.c_in * columns], columns),
-                    plan.gemm_parallelism,
-                );
-            }
+    let partials = plan.partials(POSITIONS * matrix, |scratch, chunk, grad_u| {
+        let columns = chunk.count * per_image;
+        let v = at_least(&mut scratch.col, POSITIONS * g.c_in * columns);
+        let p = at_least(&mut scratch.out, POSITIONS * g.c_out * columns);
+        for b in 0..chunk.count {
+            let image = chunk.first + b;
+            let at = (columns, b * per_image);
+            let src = &x[image * in_image..(image + 1) * in_image];
+            transform_input(g, &tiles, src, v, at, &mut scratch.padded);
+            let grad = &grad_y[image * out_image..(image + 1) * out_image];
+            transform_output_grad(g, &tiles, grad, p, at, &mut scratch.gathered);
         }
-        scratch.give_back();
+        for xi in 0..POSITIONS {
+            let (p_xi, v_xi) = (xi * g.c_out * columns, xi * g.c_in * columns);
+            sgemm(
+                g.c_out,
+                g.c_in,
+                columns,
+                &mut grad_u[xi * matrix..(xi + 1) * matrix],
+                chunk.in_group > 0,
+                dense(&p[p_xi..p_xi + g.c_out * columns], columns),
+                transposed(&v[v_xi..v_xi + g.c_in * columns], columns),
+                plan.gemm_parallelism,
+            );
+        }
     });
-    untransform_weight_grad(&grad_u, matrix)
+    untransform_weight_grad(&sum_partials(partials, POSITIONS * matrix), matrix)
 }
 
 /// `G^T dU G` for every (C_out, C_in) pair: the 16 matrices `dU_ξ` back to 3x3 filters.

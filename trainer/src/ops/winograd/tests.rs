@@ -3,10 +3,8 @@
 //! output), padding 0, 1 and 2, batch 1, channel counts that are not multiples of anything, and
 //! batches large enough to use several chunks per thread group.
 
-use super::super::conv::{im2col_forward, im2col_input_grad, im2col_weight_grad};
+use super::super::conv::kernel_checks::assert_matches_im2col;
 use super::*;
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 
 /// (batch, c_in, h, w, c_out, padding).
 const CASES: &[(usize, usize, usize, usize, usize, usize)] = &[
@@ -25,47 +23,12 @@ const CASES: &[(usize, usize, usize, usize, usize, usize)] = &[
     (3, 32, 24, 24, 64, 1),
 ];
 
-fn random(rng: &mut ChaCha8Rng, len: usize) -> Vec<f32> {
-    (0..len).map(|_| rng.gen_range(-1.0f32..1.0)).collect()
-}
-
-/// Largest |a - b| relative to the largest |b| (at least 1).
-fn relative_error(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    let scale = b.iter().fold(1f32, |m, v| m.max(v.abs()));
-    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
-}
-
 #[test]
 fn winograd_matches_im2col_forward_and_both_gradients() {
-    let mut rng = ChaCha8Rng::seed_from_u64(11);
-    for &(batch, c_in, h, w, c_out, padding) in CASES {
+    for (seed, &(batch, c_in, h, w, c_out, padding)) in CASES.iter().enumerate() {
         let g = ConvGeometry::new((batch, c_in, h, w), (c_out, c_in, 3, 3), 1, padding).unwrap();
         assert!(applies(&g), "{g:?}");
-        let x = random(&mut rng, batch * c_in * h * w);
-        let weight = random(&mut rng, c_out * c_in * 9);
-        let grad_y = random(&mut rng, batch * c_out * g.out_plane());
-        let checks = [
-            (
-                "forward",
-                forward(&g, &x, &weight),
-                im2col_forward(&g, &x, &weight),
-            ),
-            (
-                "input gradient",
-                input_grad(&g, &grad_y, &weight),
-                im2col_input_grad(&g, &grad_y, &weight),
-            ),
-            (
-                "weight gradient",
-                weight_grad(&g, &x, &grad_y),
-                im2col_weight_grad(&g, &x, &grad_y),
-            ),
-        ];
-        for (what, winograd, reference) in checks {
-            let error = relative_error(&winograd, &reference);
-            assert!(error < 1e-5, "{what} of {g:?}: relative error {error}");
-        }
+        assert_matches_im2col(&g, 11 + seed as u64, [forward, input_grad, weight_grad]);
     }
 }
 

@@ -1,0 +1,276 @@
+//! What the CPU convolution kernels (im2col in `conv.rs`, `winograd.rs`, `taps.rs`) share: how
+//! a batch is split into one group of images per rayon thread and each group into chunks, the
+//! per-thread scratch buffers, the drivers that run a kernel's chunk body over the groups in
+//! parallel, and the copies between the (N, C, plane) tensor layout and the GEMMs' column
+//! layout.
+//!
+//! Threads: each group runs single-threaded GEMMs on its own scratch (no synchronisation inside
+//! a layer); a batch smaller than the thread count instead hands all threads to the GEMMs.
+//! Images whose output plane is small (the deep layers) are gathered into chunks so that each
+//! GEMM still has a wide right-hand side.
+
+use super::im2col::MatRef;
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+/// No chunk's column matrix grows past this many floats (16 MiB).
+const MAX_CHUNK_FLOATS: usize = 4 << 20;
+
+/// Column, product and gathered-gradient buffers of one thread, kept between calls: every
+/// layer of every step used to allocate them afresh, zero them (`resize`) and fault their pages
+/// in, only for im2col / the GEMM / the gather to overwrite every float anyway.
+#[derive(Default)]
+pub(super) struct Scratch {
+    pub(super) col: Vec<f32>,
+    pub(super) out: Vec<f32>,
+    pub(super) gathered: Vec<f32>,
+    /// One zero-bordered input plane for im2col / col2im (and Winograd's input transform).
+    pub(super) padded: Vec<f32>,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::Cell<Scratch> = std::cell::Cell::new(Scratch::default());
+}
+
+impl Scratch {
+    /// This thread's buffers, leaving empty ones behind: a task that rayon runs on this thread
+    /// while this one waits inside a parallel GEMM simply starts from empty buffers.
+    pub(super) fn take() -> Scratch {
+        SCRATCH.with(|cell| cell.take())
+    }
+
+    pub(super) fn give_back(self) {
+        SCRATCH.with(|cell| cell.set(self));
+    }
+
+    /// Runs `body` with this thread's buffers ([`Scratch::take`], then give them back).
+    pub(super) fn with<R>(body: impl FnOnce(&mut Scratch) -> R) -> R {
+        let mut scratch = Scratch::take();
+        let result = body(&mut scratch);
+        scratch.give_back();
+        result
+    }
+}
+
+/// The first `len` floats of `buffer`, grown (never shrunk) to hold them. The contents are
+/// stale: callers overwrite every float they read.
+pub(super) fn at_least(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if buffer.len() < len {
+        buffer.resize(len, 0.0);
+    }
+    &mut buffer[..len]
+}
+
+/// How the batch is spread over threads, and each thread's images over chunks (one GEMM, or
+/// Winograd's 16, per chunk).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Plan {
+    /// Images per thread group (the last group may hold fewer).
+    pub(super) images_per_group: usize,
+    /// Images per chunk inside a group.
+    pub(super) chunk: usize,
+    /// Parallelism handed to each GEMM.
+    pub(super) gemm_parallelism: Parallelism,
+    batch: usize,
+}
+
+/// Images per thread group and the parallelism each GEMM gets: one group per rayon thread, or,
+/// for a batch smaller than the thread count, one group whose GEMMs use every thread.
+pub(super) fn split_batch(batch: usize) -> (usize, Parallelism) {
+    let threads = rayon::current_num_threads().max(1);
+    if batch >= threads {
+        (batch.div_ceil(threads), Parallelism::None)
+    } else if threads > 1 {
+        (batch.max(1), Parallelism::Rayon(threads))
+    } else {
+        (batch.max(1), Parallelism::None)
+    }
+}
+
+impl Plan {
+    /// Chunks of at least `target_columns` GEMM columns (`columns_per_image` per image) where
+    /// the thread group has the images, without letting a chunk's `floats_per_column` x
+    /// columns buffer grow past [`MAX_CHUNK_FLOATS`].
+    pub(super) fn for_columns(
+        batch: usize,
+        columns_per_image: usize,
+        floats_per_column: usize,
+        target_columns: usize,
+    ) -> Self {
+        let (images_per_group, gemm_parallelism) = split_batch(batch);
+        let columns = columns_per_image.max(1);
+        let by_width = target_columns.div_ceil(columns);
+        let by_memory = (MAX_CHUNK_FLOATS / (floats_per_column * columns).max(1)).max(1);
+        Self {
+            images_per_group,
+            chunk: by_width.min(by_memory).clamp(1, images_per_group),
+            gemm_parallelism,
+            batch,
+        }
+    }
+
+    /// `(first, count)` of each chunk of a group of `images` images, relative to the group.
+    fn chunks(&self, images: usize) -> impl Iterator<Item = (usize, usize)> {
+        let chunk = self.chunk;
+        (0..images)
+            .step_by(chunk)
+            .map(move |first| (first, chunk.min(images - first)))
+    }
+
+    /// The chunks of thread group `group` of a group of `images` images.
+    fn group_chunks(&self, group: usize, images: usize) -> impl Iterator<Item = Chunk> {
+        let group_first = group * self.images_per_group;
+        self.chunks(images).map(move |(in_group, count)| Chunk {
+            first: group_first + in_group,
+            in_group,
+            count,
+        })
+    }
+
+    /// The forward passes' and input gradients' driver: splits `out` (`per_image` floats per
+    /// image of the batch) into one part per thread group, and runs `body(scratch, chunk,
+    /// group_out)` for each chunk of each group, the groups in parallel, each on its thread's
+    /// [`Scratch`]. `group_out` is the group's whole part; the chunk's images start at
+    /// `chunk.in_group` in it.
+    pub(super) fn for_each_chunk(
+        &self,
+        out: &mut [f32],
+        per_image: usize,
+        body: impl Fn(&mut Scratch, Chunk, &mut [f32]) + Sync,
+    ) {
+        if out.is_empty() || per_image == 0 {
+            return;
+        }
+        out.par_chunks_mut(self.images_per_group * per_image)
+            .enumerate()
+            .for_each(|(group, group_out)| {
+                Scratch::with(|scratch| {
+                    for chunk in self.group_chunks(group, group_out.len() / per_image) {
+                        body(scratch, chunk, group_out);
+                    }
+                })
+            });
+    }
+
+    /// The weight gradients' driver: each thread group runs `body(scratch, chunk, partial)` for
+    /// its chunks into its own zeroed `len` floats, the groups in parallel; returns the groups'
+    /// partial sums, for [`sum_partials`] or a caller that sums them on its way to another
+    /// layout. No synchronisation inside a layer.
+    pub(super) fn partials(
+        &self,
+        len: usize,
+        body: impl Fn(&mut Scratch, Chunk, &mut [f32]) + Sync,
+    ) -> Vec<Vec<f32>> {
+        let groups = self.batch.div_ceil(self.images_per_group);
+        (0..groups)
+            .into_par_iter()
+            .map(|group| {
+                let mut partial = vec![0f32; len];
+                let images = self
+                    .images_per_group
+                    .min(self.batch - group * self.images_per_group);
+                Scratch::with(|scratch| {
+                    for chunk in self.group_chunks(group, images) {
+                        body(scratch, chunk, &mut partial);
+                    }
+                });
+                partial
+            })
+            .collect()
+    }
+}
+
+/// Consecutive images of one thread group that one GEMM (or one set of GEMMs) covers.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Chunk {
+    /// Its first image's index in the batch.
+    pub(super) first: usize,
+    /// Its first image's index in its thread group.
+    pub(super) in_group: usize,
+    pub(super) count: usize,
+}
+
+/// Copies images `[first, first + count)` of a (N, rows, plane) tensor into a (rows, count*plane)
+/// matrix, the column layout the GEMMs use.
+fn gather_chunk(
+    src: &[f32],
+    rows: usize,
+    plane: usize,
+    first: usize,
+    count: usize,
+    dst: &mut [f32],
+) {
+    let width = count * plane;
+    for b in 0..count {
+        let image = &src[(first + b) * rows * plane..(first + b + 1) * rows * plane];
+        for r in 0..rows {
+            dst[r * width + b * plane..r * width + (b + 1) * plane]
+                .copy_from_slice(&image[r * plane..(r + 1) * plane]);
+        }
+    }
+}
+
+/// The chunk's images of a (N, rows, plane) tensor in the column layout: the tensor's own
+/// floats for a single image, else gathered into `buffer`.
+pub(super) fn chunk_matrix<'a>(
+    src: &'a [f32],
+    rows: usize,
+    plane: usize,
+    chunk: Chunk,
+    buffer: &'a mut Vec<f32>,
+) -> &'a [f32] {
+    let image = rows * plane;
+    if chunk.count == 1 {
+        return &src[chunk.first * image..(chunk.first + 1) * image];
+    }
+    let dst = at_least(buffer, chunk.count * image);
+    gather_chunk(src, rows, plane, chunk.first, chunk.count, dst);
+    dst
+}
+
+/// The inverse of [`gather_chunk`] for the images of one group: `dst` starts at image `first`.
+pub(super) fn scatter_chunk(
+    src: &[f32],
+    rows: usize,
+    plane: usize,
+    first: usize,
+    count: usize,
+    dst: &mut [f32],
+) {
+    let width = count * plane;
+    for b in 0..count {
+        let image = &mut dst[(first + b) * rows * plane..(first + b + 1) * rows * plane];
+        for r in 0..rows {
+            image[r * plane..(r + 1) * plane]
+                .copy_from_slice(&src[r * width + b * plane..r * width + (b + 1) * plane]);
+        }
+    }
+}
+
+/// Row-major dense matrix view.
+pub(super) fn dense(data: &[f32], cols: usize) -> MatRef<'_> {
+    MatRef {
+        data,
+        row_stride: cols,
+        col_stride: 1,
+    }
+}
+
+/// Transposed view of a dense row-major matrix with `cols` columns.
+pub(super) fn transposed(data: &[f32], cols: usize) -> MatRef<'_> {
+    MatRef {
+        data,
+        row_stride: 1,
+        col_stride: cols,
+    }
+}
+
+/// The sum of [`Plan::partials`]' partial sums, `len` zeros for a batch of none.
+pub(super) fn sum_partials(partials: Vec<Vec<f32>>, len: usize) -> Vec<f32> {
+    let mut partials = partials.into_iter();
+    let mut total = partials.next().unwrap_or_else(|| vec![0f32; len]);
+    for partial in partials {
+        total.iter_mut().zip(&partial).for_each(|(t, p)| *t += *p);
+    }
+    total
+}

@@ -1,0 +1,431 @@
+//! Convolutions on small bordered planes as one GEMM per kernel tap, each over only the outputs
+//! where that tap reads inside the input: forward, input gradient and weight gradient.
+//!
+//! Why: at the 48-64 px inputs this project trains on, ResNet-18's deepest planes are 2x2 to
+//! 4x4 pixels, and a 3x3 kernel with padding 1 reads the zero border with most of its taps. On
+//! a 2x2 plane each output has 4 of its 9 taps inside the input, so im2col's GEMM multiplies a
+//! zero in 5 of every 9 products; on a 3x3 plane in 32 of 81. Splitting the convolution by tap
+//! skips them: for tap `t = (ky, kx)` the outputs that read inside the input form a rectangle
+//! `R_t` (rows and columns are independent), and the tap's contribution is one GEMM
+//! `W_t (C_out x C_in) * X_t (C_in x |R_t|)`, `X_t` the input shifted by the tap and cut to
+//! `R_t`. Exactly the products that do not meet the border are computed, and each GEMM still
+//! has `C_in` inner products per output (256-512 where this pays).
+//!
+//! - forward: `y[R_t] += W_t X_t` for every tap;
+//! - input gradient: `dx[R_t shifted by t] += W_t^T dy[R_t]`;
+//! - weight gradient: `dW_t = Σ dy[R_t] X_t^T` over the images.
+//!
+//! The weights are re-laid out tap-major (`C_out x k*k x C_in`) once per call so that each
+//! `W_t` is a matrix view with dense rows. Threads and chunks follow `conv.rs`.
+
+use std::ops::Range;
+
+use super::algorithm::{conv_algorithm, ConvAlgorithm, Pass};
+use super::chunks::{
+    at_least, chunk_matrix, dense, scatter_chunk, split_batch, transposed, Plan, Scratch,
+};
+use super::im2col::{copy_short, sgemm, sgemm_rows, ConvGeometry, MatRef};
+use rayon::prelude::*;
+
+/// `pays` takes a convolution when at most this share of im2col's products reads inside the
+/// input (the rest multiply the zero border)...
+const MAX_USEFUL_FRACTION: f64 = 0.8;
+/// ...and each tap's GEMM has at least this many inner products per output, enough to amortise
+/// packing `W_t` for the few columns a corner tap has...
+const MIN_INPUT_CHANNELS: usize = 64;
+/// ...and, for the forward pass and the weight gradient, a thread group's tap GEMMs have at
+/// least this many columns (images x outputs) on average. Below it packing the operands of
+/// nine narrow GEMMs costs more than the skipped products: measured with `cargo bench -p
+/// face2exp-trainer --bench conv_algorithms`, 2 threads, ratios to im2col: at 64 px / batch 32
+/// the 2x2 planes have 28-44 columns per tap and lose (forward 1.06-1.16, weight gradient
+/// 1.14-1.35), at 48 px / batch 64 they have 57 and win (0.78-0.91). The input gradient won at
+/// every size measured (0.38-0.84), its GEMMs' packed operand being the output gradient.
+const MIN_MEAN_TAP_COLUMNS: usize = 50;
+
+/// Aim for at least this many GEMM columns (images x output pixels) per chunk, as im2col does.
+const TARGET_TAP_COLUMNS: usize = 512;
+
+/// Whether per-tap GEMMs can compute this convolution: any kernel larger than 1x1.
+pub fn applies(g: &ConvGeometry) -> bool {
+    g.k > 1 && g.out_h > 0 && g.out_w > 0
+}
+
+/// Whether per-tap GEMMs compute this pass: they [`apply`](applies), and with
+/// [`ConvAlgorithm::Auto`] the border wastes enough of im2col's products and (forward, weight
+/// gradient) the batch gives each tap's GEMM enough columns.
+pub fn pays(g: &ConvGeometry, pass: Pass) -> bool {
+    match conv_algorithm() {
+        _ if !applies(g) => false,
+        ConvAlgorithm::Im2col | ConvAlgorithm::Winograd | ConvAlgorithm::AutoNoTaps => false,
+        ConvAlgorithm::Taps => true,
+        ConvAlgorithm::Auto => pays_by_rule(g, pass),
+    }
+}
+
+/// The [`ConvAlgorithm::Auto`] rule of [`pays`], for a convolution that [`applies`].
+fn pays_by_rule(g: &ConvGeometry, pass: Pass) -> bool {
+    if g.c_in < MIN_INPUT_CHANNELS || useful_fraction(g) > MAX_USEFUL_FRACTION {
+        return false;
+    }
+    let taps = taps(g);
+    let useful: usize = taps.iter().map(Tap::outputs).sum();
+    let mean_tap_columns = split_batch(g.batch).0 * useful / taps.len().max(1);
+    pass == Pass::InputGrad || mean_tap_columns >= MIN_MEAN_TAP_COLUMNS
+}
+
+/// The share of im2col's products that read inside the input: 16/36 on a 2x2 plane with a 3x3
+/// kernel and padding 1, 49/81 on 3x3, 100/144 on 4x4, 1 without padding.
+pub fn useful_fraction(g: &ConvGeometry) -> f64 {
+    let useful: usize = taps(g).iter().map(Tap::outputs).sum();
+    useful as f64 / (g.k * g.k * g.out_plane()).max(1) as f64
+}
+
+/// One kernel tap and the rectangle of outputs at which it reads inside the input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Tap {
+    /// `ky * k + kx`, the tap's place in a filter.
+    index: usize,
+    ky: usize,
+    kx: usize,
+    rows: Range<usize>,
+    cols: Range<usize>,
+}
+
+impl Tap {
+    fn outputs(&self) -> usize {
+        self.rows.len() * self.cols.len()
+    }
+
+    /// Where output `(oy, ox)` of the rectangle reads the input, as an index into one plane.
+    /// Only called inside the rectangle, where it is in bounds by construction.
+    fn input_index(&self, g: &ConvGeometry, oy: usize, ox: usize) -> usize {
+        (oy * g.stride + self.ky - g.padding) * g.w + ox * g.stride + self.kx - g.padding
+    }
+}
+
+/// The outputs `o < out_len` whose input `o * stride + tap - padding` lies in `[0, in_len)`.
+fn valid_outputs(
+    tap: usize,
+    stride: usize,
+    padding: usize,
+    in_len: usize,
+    out_len: usize,
+) -> Range<usize> {
+    let first = padding.saturating_sub(tap).div_ceil(stride);
+    let end = if in_len + padding > tap {
+        ((in_len - 1 + padding - tap) / stride + 1).min(out_len)
+    } else {
+        0
+    };
+    first.min(end)..end
+}
+
+/// The taps that read inside the input at one output at least, in filter order.
+fn taps(g: &ConvGeometry) -> Vec<Tap> {
+    let mut taps = Vec::with_capacity(g.k * g.k);
+    for ky in 0..g.k {
+        let rows = valid_outputs(ky, g.stride, g.padding, g.h, g.out_h);
+        for kx in 0..g.k {
+            let cols = valid_outputs(kx, g.stride, g.padding, g.w, g.out_w);
+            if !rows.is_empty() && !cols.is_empty() {
+                let (index, rows) = (ky * g.k + kx, rows.clone());
+                taps.push(Tap {
+                    index,
+                    ky,
+                    kx,
+                    rows,
+                    cols,
+                });
+            }
+        }
+    }
+    taps
+}
+
+/// Writes the transpose of each `rows x cols` block of `src` into the same block of `dst`:
+/// (C_out, C_in, k*k) weights to tap-major (C_out, k*k, C_in). Blocks in parallel; each block's
+/// few KiB stay in L1 while its rows are read with a stride and written contiguously.
+fn transpose_blocks_into(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
+    let block = rows * cols;
+    if block == 0 {
+        return;
+    }
+    dst.par_chunks_mut(block)
+        .zip(src.par_chunks(block))
+        .for_each(|(d, s)| {
+            for (c, d_row) in d.chunks_exact_mut(rows).enumerate() {
+                for (r, v) in d_row.iter_mut().enumerate() {
+                    *v = s[r * cols + c];
+                }
+            }
+        });
+}
+
+thread_local! {
+    /// The tap-major weights of the current call, kept between calls: re-laying out 512 x 512
+    /// x 9 weights into a fresh (zeroed, faulted-in) 9 MiB vector took 1.6-4 ms, about what the
+    /// skipped products save on a 2x2 plane.
+    static TAP_WEIGHTS: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Runs `body` with the tap-major copy of the weights `w`.
+fn with_tap_weights<R>(g: &ConvGeometry, w: &[f32], body: impl FnOnce(&[f32]) -> R) -> R {
+    let mut buffer = TAP_WEIGHTS.with(|cell| cell.take());
+    let w_taps = at_least(&mut buffer, w.len());
+    transpose_blocks_into(w, g.c_in, g.k * g.k, w_taps);
+    let result = body(w_taps);
+    TAP_WEIGHTS.with(|cell| cell.set(buffer));
+    result
+}
+
+/// `W_t` (C_out x C_in) inside the tap-major weights.
+fn tap_weights<'a>(g: &ConvGeometry, w_taps: &'a [f32], tap: &Tap) -> MatRef<'a> {
+    MatRef {
+        data: &w_taps[tap.index * g.c_in..],
+        row_stride: g.k * g.k * g.c_in,
+        col_stride: 1,
+    }
+}
+
+/// `W_t^T` (C_in x C_out) inside the tap-major weights.
+fn tap_weights_transposed<'a>(g: &ConvGeometry, w_taps: &'a [f32], tap: &Tap) -> MatRef<'a> {
+    MatRef {
+        data: &w_taps[tap.index * g.c_in..],
+        row_stride: 1,
+        col_stride: g.k * g.k * g.c_in,
+    }
+}
+
+/// The thread groups and chunks: as im2col's, sized by the wider of a chunk's input and
+/// output column matrices.
+fn plan(g: &ConvGeometry) -> Plan {
+    Plan::for_columns(
+        g.batch,
+        g.out_plane(),
+        g.c_in.max(g.c_out),
+        TARGET_TAP_COLUMNS,
+    )
+}
+
+/// `X_t` of images `[first, first + count)` of `x`: (C_in, count * |R_t|), image-major columns.
+fn gather_tap_input(
+    g: &ConvGeometry,
+    tap: &Tap,
+    x: &[f32],
+    (first, count): (usize, usize),
+    dst: &mut [f32],
+) {
+    let (plane, in_image) = (g.in_plane(), g.c_in * g.in_plane());
+    let (per_image, width) = (tap.outputs(), tap.cols.len());
+    let columns = count * per_image;
+    for c in 0..g.c_in {
+        for b in 0..count {
+            let src = &x[(first + b) * in_image + c * plane..][..plane];
+            let dst = &mut dst[c * columns + b * per_image..][..per_image];
+            for (dst_row, oy) in dst.chunks_exact_mut(width).zip(tap.rows.clone()) {
+                let start = tap.input_index(g, oy, tap.cols.start);
+                if g.stride == 1 {
+                    copy_short(dst_row, &src[start..start + width]);
+                } else {
+                    for (j, d) in dst_row.iter_mut().enumerate() {
+                        *d = src[start + j * g.stride];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `dy[R_t]`, (C_out, count * |R_t|), from a chunk's gathered output gradient (C_out,
+/// count * plane).
+fn cut_to_tap(g: &ConvGeometry, tap: &Tap, chunk: &[f32], count: usize, dst: &mut [f32]) {
+    let plane = g.out_plane();
+    let (per_image, width) = (tap.outputs(), tap.cols.len());
+    for (c, dst) in dst.chunks_exact_mut(count * per_image).enumerate() {
+        for (b, dst) in dst.chunks_exact_mut(per_image).enumerate() {
+            let src = &chunk[(c * count + b) * plane..][..plane];
+            for (dst_row, oy) in dst.chunks_exact_mut(width).zip(tap.rows.clone()) {
+                let start = oy * g.out_w + tap.cols.start;
+                copy_short(dst_row, &src[start..start + width]);
+            }
+        }
+    }
+}
+
+/// The adjoint of [`cut_to_tap`]: adds a tap's (C_out, count * |R_t|) outputs into a chunk's
+/// (C_out, count * plane) outputs.
+fn add_from_tap(g: &ConvGeometry, tap: &Tap, part: &[f32], count: usize, chunk: &mut [f32]) {
+    let plane = g.out_plane();
+    let (per_image, width) = (tap.outputs(), tap.cols.len());
+    for (c, part) in part.chunks_exact(count * per_image).enumerate() {
+        for (b, part) in part.chunks_exact(per_image).enumerate() {
+            let dst = &mut chunk[(c * count + b) * plane..][..plane];
+            for (part_row, oy) in part.chunks_exact(width).zip(tap.rows.clone()) {
+                let start = oy * g.out_w + tap.cols.start;
+                for (d, v) in dst[start..start + width].iter_mut().zip(part_row) {
+                    *d += *v;
+                }
+            }
+        }
+    }
+}
+
+/// The adjoint of [`gather_tap_input`]: adds a tap's (C_in, count * |R_t|) input gradient
+/// onto the images of a group, `images` starting at the chunk's first image.
+fn scatter_tap_input(g: &ConvGeometry, tap: &Tap, part: &[f32], count: usize, images: &mut [f32]) {
+    let (plane, in_image) = (g.in_plane(), g.c_in * g.in_plane());
+    let (per_image, width) = (tap.outputs(), tap.cols.len());
+    for (c, part) in part.chunks_exact(count * per_image).enumerate() {
+        for (b, part) in part.chunks_exact(per_image).enumerate() {
+            let dst = &mut images[b * in_image + c * plane..][..plane];
+            for (part_row, oy) in part.chunks_exact(width).zip(tap.rows.clone()) {
+                let start = tap.input_index(g, oy, tap.cols.start);
+                for (j, v) in part_row.iter().enumerate() {
+                    dst[start + j * g.stride] += *v;
+                }
+            }
+        }
+    }
+}
+
+/// y = conv2d(x, w) by taps.
+pub(super) fn forward(g: &ConvGeometry, x: &[f32], w: &[f32]) -> Vec<f32> {
+    let (plane, c_in, c_out) = (g.out_plane(), g.c_in, g.c_out);
+    let out_image = c_out * plane;
+    let mut y = vec![0f32; g.batch * out_image];
+    let (taps, plan) = (taps(g), plan(g));
+    with_tap_weights(g, w, |w_taps| {
+        plan.for_each_chunk(&mut y, out_image, |scratch, chunk, y_group| {
+            let Scratch {
+                col, out, gathered, ..
+            } = scratch;
+            let count = chunk.count;
+            let outputs = at_least(out, c_out * count * plane);
+            outputs.fill(0.0);
+            for tap in &taps {
+                let n = count * tap.outputs();
+                let x_tap = at_least(col, c_in * n);
+                gather_tap_input(g, tap, x, (chunk.first, count), x_tap);
+                let (lhs, rhs) = (tap_weights(g, w_taps, tap), dense(x_tap, n));
+                if tap.outputs() == plane {
+                    sgemm(
+                        c_out,
+                        n,
+                        c_in,
+                        outputs,
+                        true,
+                        lhs,
+                        rhs,
+                        plan.gemm_parallelism,
+                    );
+                } else {
+                    let part = at_least(gathered, c_out * n);
+                    sgemm(c_out, n, c_in, part, false, lhs, rhs, plan.gemm_parallelism);
+                    add_from_tap(g, tap, part, count, outputs);
+                }
+            }
+            scatter_chunk(outputs, c_out, plane, chunk.in_group, count, y_group);
+        });
+    });
+    y
+}
+
+/// A chunk's output gradient `dy` (C_out, count * plane) cut to a tap's rectangle, in `cut`
+/// unless the rectangle is the whole plane.
+fn tap_output_grad<'a>(
+    g: &ConvGeometry,
+    tap: &Tap,
+    dy: &'a [f32],
+    count: usize,
+    cut: &'a mut Vec<f32>,
+) -> &'a [f32] {
+    if tap.outputs() == g.out_plane() {
+        return dy;
+    }
+    let cut = at_least(cut, g.c_out * count * tap.outputs());
+    cut_to_tap(g, tap, dy, count, cut);
+    cut
+}
+
+/// dL/dx by taps.
+pub(super) fn input_grad(g: &ConvGeometry, grad_y: &[f32], w: &[f32]) -> Vec<f32> {
+    let (plane, c_in, c_out) = (g.out_plane(), g.c_in, g.c_out);
+    let in_image = c_in * g.in_plane();
+    let mut grad_x = vec![0f32; g.batch * in_image];
+    if plane == 0 {
+        return grad_x;
+    }
+    let (taps, plan) = (taps(g), plan(g));
+    with_tap_weights(g, w, |w_taps| {
+        plan.for_each_chunk(&mut grad_x, in_image, |scratch, chunk, gx_group| {
+            let Scratch {
+                col, out, gathered, ..
+            } = scratch;
+            let count = chunk.count;
+            let dy = chunk_matrix(grad_y, c_out, plane, chunk, gathered);
+            let dx_images = &mut gx_group[chunk.in_group * in_image..][..count * in_image];
+            for tap in &taps {
+                let n = count * tap.outputs();
+                let dy_tap = tap_output_grad(g, tap, dy, count, col);
+                let part = at_least(out, c_in * n);
+                let lhs = tap_weights_transposed(g, w_taps, tap);
+                let rhs = dense(dy_tap, n);
+                sgemm(c_in, n, c_out, part, false, lhs, rhs, plan.gemm_parallelism);
+                scatter_tap_input(g, tap, part, count, dx_images);
+            }
+        });
+    });
+    grad_x
+}
+
+/// dL/dw by taps: each thread group sums its images' `dy[R_t] X_t^T` into tap-major partials.
+pub(super) fn weight_grad(g: &ConvGeometry, x: &[f32], grad_y: &[f32]) -> Vec<f32> {
+    let (plane, c_in, c_out, taps_len) = (g.out_plane(), g.c_in, g.c_out, g.k * g.k);
+    let (taps, plan) = (taps(g), plan(g));
+    let partials = plan.partials(c_out * taps_len * c_in, |scratch, chunk, grad_w| {
+        let Scratch {
+            col, out, gathered, ..
+        } = scratch;
+        let count = chunk.count;
+        let dy = chunk_matrix(grad_y, c_out, plane, chunk, gathered);
+        for tap in &taps {
+            let n = count * tap.outputs();
+            let dy_tap = tap_output_grad(g, tap, dy, count, out);
+            let x_tap = at_least(col, c_in * n);
+            gather_tap_input(g, tap, x, (chunk.first, count), x_tap);
+            sgemm_rows(
+                c_out,
+                c_in,
+                n,
+                &mut grad_w[tap.index * c_in..],
+                taps_len * c_in,
+                true,
+                dense(dy_tap, n),
+                transposed(x_tap, n),
+                plan.gemm_parallelism,
+            );
+        }
+    });
+    // Sum the groups' tap-major partials and lay them out as (C_out, C_in, k*k) in one pass.
+    let block = taps_len * c_in;
+    let mut grad_w = vec![0f32; c_out * block];
+    if block > 0 {
+        grad_w
+            .par_chunks_mut(block)
+            .enumerate()
+            .for_each(|(co, dst)| {
+                for partial in &partials {
+                    let src = &partial[co * block..(co + 1) * block];
+                    for (ci, dst_taps) in dst.chunks_exact_mut(taps_len).enumerate() {
+                        for (t, d) in dst_taps.iter_mut().enumerate() {
+                            *d += src[t * c_in + ci];
+                        }
+                    }
+                }
+            });
+    }
+    grad_w
+}
+
+#[cfg(test)]
+mod tests;
