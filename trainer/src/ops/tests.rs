@@ -358,3 +358,33 @@ fn add_relu_matches_candle_ops_forward_and_backward() -> Result<()> {
     assert!(err.contains("differs"), "{err}");
     Ok(())
 }
+
+/// A NaN anywhere in a window makes its output NaN (as PyTorch's max pool), and the gradient
+/// goes to that NaN; the windows without one are untouched by it.
+#[test]
+fn max_pool_propagates_nan_and_routes_its_gradient_there() -> Result<()> {
+    let mut data: Vec<f32> = (0..16).map(|i| i as f32).collect();
+    data[5] = f32::NAN; // (1, 1): inside all four windows of a 4x4 plane...
+    data[15] = f32::NAN; // ...and (3, 3): only in the last one.
+    let x = Var::from_tensor(&Tensor::from_vec(data, (1, 1, 4, 4), &Device::Cpu)?)?;
+    let y = max_pool_3x3_s2_p1(x.as_tensor())?;
+    assert!(y
+        .flatten_all()?
+        .to_vec1::<f32>()?
+        .iter()
+        .all(|v| v.is_nan()));
+    let probe = Tensor::ones((1, 1, 2, 2), DType::F32, &Device::Cpu)?;
+    // The loss is NaN, but its gradient with respect to each output is the probe's 1.
+    let grads = (y * &probe)?.sum_all()?.backward()?;
+    let g = grads
+        .get(x.as_tensor())
+        .unwrap()
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    assert_eq!(
+        g[5], 4.0,
+        "every window's first NaN in row-major order is (1, 1): {g:?}"
+    );
+    assert_eq!(g.iter().sum::<f32>(), 4.0);
+    Ok(())
+}
