@@ -16,7 +16,7 @@
 //! - weight gradient: `dW_t = Σ dy[R_t] X_t^T` over the images.
 //!
 //! The weights are re-laid out tap-major (`C_out x k*k x C_in`) once per call so that each
-//! `W_t` is a matrix view with dense rows. Threads and chunks follow `conv.rs`.
+//! `W_t` is a matrix view with dense rows. Threads and chunks: `chunks.rs`, as im2col's.
 
 use std::ops::Range;
 
@@ -39,7 +39,7 @@ const MIN_INPUT_CHANNELS: usize = 64;
 /// face2exp-trainer --bench conv_algorithms`, 2 threads, ratios to im2col: at 64 px / batch 32
 /// the 2x2 planes have 28-44 columns per tap and lose (forward 1.06-1.16, weight gradient
 /// 1.14-1.35), at 48 px / batch 64 they have 57 and win (0.78-0.91). The input gradient won at
-/// every size measured (0.38-0.84), its GEMMs' packed operand being the output gradient.
+/// every size measured (0.38-0.84), so it has no such bound.
 const MIN_MEAN_TAP_COLUMNS: usize = 50;
 
 /// Aim for at least this many GEMM columns (images x output pixels) per chunk, as im2col does.
