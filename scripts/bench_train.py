@@ -193,9 +193,9 @@ def main():
                               "--torch-worker", what, str(image), str(batch)], env)
         base = run_json([exe, *common, "--kernels", "candle"], env) if args.candle_baseline else None
         minimal = run_json([exe, *common, "--model", "minimal"], env) if args.minimal_model else None
-        im2col = (run_json([exe, *common, "--conv", args.conv_baseline], env)
-                  if args.conv_baseline else None)
-        rows.append((what, image, batch, fast, torch_res, base, minimal, im2col))
+        baseline = (run_json([exe, *common, "--conv", args.conv_baseline], env)
+                    if args.conv_baseline else None)
+        rows.append((what, image, batch, fast, torch_res, base, minimal, baseline))
         print(f"done {what} {image}px batch {batch}", file=sys.stderr, flush=True)
 
     print(f"\nthreads: {args.threads}, {torch_res['impl']}, {args.optimizer} SGD, median of {args.reps} steps / "
@@ -213,7 +213,7 @@ def main():
         sep += "---|---|---|"
     print(head)
     print(sep)
-    for what, image, batch, fast, t, base, minimal, im2col in rows:
+    for what, image, batch, fast, t, base, minimal, baseline in rows:
         line = (f"| {what} | {image} | {batch} | {fast['median_s']:.3f} | {t['median_s']:.3f} | "
                 f"{fast['median_s'] / t['median_s']:.2f} | {fast['peak_rss_mib']:.0f} | {t['peak_rss_mib']:.0f} |")
         if minimal:
@@ -221,9 +221,9 @@ def main():
                      f" {minimal['peak_rss_mib']:.0f} |")
         if base:
             line += f" {base['median_s']:.3f} | {base['peak_rss_mib']:.0f} |"
-        if im2col:
-            line += (f" {im2col['median_s']:.3f} | {im2col['median_s'] / t['median_s']:.2f} |"
-                     f" {im2col['peak_rss_mib']:.0f} |")
+        if baseline:
+            line += (f" {baseline['median_s']:.3f} | {baseline['median_s'] / t['median_s']:.2f} |"
+                     f" {baseline['peak_rss_mib']:.0f} |")
         print(line)
     if args.phases:
         print("\nPhases of a step, median ms: forward (with the loss) / backward / update\n")

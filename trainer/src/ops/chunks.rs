@@ -66,9 +66,9 @@ pub(super) fn at_least(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Plan {
     /// Images per thread group (the last group may hold fewer).
-    pub(super) images_per_group: usize,
+    images_per_group: usize,
     /// Images per chunk inside a group.
-    pub(super) chunk: usize,
+    chunk: usize,
     /// Parallelism handed to each GEMM.
     pub(super) gemm_parallelism: Parallelism,
     batch: usize,

@@ -64,19 +64,20 @@ pub fn pays(g: &ConvGeometry, pass: Pass) -> bool {
 
 /// The [`ConvAlgorithm::Auto`] rule of [`pays`], for a convolution that [`applies`].
 fn pays_by_rule(g: &ConvGeometry, pass: Pass) -> bool {
-    if g.c_in < MIN_INPUT_CHANNELS || useful_fraction(g) > MAX_USEFUL_FRACTION {
+    let taps = taps(g);
+    if g.c_in < MIN_INPUT_CHANNELS || useful_fraction(g, &taps) > MAX_USEFUL_FRACTION {
         return false;
     }
-    let taps = taps(g);
     let useful: usize = taps.iter().map(Tap::outputs).sum();
     let mean_tap_columns = split_batch(g.batch).0 * useful / taps.len().max(1);
     pass == Pass::InputGrad || mean_tap_columns >= MIN_MEAN_TAP_COLUMNS
 }
 
-/// The share of im2col's products that read inside the input: 16/36 on a 2x2 plane with a 3x3
-/// kernel and padding 1, 49/81 on 3x3, 100/144 on 4x4, 1 without padding.
-pub fn useful_fraction(g: &ConvGeometry) -> f64 {
-    let useful: usize = taps(g).iter().map(Tap::outputs).sum();
+/// The share of im2col's products that read inside the input, given the convolution's
+/// [`taps`]: 16/36 on a 2x2 plane with a 3x3 kernel and padding 1, 49/81 on 3x3, 100/144 on
+/// 4x4, 1 without padding.
+fn useful_fraction(g: &ConvGeometry, taps: &[Tap]) -> f64 {
+    let useful: usize = taps.iter().map(Tap::outputs).sum();
     useful as f64 / (g.k * g.k * g.out_plane()).max(1) as f64
 }
 

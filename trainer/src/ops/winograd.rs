@@ -20,8 +20,8 @@
 //! - The weight gradient is the adjoint of the forward: `dU = Σ (A dY A^T) ⊙ (B^T d B)` over
 //!   tiles (16 GEMMs `P_ξ V_ξ^T`), then `dg = G^T dU G`.
 //!
-//! Threads and chunks follow `conv.rs`: the batch is split into one group per rayon thread,
-//! each group transforms and multiplies chunks of images on its own scratch.
+//! Threads and chunks follow `chunks.rs`, as im2col's do: the batch is split into one group
+//! per rayon thread, each group transforms and multiplies chunks of images on its own scratch.
 
 use super::algorithm::{conv_algorithm, ConvAlgorithm, Pass};
 use super::chunks::{at_least, dense, split_batch, sum_partials, transposed, Plan};
@@ -30,7 +30,7 @@ use rayon::prelude::*;
 
 /// Positions in a transformed 4x4 tile.
 const POSITIONS: usize = 16;
-/// Aim for at least this many tiles (GEMM columns) per chunk of images (within conv.rs's
+/// Aim for at least this many tiles (GEMM columns) per chunk of images (within chunks.rs's
 /// memory bound on a chunk).
 const TARGET_CHUNK_TILES: usize = 160;
 
@@ -419,11 +419,10 @@ fn run_forward(g: &ConvGeometry, x: &[f32], u: &TransformedWeights, y: &mut [f32
             let v_xi = xi * g.c_in * columns;
             let m_xi = &mut m[xi * g.c_out * columns..(xi + 1) * g.c_out * columns];
             let rhs = dense(&v[v_xi..v_xi + g.c_in * columns], columns);
-            let (c_out, c_in) = (g.c_out, g.c_in);
             sgemm(
-                c_out,
+                g.c_out,
                 columns,
-                c_in,
+                g.c_in,
                 m_xi,
                 false,
                 u.position(xi),

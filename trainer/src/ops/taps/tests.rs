@@ -54,10 +54,10 @@ fn tap_rectangles_worked_by_hand() {
     assert_eq!((all[0].rows.clone(), all[0].cols.clone()), (1..2, 1..2));
     assert_eq!((all[4].rows.clone(), all[4].cols.clone()), (0..2, 0..2));
     assert_eq!((all[7].rows.clone(), all[7].cols.clone()), (0..1, 0..2));
-    assert_eq!(useful_fraction(&g), 16.0 / 36.0);
+    assert_eq!(useful_fraction(&g, &taps(&g)), 16.0 / 36.0);
     // 3x3 plane: corners read 4 taps, edges 6, the centre 9.
     let g = ConvGeometry::new((1, 1, 3, 3), (1, 1, 3, 3), 1, 1).unwrap();
-    assert_eq!(useful_fraction(&g), 49.0 / 81.0);
+    assert_eq!(useful_fraction(&g, &taps(&g)), 49.0 / 81.0);
     // 1x1 plane, padding 1: only the centre tap is left.
     let g = ConvGeometry::new((1, 1, 1, 1), (1, 1, 3, 3), 1, 1).unwrap();
     assert_eq!(
@@ -66,10 +66,10 @@ fn tap_rectangles_worked_by_hand() {
     );
     // Stride 2 from 3x3 to 2x2: output 0 reads rows -1..=1, output 1 rows 1..=3.
     let g = ConvGeometry::new((1, 1, 3, 3), (1, 1, 3, 3), 2, 1).unwrap();
-    assert_eq!(useful_fraction(&g), 16.0 / 36.0);
+    assert_eq!(useful_fraction(&g, &taps(&g)), 16.0 / 36.0);
     // No border: nothing to skip.
     let g = ConvGeometry::new((1, 1, 5, 5), (1, 1, 3, 3), 1, 0).unwrap();
-    assert_eq!(useful_fraction(&g), 1.0);
+    assert_eq!(useful_fraction(&g, &taps(&g)), 1.0);
 }
 
 #[test]
