@@ -12,9 +12,14 @@ none on BatchNorm and biases), in PyTorch the same through two parameter groups;
     pip install torch numpy         # CPU is enough; any recent torch 2.x
     python3 scripts/bench_train.py --threads 2
     python3 scripts/bench_train.py --sizes 64 --batches 32 --reps 2 --candle-baseline
+    python3 scripts/bench_train.py --threads 2 --rounds 5   # paired rounds, see --help
 
 Prints a markdown table: median seconds per step (after one warm-up), ratio candle/torch
-(< 1 means candle is faster) and the peak RSS of each process.
+(< 1 means candle is faster) and the peak RSS of each process. With `--rounds N` every
+configuration is timed N times, the processes and configurations alternating their order from
+round to round; the ratio is then the median of the N per-round ratios, each from two processes
+run back to back, printed with their range, which holds up against a VM whose speed drifts
+over minutes much better than one long block per implementation.
 """
 import argparse
 import json
@@ -151,6 +156,10 @@ def main():
     ap.add_argument("--batches", default="32,64")
     ap.add_argument("--reps", type=int, default=3, help="timed steps after one warm-up")
     ap.add_argument("--forward-reps", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="time every configuration this many times, alternating the order of the "
+                         "processes and of the configurations; the ratio is the median of the "
+                         "rounds' ratios, with their range (this VM drifts by 20-40 %% between runs)")
     ap.add_argument("--candle-baseline", action="store_true",
                     help="also time candle's built-in kernels (slow)")
     ap.add_argument("--minimal-model", action="store_true",
@@ -181,25 +190,70 @@ def main():
     env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads), OMP_NUM_THREADS=str(args.threads))
     jobs = [("step", s, b) for s in map(int, args.sizes.split(",")) for b in map(int, args.batches.split(","))]
     jobs += [("forward", s, 1) for s in map(int, args.sizes.split(","))]
-    rows = []
-    for what, image, batch in jobs:
+
+    def measure(what, image, batch, order):
+        """One round of one configuration: every implementation once, in `order`."""
         reps = args.reps if what == "step" else args.forward_reps
         common = [what, "--image", str(image), "--batch", str(batch), "--reps", str(reps),
                   "--optimizer", args.optimizer]
-        fast = run_json([exe, *common, "--kernels", "fast"], env)
-        torch_res = run_json([sys.executable, os.path.abspath(__file__), "--threads", str(args.threads),
-                              "--reps", str(args.reps), "--forward-reps", str(args.forward_reps),
-                              "--optimizer", args.optimizer,
-                              "--torch-worker", what, str(image), str(batch)], env)
-        base = run_json([exe, *common, "--kernels", "candle"], env) if args.candle_baseline else None
-        minimal = run_json([exe, *common, "--model", "minimal"], env) if args.minimal_model else None
-        baseline = (run_json([exe, *common, "--conv", args.conv_baseline], env)
-                    if args.conv_baseline else None)
-        rows.append((what, image, batch, fast, torch_res, base, minimal, baseline))
-        print(f"done {what} {image}px batch {batch}", file=sys.stderr, flush=True)
+        commands = {
+            "fast": [exe, *common, "--kernels", "fast"],
+            "torch": [sys.executable, os.path.abspath(__file__), "--threads", str(args.threads),
+                      "--reps", str(args.reps), "--forward-reps", str(args.forward_reps),
+                      "--optimizer", args.optimizer, "--torch-worker", what, str(image), str(batch)],
+        }
+        if args.candle_baseline:
+            commands["base"] = [exe, *common, "--kernels", "candle"]
+        if args.minimal_model:
+            commands["minimal"] = [exe, *common, "--model", "minimal"]
+        if args.conv_baseline:
+            commands["baseline"] = [exe, *common, "--conv", args.conv_baseline]
+        names = list(commands) if order == 0 else list(reversed(commands))
+        return {name: run_json(commands[name], env) for name in names}
 
-    print(f"\nthreads: {args.threads}, {torch_res['impl']}, {args.optimizer} SGD, median of {args.reps} steps / "
-          f"{args.forward_reps} forwards after one warm-up\n")
+    # Rounds over all configurations, each round in the opposite order of the one before, so that
+    # a slow spell of this shared VM lands on both sides of a ratio instead of on one row.
+    rounds = {job: [] for job in jobs}
+    for r in range(args.rounds):
+        for job in (jobs if r % 2 == 0 else reversed(jobs)):
+            rounds[job].append(measure(*job, order=r % 2))
+            print(f"round {r + 1}/{args.rounds}: done {job[0]} {job[1]}px batch {job[2]}",
+                  file=sys.stderr, flush=True)
+    print_tables(args, jobs, rounds)
+
+
+def median(values):
+    values = sorted(values)
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+
+def summarize(results, name, reference=None):
+    """Median time over rounds, the max RSS, and (against `reference`) the per-round ratios."""
+    runs = [r[name] for r in results]
+    out = {"s": median([x["median_s"] for x in runs]),
+           "rss": max(x["peak_rss_mib"] for x in runs)}
+    for phase in ("forward_s", "backward_s", "update_s"):
+        if phase in runs[0]:
+            out[phase] = median([x[phase] for x in runs])
+    if reference:
+        ratios = [r[name]["median_s"] / r[reference]["median_s"] for r in results]
+        out["ratio"], out["lo"], out["hi"] = median(ratios), min(ratios), max(ratios)
+    return out
+
+
+def ratio_cell(summary, rounds):
+    if rounds == 1:
+        return f"{summary['ratio']:.2f}"
+    return f"{summary['ratio']:.2f} ({summary['lo']:.2f}-{summary['hi']:.2f})"
+
+
+def print_tables(args, jobs, rounds):
+    impl = next(iter(rounds.values()))[0]["torch"]["impl"]
+    print(f"\nthreads: {args.threads}, {impl}, {args.optimizer} SGD; each round times the median of "
+          f"{args.reps} steps / {args.forward_reps} forwards after one warm-up per process; "
+          f"{args.rounds} round(s), alternating order. Times: median over rounds. Ratio: median of "
+          f"the rounds' ratios to torch (min-max)\n")
     head = "| what | image | batch | candle+ops s | torch s | ratio | RSS candle MiB | RSS torch MiB |"
     sep = "|---|---|---|---|---|---|---|---|"
     if args.minimal_model:
@@ -213,27 +267,32 @@ def main():
         sep += "---|---|---|"
     print(head)
     print(sep)
-    for what, image, batch, fast, t, base, minimal, baseline in rows:
-        line = (f"| {what} | {image} | {batch} | {fast['median_s']:.3f} | {t['median_s']:.3f} | "
-                f"{fast['median_s'] / t['median_s']:.2f} | {fast['peak_rss_mib']:.0f} | {t['peak_rss_mib']:.0f} |")
-        if minimal:
-            line += (f" {minimal['median_s']:.3f} | {minimal['median_s'] / t['median_s']:.2f} |"
-                     f" {minimal['peak_rss_mib']:.0f} |")
-        if base:
-            line += f" {base['median_s']:.3f} | {base['peak_rss_mib']:.0f} |"
-        if baseline:
-            line += (f" {baseline['median_s']:.3f} | {baseline['median_s'] / t['median_s']:.2f} |"
-                     f" {baseline['peak_rss_mib']:.0f} |")
+    summaries = {}
+    for job in jobs:
+        what, image, batch = job
+        results = rounds[job]
+        fast, t = summarize(results, "fast", "torch"), summarize(results, "torch")
+        summaries[job] = (fast, t)
+        line = (f"| {what} | {image} | {batch} | {fast['s']:.3f} | {t['s']:.3f} | "
+                f"{ratio_cell(fast, args.rounds)} | {fast['rss']:.0f} | {t['rss']:.0f} |")
+        if args.minimal_model:
+            m = summarize(results, "minimal", "torch")
+            line += f" {m['s']:.3f} | {ratio_cell(m, args.rounds)} | {m['rss']:.0f} |"
+        if args.candle_baseline:
+            b = summarize(results, "base")
+            line += f" {b['s']:.3f} | {b['rss']:.0f} |"
+        if args.conv_baseline:
+            b = summarize(results, "baseline", "torch")
+            line += f" {b['s']:.3f} | {ratio_cell(b, args.rounds)} | {b['rss']:.0f} |"
         print(line)
     if args.phases:
         print("\nPhases of a step, median ms: forward (with the loss) / backward / update\n")
         print("| image | batch | candle+ops | torch |")
         print("|---|---|---|---|")
-        for what, image, batch, fast, t, *_ in rows:
+        for (what, image, batch), (fast, t) in summaries.items():
             if what == "step" and "forward_s" in fast:
                 ms = lambda r: " / ".join(f"{r[k] * 1e3:.0f}" for k in ("forward_s", "backward_s", "update_s"))
                 print(f"| {image} | {batch} | {ms(fast)} | {ms(t)} |")
-
 
 if __name__ == "__main__":
     main()
