@@ -1,6 +1,7 @@
 //! The CPU convolution kernels of `trainer/src/ops`, Winograd F(2x2, 3x3) and per-tap GEMMs
-//! against im2col, on the 3x3 convolutions of ResNet-18 at one input size and batch, alternating
-//! them in one process and printing a markdown table of median milliseconds and ratios:
+//! against im2col, on every convolution of ResNet-18 at one input size and batch (the 7x7 stem,
+//! the 3x3 convolutions, the 1x1 shortcuts), alternating them in one process and printing a
+//! markdown table of median milliseconds and ratios:
 //!
 //!   cargo bench -p face2exp-trainer --bench conv_algorithms -- --image 64 --batch 32
 //!
@@ -15,7 +16,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 #[derive(Parser)]
-#[command(about = "Winograd and per-tap GEMMs against im2col on ResNet-18's 3x3 convolutions")]
+#[command(about = "Winograd and per-tap GEMMs against im2col on ResNet-18's convolutions")]
 struct Cli {
     /// Square network input side in pixels (the stem and max pool divide it by 4).
     #[arg(long, default_value_t = 64)]
@@ -39,43 +40,67 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// One of ResNet-18's 3x3 convolutions: where it sits, its input side and channels, stride,
-/// and how many times a forward pass runs it.
+/// One of ResNet-18's convolutions: where it sits, its input side and channels, kernel, stride,
+/// padding, and how many times a forward pass runs it.
 struct Conv {
     name: String,
     side: usize,
     c_in: usize,
     c_out: usize,
+    kernel: usize,
     stride: usize,
+    padding: usize,
     uses: f64,
 }
 
-/// ResNet-18's 3x3 convolutions at an input size: each stage's stride-1 convolution (four in
-/// layer1, three in the others, timing one is enough) and the stride-2 first convolutions of
-/// layers 2-4. The 7x7 stem and the 1x1 shortcuts have no 3x3 kernel.
+impl Conv {
+    fn new(name: String, side: usize, (c_in, c_out): (usize, usize), kernel: usize) -> Conv {
+        let (stride, padding) = (1, kernel / 2);
+        let uses = 1.0;
+        Conv {
+            name,
+            side,
+            c_in,
+            c_out,
+            kernel,
+            stride,
+            padding,
+            uses,
+        }
+    }
+
+    fn strided(self) -> Conv {
+        Conv { stride: 2, ..self }
+    }
+
+    fn used(self, uses: f64) -> Conv {
+        Conv { uses, ..self }
+    }
+
+    /// The stem reads the images, which need no gradient: the trainer skips its input gradient.
+    fn is_stem(&self) -> bool {
+        self.c_in == 3
+    }
+}
+
+/// ResNet-18's convolutions at an input size: the 7x7/2 stem, each stage's stride-1 3x3
+/// convolution (four in layer1, three in the others, timing one is enough), and the stride-2
+/// 3x3 first convolution and 1x1 shortcut of layers 2-4.
 fn resnet18_convs(image: usize) -> Vec<Conv> {
-    let mut convs = Vec::new();
+    let mut convs = vec![Conv::new("conv1 7x7/2 (stem)".into(), image, (3, 64), 7).strided()];
     let mut side = image.div_ceil(4);
     for (layer, channels) in [64usize, 128, 256, 512].into_iter().enumerate() {
         if layer > 0 {
-            convs.push(Conv {
-                name: format!("layer{}.0.conv1", layer + 1),
-                side,
-                c_in: channels / 2,
-                c_out: channels,
-                stride: 2,
-                uses: 1.0,
-            });
+            let c = (channels / 2, channels);
+            let name = format!("layer{}.0.conv1", layer + 1);
+            convs.push(Conv::new(name, side, c, 3).strided());
+            let name = format!("layer{}.0.downsample 1x1/2", layer + 1);
+            convs.push(Conv::new(name, side, c, 1).strided());
             side = side.div_ceil(2);
         }
-        convs.push(Conv {
-            name: format!("layer{} 3x3/1", layer + 1),
-            side,
-            c_in: channels,
-            c_out: channels,
-            stride: 1,
-            uses: if layer == 0 { 4.0 } else { 3.0 },
-        });
+        let name = format!("layer{} 3x3/1", layer + 1);
+        let c = (channels, channels);
+        convs.push(Conv::new(name, side, c, 3).used(if layer == 0 { 4.0 } else { 3.0 }));
     }
     convs
 }
@@ -107,12 +132,12 @@ fn main() -> Result<()> {
     for conv in resnet18_convs(cli.image) {
         let g = ConvGeometry::new(
             (cli.batch, conv.c_in, conv.side, conv.side),
-            (conv.c_out, conv.c_in, 3, 3),
+            (conv.c_out, conv.c_in, conv.kernel, conv.kernel),
             conv.stride,
-            1,
+            conv.padding,
         )?;
         let x = random(&mut rng, cli.batch * conv.c_in * conv.side * conv.side);
-        let w = random(&mut rng, conv.c_out * conv.c_in * 9);
+        let w = random(&mut rng, conv.c_out * conv.c_in * conv.kernel * conv.kernel);
         let grad_y = random(&mut rng, cli.batch * conv.c_out * g.out_plane());
         let passes: [(&str, &dyn Fn() -> Vec<f32>); 3] = [
             ("forward", &|| ops::conv2d_forward(&g, &x, &w)),
@@ -120,6 +145,9 @@ fn main() -> Result<()> {
             ("weight grad", &|| ops::conv2d_weight_grad(&g, &x, &grad_y)),
         ];
         for (pass, run) in passes {
+            if conv.is_stem() && pass == "input grad" {
+                continue;
+            }
             let mut times: [Vec<f64>; 5] = Default::default();
             for rep in 0..=cli.reps {
                 for (algorithm, &kind) in algorithms.iter().enumerate() {
@@ -154,7 +182,8 @@ fn main() -> Result<()> {
         }
     }
     println!(
-        "\nAll 3x3 convolutions of one step (forward + both gradients): im2col {:.1} ms, \
+        "\nAll convolutions of one step (forward, both gradients, the stem's weight gradient \
+         only): im2col {:.1} ms, \
          winograd {:.1} ms ({:.2}), taps {:.1} ms ({:.2}), auto-no-taps {:.1} ms ({:.2}), \
          auto {:.1} ms ({:.2}); auto / auto-no-taps {:.2}",
         totals[0],
