@@ -10,17 +10,18 @@
 #   ... change ..., build again, then:
 #   scripts/bench_ab.sh /tmp/step-a target/release/deps/train_step-<hash> 5 "48/32 64/64"
 #
-# Arguments: EXE_A EXE_B ROUNDS "IMAGE/BATCH ..." [more train_step arguments, e.g. --conv im2col]
+# Arguments: EXE_A EXE_B ROUNDS "IMAGE/BATCH ..." [more train_step arguments, e.g. --conv im2col];
+# REPS=N times N steps per process (default 3).
 set -euo pipefail
 if [ $# -lt 4 ]; then
-    sed -n '2,13p' "$0" >&2
+    sed -n '2,14p' "$0" >&2
     exit 2
 fi
 a=$1 b=$2 rounds=$3 configs=$4
 shift 4
 export RAYON_NUM_THREADS="${RAYON_NUM_THREADS:-2}"
 median_s() {
-    "$1" step --image "$2" --batch "$3" --reps 3 --optimizer trainer "${@:4}" 2>/dev/null |
+    "$1" step --image "$2" --batch "$3" --reps "${REPS:-3}" --optimizer trainer "${@:4}" 2>/dev/null |
         python3 -c 'import json, sys; print(json.loads(sys.stdin.read().strip().splitlines()[-1])["median_s"])'
 }
 echo "| image | batch | B/A per round | median B/A |"

@@ -108,6 +108,11 @@ fn resnet18_convs(image: usize) -> Vec<Conv> {
 fn main() -> Result<()> {
     ops::configure_cpu_runtime();
     let cli = Cli::parse();
+    // On a worker of rayon's pool, as the trainer runs (ops::on_compute_pool).
+    ops::on_compute_pool(|| table(&cli))
+}
+
+fn table(cli: &Cli) -> Result<()> {
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     println!(
         "threads: {}, input {} px, batch {}, median of {} (ms); ratios against im2col\n",

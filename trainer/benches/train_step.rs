@@ -408,10 +408,12 @@ fn update(reps: usize) -> Result<()> {
 
 fn main() -> Result<()> {
     face2exp_trainer::ops::configure_cpu_runtime();
-    match Cli::parse().what {
+    let cli = Cli::parse();
+    // On a worker of rayon's pool, as the `face2exp` binary runs (ops::on_compute_pool).
+    face2exp_trainer::ops::on_compute_pool(|| match cli.what {
         Some(What::Update { reps, .. }) => update(reps),
         Some(What::Step(cfg)) => run("step", &cfg),
         Some(What::Forward(cfg)) => run("forward", &cfg),
         None => suite(),
-    }
+    })
 }

@@ -294,7 +294,8 @@ fn main() {
         )
         .with_writer(std::io::stderr)
         .init();
-    if let Err(error) = run(Cli::parse()) {
+    let cli = Cli::parse();
+    if let Err(error) = face2exp_trainer::ops::on_compute_pool(|| run(cli)) {
         eprintln!("error: {error:#}");
         std::process::exit(1);
     }
