@@ -7,7 +7,8 @@
 
 use super::algorithm::Pass;
 use super::chunks::{
-    at_least, chunk_matrix, dense, scatter_chunk, sum_partials, transposed, Chunk, Plan, Scratch,
+    at_least, chunk_matrix, dense, scatter_chunk, sum_partials, transpose, transposed,
+    weight_grad_transposed, Chunk, Plan, Scratch,
 };
 use super::im2col::{col2im, im2col, sgemm, ConvGeometry};
 use super::taps;
@@ -209,6 +210,7 @@ pub fn conv2d_weight_grad(g: &ConvGeometry, x: &[f32], grad_y: &[f32]) -> Vec<f3
 pub(super) fn im2col_weight_grad(g: &ConvGeometry, x: &[f32], grad_y: &[f32]) -> Vec<f32> {
     let plan = im2col_plan(g);
     let (rows, plane, c_out) = (g.col_rows(), g.out_plane(), g.c_out);
+    let transposed_gemm = weight_grad_transposed(c_out, rows);
     let partials = plan.partials(c_out * rows, |scratch, chunk, grad_w| {
         let Scratch {
             col,
@@ -219,20 +221,42 @@ pub(super) fn im2col_weight_grad(g: &ConvGeometry, x: &[f32], grad_y: &[f32]) ->
         let width = chunk.count * plane;
         let grad = chunk_matrix(grad_y, c_out, plane, chunk, gathered);
         let cols = chunk_columns(g, x, chunk, col, padded);
-        let (lhs, rhs) = (dense(grad, width), transposed(cols, width));
         let accumulate = chunk.in_group > 0;
-        sgemm(
-            c_out,
-            rows,
-            width,
-            grad_w,
-            accumulate,
-            lhs,
-            rhs,
-            plan.gemm_parallelism,
-        );
+        let (grad, cols) = (dense(grad, width), dense(cols, width));
+        let parallelism = plan.gemm_parallelism;
+        if transposed_gemm {
+            // dW^T (rows x C_out) = X dY^T.
+            let dy_t = transposed(grad.data, width);
+            sgemm(
+                rows,
+                c_out,
+                width,
+                grad_w,
+                accumulate,
+                cols,
+                dy_t,
+                parallelism,
+            );
+        } else {
+            let x_t = transposed(cols.data, width);
+            sgemm(
+                c_out,
+                rows,
+                width,
+                grad_w,
+                accumulate,
+                grad,
+                x_t,
+                parallelism,
+            );
+        }
     });
-    sum_partials(partials, c_out * rows)
+    let total = sum_partials(partials, c_out * rows);
+    if transposed_gemm {
+        transpose(&total, rows, c_out)
+    } else {
+        total
+    }
 }
 
 /// The forward op: `x.apply_op2(w, Conv2dOp)`.
