@@ -169,6 +169,9 @@ def main():
     ap.add_argument("--conv-baseline", metavar="ALGORITHM",
                     help="also time the fast kernels with this --conv of the step benchmark, e.g. "
                          "auto-no-taps (the default before per-tap GEMMs) or im2col")
+    ap.add_argument("--baseline-exe", metavar="PATH",
+                    help="also time another build of the train_step benchmark, e.g. an earlier "
+                         "commit's (copy its executable aside before rebuilding)")
     ap.add_argument("--im2col-baseline", action="store_true",
                     help="same as --conv-baseline im2col (no Winograd, no per-tap GEMMs)")
     ap.add_argument("--phases", action="store_true",
@@ -208,6 +211,8 @@ def main():
             commands["minimal"] = [exe, *common, "--model", "minimal"]
         if args.conv_baseline:
             commands["baseline"] = [exe, *common, "--conv", args.conv_baseline]
+        elif args.baseline_exe:
+            commands["baseline"] = [args.baseline_exe, *common]
         names = list(commands) if order == 0 else list(reversed(commands))
         return {name: run_json(commands[name], env) for name in names}
 
@@ -253,7 +258,8 @@ def print_tables(args, jobs, rounds):
     print(f"\nthreads: {args.threads}, {impl}, {args.optimizer} SGD; each round times the median of "
           f"{args.reps} steps / {args.forward_reps} forwards after one warm-up per process; "
           f"{args.rounds} round(s), alternating order. Times: median over rounds. Ratio: median of "
-          f"the rounds' ratios to torch (min-max)\n")
+          f"the rounds' ratios to torch (min-max)" +
+          (f"; baseline exe: {args.baseline_exe}" if args.baseline_exe else "") + "\n")
     head = "| what | image | batch | candle+ops s | torch s | ratio | RSS candle MiB | RSS torch MiB |"
     sep = "|---|---|---|---|---|---|---|---|"
     if args.minimal_model:
@@ -262,8 +268,9 @@ def print_tables(args, jobs, rounds):
     if args.candle_baseline:
         head += " candle built-in s | RSS built-in MiB |"
         sep += "---|---|"
-    if args.conv_baseline:
-        head += f" --conv {args.conv_baseline} s | ratio | RSS MiB |"
+    if args.conv_baseline or args.baseline_exe:
+        label = f"--conv {args.conv_baseline}" if args.conv_baseline else "baseline exe"
+        head += f" {label} s | ratio | RSS MiB |"
         sep += "---|---|---|"
     print(head)
     print(sep)
@@ -281,7 +288,7 @@ def print_tables(args, jobs, rounds):
         if args.candle_baseline:
             b = summarize(results, "base")
             line += f" {b['s']:.3f} | {b['rss']:.0f} |"
-        if args.conv_baseline:
+        if args.conv_baseline or args.baseline_exe:
             b = summarize(results, "baseline", "torch")
             line += f" {b['s']:.3f} | {ratio_cell(b, args.rounds)} | {b['rss']:.0f} |"
         print(line)
