@@ -222,31 +222,30 @@ pub(super) fn im2col_weight_grad(g: &ConvGeometry, x: &[f32], grad_y: &[f32]) ->
         let grad = chunk_matrix(grad_y, c_out, plane, chunk, gathered);
         let cols = chunk_columns(g, x, chunk, col, padded);
         let accumulate = chunk.in_group > 0;
-        let (grad, cols) = (dense(grad, width), dense(cols, width));
         let parallelism = plan.gemm_parallelism;
         if transposed_gemm {
             // dW^T (rows x C_out) = X dY^T.
-            let dy_t = transposed(grad.data, width);
+            let (lhs, rhs) = (dense(cols, width), transposed(grad, width));
             sgemm(
                 rows,
                 c_out,
                 width,
                 grad_w,
                 accumulate,
-                cols,
-                dy_t,
+                lhs,
+                rhs,
                 parallelism,
             );
         } else {
-            let x_t = transposed(cols.data, width);
+            let (lhs, rhs) = (dense(grad, width), transposed(cols, width));
             sgemm(
                 c_out,
                 rows,
                 width,
                 grad_w,
                 accumulate,
-                grad,
-                x_t,
+                lhs,
+                rhs,
                 parallelism,
             );
         }
