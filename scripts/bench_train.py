@@ -28,6 +28,7 @@ import resource
 import subprocess
 import sys
 import time
+from statistics import median
 
 NUM_CLASSES = 7
 
@@ -227,12 +228,6 @@ def main():
     print_tables(args, jobs, rounds)
 
 
-def median(values):
-    values = sorted(values)
-    mid = len(values) // 2
-    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
-
-
 def summarize(results, name, reference=None):
     """Median time over rounds, the max RSS, and (against `reference`) the per-round ratios."""
     runs = [r[name] for r in results]
@@ -300,6 +295,7 @@ def print_tables(args, jobs, rounds):
             if what == "step" and "forward_s" in fast:
                 ms = lambda r: " / ".join(f"{r[k] * 1e3:.0f}" for k in ("forward_s", "backward_s", "update_s"))
                 print(f"| {image} | {batch} | {ms(fast)} | {ms(t)} |")
+
 
 if __name__ == "__main__":
     main()

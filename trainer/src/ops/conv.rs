@@ -222,33 +222,22 @@ pub(super) fn im2col_weight_grad(g: &ConvGeometry, x: &[f32], grad_y: &[f32]) ->
         let grad = chunk_matrix(grad_y, c_out, plane, chunk, gathered);
         let cols = chunk_columns(g, x, chunk, col, padded);
         let accumulate = chunk.in_group > 0;
-        let parallelism = plan.gemm_parallelism;
-        if transposed_gemm {
+        let (m, n, lhs, rhs) = if transposed_gemm {
             // dW^T (rows x C_out) = X dY^T.
-            let (lhs, rhs) = (dense(cols, width), transposed(grad, width));
-            sgemm(
-                rows,
-                c_out,
-                width,
-                grad_w,
-                accumulate,
-                lhs,
-                rhs,
-                parallelism,
-            );
+            (rows, c_out, dense(cols, width), transposed(grad, width))
         } else {
-            let (lhs, rhs) = (dense(grad, width), transposed(cols, width));
-            sgemm(
-                c_out,
-                rows,
-                width,
-                grad_w,
-                accumulate,
-                lhs,
-                rhs,
-                parallelism,
-            );
-        }
+            (c_out, rows, dense(grad, width), transposed(cols, width))
+        };
+        sgemm(
+            m,
+            n,
+            width,
+            grad_w,
+            accumulate,
+            lhs,
+            rhs,
+            plan.gemm_parallelism,
+        );
     });
     let total = sum_partials(partials, c_out * rows);
     if transposed_gemm {
