@@ -3,7 +3,7 @@
 //!
 //! Listing a dataset never decodes an image: a [`Dataset`] is a list of [`Item`]s that say
 //! where the pixels are ([`ImageSource`]) and which expression they show. Decoding happens in
-//! [`decode`] (once, in [`preload`]) or in the [`loader`]'s worker threads. Every random choice
+//! [`decode`] (once, in [`preload()`]) or in the [`loader`]'s worker threads. Every random choice
 //! downstream is a pure function of a seed and a batch index, so a resumed run continues
 //! bit-for-bit.
 

@@ -2,8 +2,8 @@
 //! im2col/col2im copy around one GEMM per chunk of images, or Winograd F(2x2, 3x3) for the 3x3
 //! stride-1 convolutions where it is faster (`winograd.rs` decides, `set_conv_algorithm`
 //! overrides).
-//! Per-tap GEMMs (`taps.rs`) take small bordered planes where Winograd does not pay. Threads
-//! and chunks: `chunks.rs`.
+//! Per-tap GEMMs (`taps.rs`) take small bordered planes where Winograd does not pay, and
+//! before it where the channels are wide ([`kernel`]). Threads and chunks: `chunks.rs`.
 
 use super::algorithm::Pass;
 use super::chunks::{
@@ -66,16 +66,36 @@ fn im2col_chunk(
     }
 }
 
-/// y = conv2d(x, w): the forward pass, through Winograd or by taps where they pay (Winograd
-/// first: where both pay, its 4 products per output and channel pair beat the 6.25 a 3x3
-/// kernel's taps keep on a 4x4 plane), else im2col.
-pub fn conv2d_forward(g: &ConvGeometry, x: &[f32], w: &[f32]) -> Vec<f32> {
-    if winograd::pays(g, Pass::Forward) {
-        winograd::forward(g, x, w)
-    } else if taps::pays(g, Pass::Forward) {
-        taps::forward(g, x, w)
+/// The kernels that compute a convolution pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kernel {
+    Winograd,
+    Taps,
+    Im2col,
+}
+
+/// Which kernel computes this pass: per-tap GEMMs where they pay and the channels are wide
+/// ([`taps::beats_winograd`]), else Winograd where it pays, else taps where they pay, else
+/// im2col.
+fn kernel(g: &ConvGeometry, pass: Pass) -> Kernel {
+    let taps_pay = taps::pays(g, pass);
+    if taps_pay && taps::beats_winograd(g) {
+        Kernel::Taps
+    } else if winograd::pays(g, pass) {
+        Kernel::Winograd
+    } else if taps_pay {
+        Kernel::Taps
     } else {
-        im2col_forward(g, x, w)
+        Kernel::Im2col
+    }
+}
+
+/// y = conv2d(x, w): the forward pass, by the kernel that pays (`kernel`).
+pub fn conv2d_forward(g: &ConvGeometry, x: &[f32], w: &[f32]) -> Vec<f32> {
+    match kernel(g, Pass::Forward) {
+        Kernel::Winograd => winograd::forward(g, x, w),
+        Kernel::Taps => taps::forward(g, x, w),
+        Kernel::Im2col => im2col_forward(g, x, w),
     }
 }
 
@@ -140,14 +160,12 @@ pub(super) fn im2col_forward(g: &ConvGeometry, x: &[f32], w: &[f32]) -> Vec<f32>
     y
 }
 
-/// dL/dx, through Winograd or by taps where they pay, else `col2im(w^T * dL/dy)`.
+/// dL/dx, by the kernel that pays (`kernel`); im2col's is `col2im(w^T * dL/dy)`.
 pub fn conv2d_input_grad(g: &ConvGeometry, grad_y: &[f32], w: &[f32]) -> Vec<f32> {
-    if winograd::pays(g, Pass::InputGrad) {
-        winograd::input_grad(g, grad_y, w)
-    } else if taps::pays(g, Pass::InputGrad) {
-        taps::input_grad(g, grad_y, w)
-    } else {
-        im2col_input_grad(g, grad_y, w)
+    match kernel(g, Pass::InputGrad) {
+        Kernel::Winograd => winograd::input_grad(g, grad_y, w),
+        Kernel::Taps => taps::input_grad(g, grad_y, w),
+        Kernel::Im2col => im2col_input_grad(g, grad_y, w),
     }
 }
 
@@ -197,12 +215,10 @@ pub(super) fn im2col_input_grad(g: &ConvGeometry, grad_y: &[f32], w: &[f32]) -> 
 /// dL/dw = sum over images of dL/dy * im2col(x)^T; each thread group sums its own images, the
 /// partial sums are added at the end.
 pub fn conv2d_weight_grad(g: &ConvGeometry, x: &[f32], grad_y: &[f32]) -> Vec<f32> {
-    if winograd::pays(g, Pass::WeightGrad) {
-        winograd::weight_grad(g, x, grad_y)
-    } else if taps::pays(g, Pass::WeightGrad) {
-        taps::weight_grad(g, x, grad_y)
-    } else {
-        im2col_weight_grad(g, x, grad_y)
+    match kernel(g, Pass::WeightGrad) {
+        Kernel::Winograd => winograd::weight_grad(g, x, grad_y),
+        Kernel::Taps => taps::weight_grad(g, x, grad_y),
+        Kernel::Im2col => im2col_weight_grad(g, x, grad_y),
     }
 }
 

@@ -28,8 +28,9 @@ use super::im2col::{copy_short, sgemm, sgemm_rows, ConvGeometry, MatRef};
 use rayon::prelude::*;
 
 /// `pays` takes a convolution when at most this share of im2col's products reads inside the
-/// input (the rest multiply the zero border)...
-const MAX_USEFUL_FRACTION: f64 = 0.8;
+/// input (the rest multiply the zero border): 0.82 on a 7x7 plane with a 3x3 kernel, 0.84 on
+/// 8x8, where Winograd won every pass (`WIDE_INPUT_CHANNELS`)...
+const MAX_USEFUL_FRACTION: f64 = 0.83;
 /// ...and each tap's GEMM has at least this many inner products per output, enough to amortise
 /// packing `W_t` for the few columns a corner tap has...
 const MIN_INPUT_CHANNELS: usize = 64;
@@ -41,6 +42,18 @@ const MIN_INPUT_CHANNELS: usize = 64;
 /// 1.14-1.35), at 48 px / batch 64 they have 57 and win (0.78-0.91). The input gradient won at
 /// every size measured (0.38-0.84), so it has no such bound.
 const MIN_MEAN_TAP_COLUMNS: usize = 50;
+
+/// From this many input channels on, taps go before Winograd where both pay. Winograd's 16
+/// GEMMs per chunk stream 16 transformed weight matrices over ~160 tiles each, taps' 9 stream
+/// the weights themselves over up to 512 columns, and with 256 channels and more the weight
+/// traffic decides. Measured with `cargo bench -p face2exp-trainer --bench conv_algorithms`,
+/// 2 threads, taps against Winograd in ms: 4x4 planes of 256 channels (64 px / batch 64)
+/// forward 5.52 / 7.74, input gradient 5.62 / 7.02; 512 channels (112 px / 64) 20.6 / 21.6,
+/// 22.8 / 22.2; 7x7 planes of 256 channels (112 px / 64) forward 17.2 / 20.6, input gradient
+/// 18.4 / 19.9, weight gradient 19.1 / 26.9. With 128 channels Winograd won the forward and
+/// the input gradient on 6x6 and 8x8 planes (48-64 px: 4.19 / 5.47 ms on 6x6's input gradient
+/// at batch 64).
+const WIDE_INPUT_CHANNELS: usize = 256;
 
 /// Aim for at least this many GEMM columns (images x output pixels) per chunk, as im2col does.
 const TARGET_TAP_COLUMNS: usize = 512;
@@ -60,6 +73,12 @@ pub fn pays(g: &ConvGeometry, pass: Pass) -> bool {
         ConvAlgorithm::Taps => true,
         ConvAlgorithm::Auto => pays_by_rule(g, pass),
     }
+}
+
+/// Whether taps go before Winograd where both [`pays`]: wide input channels
+/// ([`WIDE_INPUT_CHANNELS`]).
+pub fn beats_winograd(g: &ConvGeometry) -> bool {
+    g.c_in >= WIDE_INPUT_CHANNELS
 }
 
 /// The [`ConvAlgorithm::Auto`] rule of [`pays`], for a convolution that [`applies`].

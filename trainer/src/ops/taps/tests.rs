@@ -91,7 +91,16 @@ fn taps_take_bordered_small_planes_with_enough_channels_and_columns() {
             !pays_by_rule(&geometry(many, 64, 16, 3, 1), pass),
             "border too thin"
         );
+        // 7x7 (layer3 at 112 px, 361 of 441 products useful) pays, 8x8 (484 of 576) does not.
+        assert!(pays_by_rule(&geometry(many, 256, 7, 3, 1), pass));
+        assert!(
+            !pays_by_rule(&geometry(many, 128, 8, 3, 1), pass),
+            "border too thin"
+        );
     }
+    // Taps go before Winograd from 256 input channels on, not at 128.
+    assert!(beats_winograd(&geometry(many, 256, 4, 3, 1)));
+    assert!(!beats_winograd(&geometry(many, 128, 6, 3, 1)));
     // One image per thread on a 2x2 plane: 16 / 9 columns per tap GEMM.
     let narrow = geometry(threads, 512, 2, 3, 1);
     assert!(pays_by_rule(&narrow, Pass::InputGrad));
