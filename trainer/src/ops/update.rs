@@ -9,7 +9,7 @@
 //! bit-identical (checked by the optimizer's tests).
 
 use super::conv::{contiguous_f32, contiguous_f32_mut};
-use candle_core::{CpuStorage, InplaceOp2, InplaceOp3, Layout, Result};
+use candle_core::{CpuStorage, InplaceOp1, InplaceOp2, InplaceOp3, Layout, Result};
 use rayon::prelude::*;
 
 /// Values per rayon task: large tensors are split over the threads, small ones stay on one.
@@ -22,13 +22,39 @@ fn check_lengths(name: &str, lengths: &[usize]) -> Result<()> {
     Ok(())
 }
 
-/// The gradient with weight decay, as the tensor path computed it: `g + (p * wd + 0)`.
+/// The gradient with weight decay (where `DECAY`), as the tensor path computed it:
+/// `g + (p * wd + 0)`. The update loops take their choices as const parameters so that they
+/// have no branch and vectorise: with run-time tests the loops ran scalar, and the fused SGD
+/// step took 9.4 ms on ResNet-18 against 4.5-4.7 (`train_step update`, 2 threads).
 #[inline(always)]
-fn decayed(g: f32, p: f32, weight_decay: Option<f32>) -> f32 {
-    match weight_decay {
-        Some(wd) => g + (p * wd + 0.0),
-        None => g,
+fn decayed<const DECAY: bool>(g: f32, p: f32, wd: f32) -> f32 {
+    if DECAY {
+        g + (p * wd + 0.0)
+    } else {
+        g
     }
+}
+
+/// Nesterov's look-ahead direction from the decayed gradient and the new buffer, or the buffer.
+#[inline(always)]
+fn direction<const NESTEROV: bool>(decayed_grad: f32, buffer: f32, momentum: f32) -> f32 {
+    if NESTEROV {
+        decayed_grad + (buffer * momentum + 0.0)
+    } else {
+        buffer
+    }
+}
+
+/// Picks the monomorphised loop `$f::<DECAY, NESTEROV>` for run-time flags.
+macro_rules! specialised {
+    ($f:ident, $decay:expr, $nesterov:expr) => {
+        match ($decay, $nesterov) {
+            (true, true) => $f::<true, true>,
+            (true, false) => $f::<true, false>,
+            (false, true) => $f::<false, true>,
+            (false, false) => $f::<false, false>,
+        }
+    };
 }
 
 /// `buffer <- buffer * momentum + (grad + param * weight_decay)`, applied to the momentum
@@ -61,16 +87,24 @@ impl InplaceOp3 for MomentumUpdate {
             contiguous_f32(name, param, lp)?,
         );
         check_lengths(name, &[buffer.len(), grad.len(), param.len()])?;
-        let (momentum, wd) = (self.momentum, self.weight_decay);
+        let momentum = self.momentum;
+        let wd = self.weight_decay.unwrap_or(0.0);
+        let chunk = match self.weight_decay {
+            Some(_) => momentum_chunk::<true>,
+            None => momentum_chunk::<false>,
+        };
         buffer
             .par_chunks_mut(CHUNK)
             .zip(grad.par_chunks(CHUNK).zip(param.par_chunks(CHUNK)))
-            .for_each(|(b, (g, p))| {
-                for ((b, &g), &p) in b.iter_mut().zip(g).zip(p) {
-                    *b = (*b * momentum + 0.0) + decayed(g, p, wd);
-                }
-            });
+            .for_each(|(b, (g, p))| chunk(b, g, p, momentum, wd));
         Ok(())
+    }
+}
+
+#[inline(always)]
+fn momentum_chunk<const DECAY: bool>(b: &mut [f32], g: &[f32], p: &[f32], momentum: f32, wd: f32) {
+    for ((b, &g), &p) in b.iter_mut().zip(g).zip(p) {
+        *b = (*b * momentum + 0.0) + decayed::<DECAY>(g, p, wd);
     }
 }
 
@@ -106,21 +140,119 @@ impl InplaceOp3 for ParamUpdate {
             contiguous_f32(name, buffer, lb)?,
         );
         check_lengths(name, &[param.len(), grad.len(), buffer.len()])?;
-        let op = *self;
+        let factors = (self.lr, self.momentum);
+        let wd = self.weight_decay.unwrap_or(0.0);
+        let chunk = specialised!(param_chunk, self.weight_decay.is_some(), self.nesterov);
         param
             .par_chunks_mut(CHUNK)
             .zip(grad.par_chunks(CHUNK).zip(buffer.par_chunks(CHUNK)))
-            .for_each(|(p, (g, b))| {
-                for ((p, &g), &b) in p.iter_mut().zip(g).zip(b) {
-                    let direction = if op.nesterov {
-                        decayed(g, *p, op.weight_decay) + (b * op.momentum + 0.0)
-                    } else {
-                        b
-                    };
-                    *p -= direction * op.lr + 0.0;
-                }
-            });
+            .for_each(|(p, (g, b))| chunk(p, g, b, factors, wd));
         Ok(())
+    }
+}
+
+#[inline(always)]
+fn param_chunk<const DECAY: bool, const NESTEROV: bool>(
+    p: &mut [f32],
+    g: &[f32],
+    b: &[f32],
+    (lr, momentum): (f32, f32),
+    wd: f32,
+) {
+    for ((p, &g), &b) in p.iter_mut().zip(g).zip(b) {
+        *p -= direction::<NESTEROV>(decayed::<DECAY>(g, *p, wd), b, momentum) * lr + 0.0;
+    }
+}
+
+/// [`MomentumUpdate`] then [`ParamUpdate`] in one pass over memory: reads the parameter, its
+/// gradient and its momentum buffer once and writes both back (5 values moved per parameter
+/// instead of the two passes' 8), bit-identical to the two. Applied with
+/// `param.inplace_op2(grad, &SgdStep { buffer: &buffer, .. })`: candle lends one tensor's
+/// storage mutably per op, so the op takes the buffer's in a nested in-place op on it (two
+/// distinct locks, param's then buffer's; the buffer must not be the parameter).
+#[derive(Clone, Copy, Debug)]
+pub struct SgdStep<'a> {
+    pub buffer: &'a candle_core::Tensor,
+    pub update: ParamUpdate,
+}
+
+impl InplaceOp2 for SgdStep<'_> {
+    fn name(&self) -> &'static str {
+        "face2exp-sgd-step"
+    }
+
+    fn cpu_fwd(
+        &self,
+        param: &mut CpuStorage,
+        lp: &Layout,
+        grad: &CpuStorage,
+        lg: &Layout,
+    ) -> Result<()> {
+        let name = self.name();
+        let param = contiguous_f32_mut(name, param, lp)?;
+        let grad = contiguous_f32(name, grad, lg)?;
+        check_lengths(name, &[param.len(), grad.len(), self.buffer.elem_count()])?;
+        self.buffer.inplace_op1(&BufferAndParam {
+            update: self.update,
+            param: std::sync::Mutex::new(param),
+            grad,
+        })
+    }
+}
+
+/// [`SgdStep`]'s inner op on the momentum buffer, holding the parameter's and the gradient's
+/// values that the outer op borrowed.
+struct BufferAndParam<'a> {
+    update: ParamUpdate,
+    param: std::sync::Mutex<&'a mut [f32]>,
+    grad: &'a [f32],
+}
+
+impl InplaceOp1 for BufferAndParam<'_> {
+    fn name(&self) -> &'static str {
+        "face2exp-sgd-step"
+    }
+
+    fn cpu_fwd(&self, buffer: &mut CpuStorage, lb: &Layout) -> Result<()> {
+        let buffer = contiguous_f32_mut(self.name(), buffer, lb)?;
+        let mut param = self
+            .param
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("sgd step: parameter lock poisoned".into()))?;
+        let ParamUpdate {
+            lr,
+            momentum,
+            weight_decay: wd,
+            nesterov,
+        } = self.update;
+        let chunk = specialised!(sgd_chunk, wd.is_some(), nesterov);
+        let (wd, factors) = (wd.unwrap_or(0.0), (lr, momentum));
+        param
+            .par_chunks_mut(CHUNK)
+            .zip(
+                self.grad
+                    .par_chunks(CHUNK)
+                    .zip(buffer.par_chunks_mut(CHUNK)),
+            )
+            .for_each(|(p, (g, b))| chunk(p, g, b, factors, wd));
+        Ok(())
+    }
+}
+
+/// [`BufferAndParam`]'s loop over one chunk, [`MomentumUpdate`] then [`ParamUpdate`] on the new
+/// buffer and the old parameter.
+#[inline(always)]
+fn sgd_chunk<const DECAY: bool, const NESTEROV: bool>(
+    p: &mut [f32],
+    g: &[f32],
+    b: &mut [f32],
+    (lr, momentum): (f32, f32),
+    wd: f32,
+) {
+    for ((p, &g), b) in p.iter_mut().zip(g).zip(b) {
+        let decayed_grad = decayed::<DECAY>(g, *p, wd);
+        *b = (*b * momentum + 0.0) + decayed_grad;
+        *p -= direction::<NESTEROV>(decayed_grad, *b, momentum) * lr + 0.0;
     }
 }
 
@@ -197,6 +329,18 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(message.contains("must be contiguous"), "{message}");
+        let update = ParamUpdate {
+            lr: 0.1,
+            momentum: 0.9,
+            weight_decay: None,
+            nesterov: true,
+        };
+        let step = |buffer| SgdStep { buffer, update };
+        let message = param
+            .inplace_op2(&param.copy()?, &step(&shadow))
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("lengths differ"), "{message}");
         Ok(())
     }
 }

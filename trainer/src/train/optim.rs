@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use candle_core::backprop::GradStore;
 use candle_core::{Result, Tensor, Var};
 
-use crate::ops::{self, MomentumUpdate, ParamUpdate};
+use crate::ops::{self, MomentumUpdate, ParamUpdate, SgdStep};
 use serde::{Deserialize, Serialize};
 
 /// Hyper-parameters of [`Sgd`]. Serde names match the TOML config.
@@ -53,8 +53,9 @@ impl Sgd {
 
     /// Applies one update with learning rate `lr`. Parameters without a gradient are left alone.
     /// On the CPU (f32, contiguous, with momentum) parameters and momentum buffers are updated
-    /// in place by fused ops ([`crate::ops::MomentumUpdate`], [`crate::ops::ParamUpdate`]),
-    /// bit-identical to the tensor-op update used elsewhere.
+    /// in place by one fused op ([`crate::ops::SgdStep`]; [`crate::ops::MomentumUpdate`] and
+    /// [`crate::ops::ParamUpdate`] where the directions are kept), bit-identical to the
+    /// tensor-op update used elsewhere.
     pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
         self.update(grads, lr, false).map(|_| ())
     }
@@ -93,15 +94,19 @@ impl Sgd {
                     // Zero times the momentum plus g is exactly g: the first step matches.
                     None => param.zeros_like()?,
                 };
-                buffer.inplace_op3(
-                    grad,
-                    param,
-                    &MomentumUpdate {
+                let update = ParamUpdate {
+                    lr: lr as f32,
+                    momentum,
+                    weight_decay,
+                    nesterov: self.config.nesterov,
+                };
+                if keep_directions {
+                    // The direction is read between the buffer's and the parameter's update.
+                    let momentum_update = MomentumUpdate {
                         momentum,
                         weight_decay,
-                    },
-                )?;
-                if keep_directions {
+                    };
+                    buffer.inplace_op3(grad, param, &momentum_update)?;
                     let direction = if self.config.nesterov {
                         let g = match weight_decay {
                             Some(_) => (grad + (param * self.config.weight_decay)?)?,
@@ -112,17 +117,11 @@ impl Sgd {
                         buffer.copy()?
                     };
                     applied.push((index, direction.detach()));
+                    param.inplace_op3(grad, &buffer, &update)?;
+                } else {
+                    let buffer = &buffer;
+                    param.inplace_op2(grad, &SgdStep { buffer, update })?;
                 }
-                param.inplace_op3(
-                    grad,
-                    &buffer,
-                    &ParamUpdate {
-                        lr: lr as f32,
-                        momentum,
-                        weight_decay,
-                        nesterov: self.config.nesterov,
-                    },
-                )?;
                 self.momentum_buffers.insert(name.clone(), buffer);
                 continue;
             }
