@@ -24,7 +24,8 @@ pub use conv::{conv2d_forward, conv2d_input_grad, conv2d_weight_grad, Conv2dOp};
 pub use im2col::ConvGeometry;
 pub use pool::MaxPool3x3S2P1;
 pub use relu::AddRelu;
-pub use update::{EmaUpdate, MomentumUpdate, ParamUpdate, SgdStep};
+pub(crate) use update::SgdStep;
+pub use update::{EmaUpdate, MomentumUpdate, ParamUpdate};
 
 static FAST_CPU_KERNELS: AtomicBool = AtomicBool::new(true);
 

@@ -169,9 +169,11 @@ fn param_chunk<const DECAY: bool, const NESTEROV: bool>(
 /// instead of the two passes' 8), bit-identical to the two. Applied with
 /// `param.inplace_op2(grad, &SgdStep { buffer: &buffer, .. })`: candle lends one tensor's
 /// storage mutably per op, so the op takes the buffer's in a nested in-place op on it (two
-/// distinct locks, param's then buffer's; the buffer must not be the parameter).
+/// distinct locks, param's then buffer's). Crate-private: a buffer sharing storage with the
+/// parameter or the gradient would deadlock on those locks, which the optimizer rules out (its
+/// buffers are its own allocations).
 #[derive(Clone, Copy, Debug)]
-pub struct SgdStep<'a> {
+pub(crate) struct SgdStep<'a> {
     pub buffer: &'a candle_core::Tensor,
     pub update: ParamUpdate,
 }

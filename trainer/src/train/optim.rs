@@ -53,7 +53,7 @@ impl Sgd {
 
     /// Applies one update with learning rate `lr`. Parameters without a gradient are left alone.
     /// On the CPU (f32, contiguous, with momentum) parameters and momentum buffers are updated
-    /// in place by one fused op ([`crate::ops::SgdStep`]; [`crate::ops::MomentumUpdate`] and
+    /// in place by one fused op (`SgdStep`; [`crate::ops::MomentumUpdate`] and
     /// [`crate::ops::ParamUpdate`] where the directions are kept), bit-identical to the
     /// tensor-op update used elsewhere.
     pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
