@@ -28,6 +28,8 @@ const CASES: &[Case] = &[
     // The 7x7/2 stem on an odd size, 2x2 kernels.
     (2, 3, 11, 9, 4, 7, 2, 3),
     (3, 2, 5, 5, 3, 2, 2, 1),
+    // layer3 at 112 px (7x7), which taps take from 256 channels on.
+    (3, 8, 7, 7, 6, 3, 1, 1),
     // 10x10 outputs: several chunks of 5 images in each thread group.
     (24, 3, 10, 10, 4, 3, 1, 1),
     // Batch 1 with ResNet channel counts.
