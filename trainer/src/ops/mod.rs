@@ -24,8 +24,8 @@ pub use conv::{conv2d_forward, conv2d_input_grad, conv2d_weight_grad, Conv2dOp};
 pub use im2col::ConvGeometry;
 pub use pool::MaxPool3x3S2P1;
 pub use relu::AddRelu;
+pub use update::EmaUpdate;
 pub(crate) use update::SgdStep;
-pub use update::{EmaUpdate, MomentumUpdate, ParamUpdate};
 
 static FAST_CPU_KERNELS: AtomicBool = AtomicBool::new(true);
 
@@ -105,7 +105,7 @@ fn use_cpu_kernels(tensors: &[&Tensor]) -> bool {
             .all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
 }
 
-/// Whether the in-place update ops ([`MomentumUpdate`], [`ParamUpdate`], [`EmaUpdate`]) handle
+/// Whether the in-place update ops (the optimizer's SGD step, [`EmaUpdate`]) handle
 /// these tensors: where the fast CPU kernels do, and contiguous.
 pub fn in_place_update_applies(tensors: &[&Tensor]) -> bool {
     use_cpu_kernels(tensors) && tensors.iter().all(|t| t.is_contiguous())

@@ -9,7 +9,7 @@
 //! bit-identical (checked by the optimizer's tests).
 
 use super::conv::{contiguous_f32, contiguous_f32_mut};
-use candle_core::{CpuStorage, InplaceOp1, InplaceOp2, InplaceOp3, Layout, Result};
+use candle_core::{CpuStorage, InplaceOp1, InplaceOp2, Layout, Result};
 use rayon::prelude::*;
 
 /// Values per rayon task: large tensors are split over the threads, small ones stay on one.
@@ -45,137 +45,23 @@ fn direction<const NESTEROV: bool>(decayed_grad: f32, buffer: f32, momentum: f32
     }
 }
 
-/// Picks the monomorphised loop `$f::<DECAY, NESTEROV>` for run-time flags.
-macro_rules! specialised {
-    ($f:ident, $decay:expr, $nesterov:expr) => {
-        match ($decay, $nesterov) {
-            (true, true) => $f::<true, true>,
-            (true, false) => $f::<true, false>,
-            (false, true) => $f::<false, true>,
-            (false, false) => $f::<false, false>,
-        }
-    };
-}
-
-/// `buffer <- buffer * momentum + (grad + param * weight_decay)`, applied to the momentum
-/// buffer with `buffer.inplace_op3(grad, param, &op)`.
-#[derive(Clone, Copy, Debug)]
-pub struct MomentumUpdate {
-    pub momentum: f32,
-    /// `None` where the parameter takes no weight decay (BatchNorm and biases).
-    pub weight_decay: Option<f32>,
-}
-
-impl InplaceOp3 for MomentumUpdate {
-    fn name(&self) -> &'static str {
-        "face2exp-sgd-momentum"
-    }
-
-    fn cpu_fwd(
-        &self,
-        buffer: &mut CpuStorage,
-        lb: &Layout,
-        grad: &CpuStorage,
-        lg: &Layout,
-        param: &CpuStorage,
-        lp: &Layout,
-    ) -> Result<()> {
-        let name = self.name();
-        let buffer = contiguous_f32_mut(name, buffer, lb)?;
-        let (grad, param) = (
-            contiguous_f32(name, grad, lg)?,
-            contiguous_f32(name, param, lp)?,
-        );
-        check_lengths(name, &[buffer.len(), grad.len(), param.len()])?;
-        let momentum = self.momentum;
-        let wd = self.weight_decay.unwrap_or(0.0);
-        let chunk = match self.weight_decay {
-            Some(_) => momentum_chunk::<true>,
-            None => momentum_chunk::<false>,
-        };
-        buffer
-            .par_chunks_mut(CHUNK)
-            .zip(grad.par_chunks(CHUNK).zip(param.par_chunks(CHUNK)))
-            .for_each(|(b, (g, p))| chunk(b, g, p, momentum, wd));
-        Ok(())
-    }
-}
-
-#[inline(always)]
-fn momentum_chunk<const DECAY: bool>(b: &mut [f32], g: &[f32], p: &[f32], momentum: f32, wd: f32) {
-    for ((b, &g), &p) in b.iter_mut().zip(g).zip(p) {
-        *b = (*b * momentum + 0.0) + decayed::<DECAY>(g, p, wd);
-    }
-}
-
-/// `param <- param - (direction * lr + 0)` with `direction = (grad + param * weight_decay) +
-/// buffer * momentum` (Nesterov) or `buffer`, applied with `param.inplace_op3(grad, buffer,
-/// &op)` after [`MomentumUpdate`] has updated the buffer.
-#[derive(Clone, Copy, Debug)]
-pub struct ParamUpdate {
-    pub lr: f32,
-    pub momentum: f32,
-    pub weight_decay: Option<f32>,
-    pub nesterov: bool,
-}
-
-impl InplaceOp3 for ParamUpdate {
-    fn name(&self) -> &'static str {
-        "face2exp-sgd-param"
-    }
-
-    fn cpu_fwd(
-        &self,
-        param: &mut CpuStorage,
-        lp: &Layout,
-        grad: &CpuStorage,
-        lg: &Layout,
-        buffer: &CpuStorage,
-        lb: &Layout,
-    ) -> Result<()> {
-        let name = self.name();
-        let param = contiguous_f32_mut(name, param, lp)?;
-        let (grad, buffer) = (
-            contiguous_f32(name, grad, lg)?,
-            contiguous_f32(name, buffer, lb)?,
-        );
-        check_lengths(name, &[param.len(), grad.len(), buffer.len()])?;
-        let factors = (self.lr, self.momentum);
-        let wd = self.weight_decay.unwrap_or(0.0);
-        let chunk = specialised!(param_chunk, self.weight_decay.is_some(), self.nesterov);
-        param
-            .par_chunks_mut(CHUNK)
-            .zip(grad.par_chunks(CHUNK).zip(buffer.par_chunks(CHUNK)))
-            .for_each(|(p, (g, b))| chunk(p, g, b, factors, wd));
-        Ok(())
-    }
-}
-
-#[inline(always)]
-fn param_chunk<const DECAY: bool, const NESTEROV: bool>(
-    p: &mut [f32],
-    g: &[f32],
-    b: &[f32],
-    (lr, momentum): (f32, f32),
-    wd: f32,
-) {
-    for ((p, &g), &b) in p.iter_mut().zip(g).zip(b) {
-        *p -= direction::<NESTEROV>(decayed::<DECAY>(g, *p, wd), b, momentum) * lr + 0.0;
-    }
-}
-
-/// [`MomentumUpdate`] then [`ParamUpdate`] in one pass over memory: reads the parameter, its
-/// gradient and its momentum buffer once and writes both back (5 values moved per parameter
-/// instead of the two passes' 8), bit-identical to the two. Applied with
-/// `param.inplace_op2(grad, &SgdStep { buffer: &buffer, .. })`: candle lends one tensor's
-/// storage mutably per op, so the op takes the buffer's in a nested in-place op on it (two
-/// distinct locks, param's then buffer's). Crate-private: a buffer sharing storage with the
-/// parameter or the gradient would deadlock on those locks, which the optimizer rules out (its
-/// buffers are its own allocations).
+/// One SGD step of one parameter in one pass over memory, bit-identical to the tensor ops
+/// `b <- b * momentum + (g + p * weight_decay)`, then `p <- p - d * lr` with `d = (g + p *
+/// weight_decay) + b * momentum` (Nesterov) or `d = b`: reads the parameter, its gradient and
+/// its momentum buffer once and writes both back. Applied with `param.inplace_op2(grad,
+/// &SgdStep { buffer: &buffer, .. })`: candle lends one tensor's storage mutably per op, so the
+/// op takes the buffer's in a nested in-place op on it (two distinct locks, param's then
+/// buffer's). Crate-private: a buffer sharing storage with the parameter or the gradient would
+/// deadlock on those locks, which the optimizer rules out (its buffers are its own
+/// allocations).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct SgdStep<'a> {
     pub buffer: &'a candle_core::Tensor,
-    pub update: ParamUpdate,
+    pub lr: f32,
+    pub momentum: f32,
+    /// `None` where the parameter takes no weight decay (BatchNorm and biases).
+    pub weight_decay: Option<f32>,
+    pub nesterov: bool,
 }
 
 impl InplaceOp2 for SgdStep<'_> {
@@ -195,7 +81,7 @@ impl InplaceOp2 for SgdStep<'_> {
         let grad = contiguous_f32(name, grad, lg)?;
         check_lengths(name, &[param.len(), grad.len(), self.buffer.elem_count()])?;
         self.buffer.inplace_op1(&BufferAndParam {
-            update: self.update,
+            step: *self,
             param: std::sync::Mutex::new(param),
             grad,
         })
@@ -204,13 +90,13 @@ impl InplaceOp2 for SgdStep<'_> {
 
 /// [`SgdStep`]'s inner op on the momentum buffer, holding the parameter's and the gradient's
 /// values that the outer op borrowed.
-struct BufferAndParam<'a> {
-    update: ParamUpdate,
+struct BufferAndParam<'a, 'b> {
+    step: SgdStep<'b>,
     param: std::sync::Mutex<&'a mut [f32]>,
     grad: &'a [f32],
 }
 
-impl InplaceOp1 for BufferAndParam<'_> {
+impl InplaceOp1 for BufferAndParam<'_, '_> {
     fn name(&self) -> &'static str {
         "face2exp-sgd-step"
     }
@@ -221,14 +107,20 @@ impl InplaceOp1 for BufferAndParam<'_> {
             .param
             .lock()
             .map_err(|_| candle_core::Error::Msg("sgd step: parameter lock poisoned".into()))?;
-        let ParamUpdate {
+        let SgdStep {
             lr,
             momentum,
-            weight_decay: wd,
+            weight_decay,
             nesterov,
-        } = self.update;
-        let chunk = specialised!(sgd_chunk, wd.is_some(), nesterov);
-        let (wd, factors) = (wd.unwrap_or(0.0), (lr, momentum));
+            ..
+        } = self.step;
+        let chunk = match (weight_decay.is_some(), nesterov) {
+            (true, true) => sgd_chunk::<true, true>,
+            (true, false) => sgd_chunk::<true, false>,
+            (false, true) => sgd_chunk::<false, true>,
+            (false, false) => sgd_chunk::<false, false>,
+        };
+        let (wd, factors) = (weight_decay.unwrap_or(0.0), (lr, momentum));
         param
             .par_chunks_mut(CHUNK)
             .zip(
@@ -241,7 +133,7 @@ impl InplaceOp1 for BufferAndParam<'_> {
     }
 }
 
-/// [`BufferAndParam`]'s loop over one chunk, [`MomentumUpdate`] then [`ParamUpdate`] on the new
+/// [`BufferAndParam`]'s loop over one chunk: the buffer first, then the parameter from the new
 /// buffer and the old parameter.
 #[inline(always)]
 fn sgd_chunk<const DECAY: bool, const NESTEROV: bool>(
@@ -331,13 +223,13 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(message.contains("must be contiguous"), "{message}");
-        let update = ParamUpdate {
+        let step = |buffer| SgdStep {
+            buffer,
             lr: 0.1,
             momentum: 0.9,
             weight_decay: None,
             nesterov: true,
         };
-        let step = |buffer| SgdStep { buffer, update };
         let message = param
             .inplace_op2(&param.copy()?, &step(&shadow))
             .unwrap_err()

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use candle_core::backprop::GradStore;
 use candle_core::{Result, Tensor, Var};
 
-use crate::ops::{self, MomentumUpdate, ParamUpdate, SgdStep};
+use crate::ops::{self, SgdStep};
 use serde::{Deserialize, Serialize};
 
 /// Hyper-parameters of [`Sgd`]. Serde names match the TOML config.
@@ -53,9 +53,8 @@ impl Sgd {
 
     /// Applies one update with learning rate `lr`. Parameters without a gradient are left alone.
     /// On the CPU (f32, contiguous, with momentum) parameters and momentum buffers are updated
-    /// in place by one fused op (`SgdStep`; [`crate::ops::MomentumUpdate`] and
-    /// [`crate::ops::ParamUpdate`] where the directions are kept), bit-identical to the
-    /// tensor-op update used elsewhere.
+    /// in place by one fused op (`SgdStep`), bit-identical to the tensor-op update used
+    /// elsewhere.
     pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
         self.update(grads, lr, false).map(|_| ())
     }
@@ -94,54 +93,31 @@ impl Sgd {
                     // Zero times the momentum plus g is exactly g: the first step matches.
                     None => param.zeros_like()?,
                 };
-                let update = ParamUpdate {
+                if keep_directions {
+                    // The direction the step below applies, from the buffer and parameter
+                    // before it, by the tensor ops it matches bit for bit.
+                    let g = decayed_grad(grad, param, decays, self.config.weight_decay)?;
+                    let (_, direction) = tensor_direction(&self.config, &g, Some(&buffer))?;
+                    applied.push((index, direction.detach()));
+                }
+                let step = SgdStep {
+                    buffer: &buffer,
                     lr: lr as f32,
                     momentum,
                     weight_decay,
                     nesterov: self.config.nesterov,
                 };
-                if keep_directions {
-                    // The direction is read between the buffer's and the parameter's update.
-                    let momentum_update = MomentumUpdate {
-                        momentum,
-                        weight_decay,
-                    };
-                    buffer.inplace_op3(grad, param, &momentum_update)?;
-                    let direction = if self.config.nesterov {
-                        let g = match weight_decay {
-                            Some(_) => (grad + (param * self.config.weight_decay)?)?,
-                            None => grad.detach(),
-                        };
-                        (g + (&buffer * self.config.momentum)?)?
-                    } else {
-                        buffer.copy()?
-                    };
-                    applied.push((index, direction.detach()));
-                    param.inplace_op3(grad, &buffer, &update)?;
-                } else {
-                    let buffer = &buffer;
-                    param.inplace_op2(grad, &SgdStep { buffer, update })?;
-                }
+                param.inplace_op2(grad, &step)?;
                 self.momentum_buffers.insert(name.clone(), buffer);
                 continue;
             }
             // Gradients computed from tracked activations carry candle's op graph; keeping them
             // (in momentum buffers) without detaching would chain every step's graph to the
             // next and grow memory without bound.
-            let mut g = grad.detach();
-            if decays {
-                g = (g + (param * self.config.weight_decay)?)?;
-            }
+            let g = decayed_grad(grad, param, decays, self.config.weight_decay)?;
             let direction = if self.config.momentum != 0.0 {
-                let buf = match self.momentum_buffers.get(name) {
-                    Some(buf) => ((buf * self.config.momentum)? + &g)?,
-                    None => g.clone(),
-                };
-                let direction = if self.config.nesterov {
-                    (&g + (&buf * self.config.momentum)?)?
-                } else {
-                    buf.clone()
-                };
+                let old = self.momentum_buffers.get(name);
+                let (buf, direction) = tensor_direction(&self.config, &g, old)?;
                 self.momentum_buffers.insert(name.clone(), buf.detach());
                 direction
             } else {
@@ -176,6 +152,36 @@ impl Sgd {
         self.momentum_buffers = state;
         Ok(())
     }
+}
+
+/// The gradient with weight decay where the parameter takes it, detached from candle's graph.
+fn decayed_grad(grad: &Tensor, param: &Tensor, decays: bool, weight_decay: f64) -> Result<Tensor> {
+    let g = grad.detach();
+    if decays {
+        g + (param * weight_decay)?
+    } else {
+        Ok(g)
+    }
+}
+
+/// SGD's new momentum buffer and update direction in tensor ops, from the decayed gradient `g`
+/// and the previous buffer (none on the first step): `b = b * momentum + g`, then `g + b *
+/// momentum` (Nesterov) or `b`.
+fn tensor_direction(
+    config: &SgdConfig,
+    g: &Tensor,
+    buffer: Option<&Tensor>,
+) -> Result<(Tensor, Tensor)> {
+    let buf = match buffer {
+        Some(buf) => ((buf * config.momentum)? + g)?,
+        None => g.clone(),
+    };
+    let direction = if config.nesterov {
+        (g + (&buf * config.momentum)?)?
+    } else {
+        buf.clone()
+    };
+    Ok((buf, direction))
 }
 
 #[cfg(test)]
