@@ -23,7 +23,7 @@ from PIL import Image
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "scripts"))
 sys.path.insert(0, os.path.dirname(__file__))
 from bench_infer_torch import load_face2exp, read_safetensors  # noqa: E402
-from torch_eval import ALIASES  # noqa: E402
+from torch_eval import ALIASES, classes_and_stats, preprocess  # noqa: E402
 
 
 def load_folder(root, classes, size, mean, std):
@@ -35,8 +35,7 @@ def load_folder(root, classes, size, mean, std):
             img = Image.open(path).convert("RGB")
             if img.size != (size, size):
                 sys.exit(f"{path}: {img.size[0]}x{img.size[1]}, the network takes {size}x{size}")
-            x = (np.asarray(img, dtype=np.float32) / 255.0 - mean) / std
-            images.append(x.transpose(2, 0, 1))
+            images.append(preprocess(img, size, mean, std))
             labels.append(label)
     return torch.from_numpy(np.stack(images)), np.array(labels)
 
@@ -78,9 +77,7 @@ def main():
     torch.set_num_threads(int(os.environ.get("THREADS", "2")))
     model, size = load_face2exp(weights)
     _, meta = read_safetensors(weights)
-    classes = meta["classes"].split(",")
-    mean = np.array([float(v) for v in meta["mean"].split(",")], dtype=np.float32)
-    std = np.array([float(v) for v in meta["std"].split(",")], dtype=np.float32)
+    classes, mean, std = classes_and_stats(meta)
     x_val, y_val = load_folder(val_dir, classes, size, mean, std)
     print("as stored:", evaluate(model, x_val, y_val, classes), flush=True)
     x_train, _ = load_folder(train_dir, classes, size, mean, std)

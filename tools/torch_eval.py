@@ -24,26 +24,37 @@ ALIASES = {"angry": "anger", "happiness": "happy", "sadness": "sad", "surprised"
            "fearful": "fear", "disgusted": "disgust"}
 
 
+def classes_and_stats(meta):
+    """The class names and the per-channel input mean and std a face2exp file's header names."""
+    stats = [np.array([float(v) for v in meta[key].split(",")], dtype=np.float32)
+             for key in ("mean", "std")]
+    return meta["classes"].split(","), *stats
+
+
+def preprocess(img, size, mean, std):
+    """An RGB image as the network's (3, size, size) input: resized if needed, scaled to [0, 1]
+    and normalised with the file's mean and std (docs/FORMAT.md)."""
+    if img.size != (size, size):
+        # The trainer's triangle filter; identical only when no resize is needed.
+        img = img.resize((size, size), Image.BILINEAR, reducing_gap=None)
+    x = (np.asarray(img, dtype=np.float32) / 255.0 - mean) / std
+    return x.transpose(2, 0, 1)
+
+
 def main():
     args = [a for a in sys.argv[1:] if a != "--hflip"]
     hflip = len(args) < len(sys.argv) - 1
     weights, root = args[0], args[1]
     model, size = load_face2exp(weights)
     _, meta = read_safetensors(weights)
-    classes = meta["classes"].split(",")
-    mean = np.array([float(v) for v in meta["mean"].split(",")], dtype=np.float32)
-    std = np.array([float(v) for v in meta["std"].split(",")], dtype=np.float32)
+    classes, mean, std = classes_and_stats(meta)
     confusion = np.zeros((len(classes), len(classes)), dtype=np.int64)
     for folder in sorted(os.listdir(root)):
         label = classes.index(ALIASES.get(folder, folder))
         batch = []
         for name in sorted(os.listdir(os.path.join(root, folder))):
             img = Image.open(os.path.join(root, folder, name)).convert("RGB")
-            if img.size != (size, size):
-                # The trainer's triangle filter; identical only when no resize is needed.
-                img = img.resize((size, size), Image.BILINEAR, reducing_gap=None)
-            x = (np.asarray(img, dtype=np.float32) / 255.0 - mean) / std
-            batch.append(x.transpose(2, 0, 1))
+            batch.append(preprocess(img, size, mean, std))
         x = torch.from_numpy(np.stack(batch))
         with torch.inference_mode():
             scores = model(x).softmax(1)
