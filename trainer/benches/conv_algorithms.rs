@@ -1,5 +1,5 @@
-//! The CPU convolution kernels of `trainer/src/ops`, Winograd F(2x2, 3x3) and per-tap GEMMs
-//! against im2col, on every convolution of ResNet-18 at one input size and batch (the 7x7 stem,
+//! The CPU convolution kernels of `trainer/src/ops`, Winograd F(2x2, 3x3) and F(4x4, 3x3) and
+//! per-tap GEMMs against im2col, on every convolution of ResNet-18 at one input size and batch (the 7x7 stem,
 //! the 3x3 convolutions, the 1x1 shortcuts), alternating them in one process and printing a
 //! markdown table of median milliseconds and ratios:
 //!
@@ -26,6 +26,10 @@ struct Cli {
     /// Timed repetitions of each pass and algorithm (alternating), after one warm-up.
     #[arg(long, default_value_t = 7)]
     reps: usize,
+    /// Only the convolutions whose name starts with this (e.g. `layer1`, `conv1`), for profiling
+    /// one shape.
+    #[arg(long)]
+    only: Option<String>,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -121,20 +125,33 @@ fn table(cli: &Cli) -> Result<()> {
         cli.batch,
         cli.reps
     );
-    println!(
-        "| conv | plane | channels | pass | im2col | winograd | ratio | taps | ratio | \
-         auto-no-taps | ratio | auto | ratio |"
-    );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    // (column name, algorithm); the first is the reference of the ratios.
     let algorithms = [
-        ConvAlgorithm::Im2col,
-        ConvAlgorithm::Winograd,
-        ConvAlgorithm::Taps,
-        ConvAlgorithm::AutoNoTaps,
-        ConvAlgorithm::Auto,
+        ("im2col", ConvAlgorithm::Im2col),
+        ("winograd", ConvAlgorithm::Winograd),
+        ("winograd4", ConvAlgorithm::Winograd4),
+        ("taps", ConvAlgorithm::Taps),
+        ("auto-no-taps", ConvAlgorithm::AutoNoTaps),
+        ("auto", ConvAlgorithm::Auto),
     ];
-    let mut totals = [0f64; 5];
-    for conv in resnet18_convs(cli.image) {
+    let mut header = String::from("| conv | plane | channels | pass | im2col |");
+    for (name, _) in &algorithms[1..] {
+        header += &format!(" {name} | ratio |");
+    }
+    println!(
+        "{header}\n|{}",
+        "---|".repeat(5 + 2 * (algorithms.len() - 1))
+    );
+    let mut totals = vec![0f64; algorithms.len()];
+    let chosen = |name: &str| {
+        cli.only
+            .as_deref()
+            .is_none_or(|prefix| name.starts_with(prefix))
+    };
+    for conv in resnet18_convs(cli.image)
+        .into_iter()
+        .filter(|c| chosen(&c.name))
+    {
         let g = ConvGeometry::new(
             (cli.batch, conv.c_in, conv.side, conv.side),
             (conv.c_out, conv.c_in, conv.kernel, conv.kernel),
@@ -153,9 +170,9 @@ fn table(cli: &Cli) -> Result<()> {
             if conv.is_stem() && pass == "input grad" {
                 continue;
             }
-            let mut times: [Vec<f64>; 5] = Default::default();
+            let mut times = vec![Vec::new(); algorithms.len()];
             for rep in 0..=cli.reps {
-                for (algorithm, &kind) in algorithms.iter().enumerate() {
+                for (algorithm, &(_, kind)) in algorithms.iter().enumerate() {
                     ops::set_conv_algorithm(kind);
                     let start = Instant::now();
                     std::hint::black_box(run());
@@ -164,43 +181,29 @@ fn table(cli: &Cli) -> Result<()> {
                     }
                 }
             }
-            let ms = times.map(median);
-            for (total, ms) in totals.iter_mut().zip(ms) {
+            let ms: Vec<f64> = times.into_iter().map(median).collect();
+            for (total, ms) in totals.iter_mut().zip(&ms) {
                 *total += conv.uses * ms;
             }
-            let [im2col, winograd, taps, no_taps, auto] = ms;
-            println!(
-                "| {} | {}x{} -> {}x{} | {} -> {} | {pass} | {im2col:.2} | {winograd:.2} | \
-                 {:.2} | {taps:.2} | {:.2} | {no_taps:.2} | {:.2} | {auto:.2} | {:.2} |",
-                conv.name,
-                conv.side,
-                conv.side,
-                g.out_h,
-                g.out_w,
-                conv.c_in,
-                conv.c_out,
-                winograd / im2col,
-                taps / im2col,
-                no_taps / im2col,
-                auto / im2col
+            let mut row = format!(
+                "| {} | {}x{} -> {}x{} | {} -> {} | {pass} | {:.2} |",
+                conv.name, conv.side, conv.side, g.out_h, g.out_w, conv.c_in, conv.c_out, ms[0]
             );
+            for time in &ms[1..] {
+                row += &format!(" {time:.2} | {:.2} |", time / ms[0]);
+            }
+            println!("{row}");
         }
     }
-    println!(
+    let mut summary = format!(
         "\nAll convolutions of one step (forward, both gradients, the stem's weight gradient \
-         only): im2col {:.1} ms, \
-         winograd {:.1} ms ({:.2}), taps {:.1} ms ({:.2}), auto-no-taps {:.1} ms ({:.2}), \
-         auto {:.1} ms ({:.2}); auto / auto-no-taps {:.2}",
-        totals[0],
-        totals[1],
-        totals[1] / totals[0],
-        totals[2],
-        totals[2] / totals[0],
-        totals[3],
-        totals[3] / totals[0],
-        totals[4],
-        totals[4] / totals[0],
-        totals[4] / totals[3]
+         only): im2col {:.1} ms",
+        totals[0]
     );
+    for ((name, _), total) in algorithms.iter().zip(&totals).skip(1) {
+        summary += &format!(", {name} {total:.1} ms ({:.2})", total / totals[0]);
+    }
+    let (no_taps, auto) = (totals[algorithms.len() - 2], totals[algorithms.len() - 1]);
+    println!("{summary}; auto / auto-no-taps {:.2}", auto / no_taps);
     Ok(())
 }

@@ -21,9 +21,12 @@ const TOLERANCE: f32 = 1e-4;
 /// `layer1.0.downsample.0.weight` (f32 sums inside each plane), and Winograd F(2x2, 3x3), whose
 /// rounding error scales with a whole 4x4 input tile rather than with each output, 4.0e-3 on
 /// resnet18's `bn1.weight` (2.5e-6 with im2col for every convolution; the ops agree to ~1e-6 of
-/// each other on every single convolution, `ops::winograd` tests). A wrong graph is off by
-/// 1e-1 or more.
-const DEEP_GRAD_TOLERANCE: f32 = 1e-2;
+/// each other on every single convolution, `ops::winograd` tests). Winograd F(4x4, 3x3), which
+/// rounds about ten times as coarsely (`ops::winograd::f4`) and takes the small-stem resnet18's
+/// 48x48, 24x24 and 12x12 planes, measured 1.23e-2 on its `layer3.0.downsample.0.weight`
+/// (2.1e-2 with 4x4 tiles on every 3x3 convolution, under 1e-3 with 2x2 tiles on every one).
+/// A wrong graph is off by 1e-1 or more.
+const DEEP_GRAD_TOLERANCE: f32 = 3e-2;
 
 fn fnv1a64(name: &str) -> u64 {
     name.bytes().fold(0xCBF2_9CE4_8422_2325, |h, b| {

@@ -10,11 +10,16 @@ pub enum ConvAlgorithm {
     /// im2col for every convolution.
     Im2col,
     /// Each kernel where it pays (the default): Winograd on 3x3 stride-1 planes of 4x4 and up
-    /// with enough tiles (`winograd.rs`), else per-tap GEMMs on small bordered planes
-    /// (`taps.rs`), else im2col.
+    /// with enough tiles (`winograd.rs`; 4x4 output tiles on planes of 12x12 and up whose sides
+    /// are multiples of 4, else 2x2), else per-tap GEMMs on small bordered planes (`taps.rs`),
+    /// else im2col.
     Auto,
-    /// Winograd wherever it applies, even where it is slower, im2col elsewhere: for benchmarks.
+    /// Winograd with 2x2 output tiles wherever it applies, even where it is slower, im2col
+    /// elsewhere: for benchmarks.
     Winograd,
+    /// Winograd with 4x4 output tiles wherever it applies, even where it is slower, im2col
+    /// elsewhere: for benchmarks.
+    Winograd4,
     /// `auto` without the per-tap GEMMs (the default before them): for A/B benchmarks.
     AutoNoTaps,
     /// Per-tap GEMMs wherever they apply (kernels larger than 1x1), even where they are
@@ -34,6 +39,7 @@ pub(super) fn conv_algorithm() -> ConvAlgorithm {
     match ALGORITHM.load(Ordering::Relaxed) {
         x if x == ConvAlgorithm::Im2col as u8 => ConvAlgorithm::Im2col,
         x if x == ConvAlgorithm::Winograd as u8 => ConvAlgorithm::Winograd,
+        x if x == ConvAlgorithm::Winograd4 as u8 => ConvAlgorithm::Winograd4,
         x if x == ConvAlgorithm::Taps as u8 => ConvAlgorithm::Taps,
         x if x == ConvAlgorithm::AutoNoTaps as u8 => ConvAlgorithm::AutoNoTaps,
         _ => ConvAlgorithm::Auto,

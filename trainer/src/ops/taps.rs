@@ -69,7 +69,10 @@ pub fn applies(g: &ConvGeometry) -> bool {
 pub fn pays(g: &ConvGeometry, pass: Pass) -> bool {
     match conv_algorithm() {
         _ if !applies(g) => false,
-        ConvAlgorithm::Im2col | ConvAlgorithm::Winograd | ConvAlgorithm::AutoNoTaps => false,
+        ConvAlgorithm::Im2col
+        | ConvAlgorithm::Winograd
+        | ConvAlgorithm::Winograd4
+        | ConvAlgorithm::AutoNoTaps => false,
         ConvAlgorithm::Taps => true,
         ConvAlgorithm::Auto => pays_by_rule(g, pass),
     }

@@ -1,38 +1,48 @@
-//! Winograd F(2x2, 3x3) for the 3x3 stride-1 convolutions, thirteen of ResNet-18's twenty
-//! convolutions and 83 % of its multiply-adds: forward, input gradient and weight gradient.
+//! Winograd's minimal filtering for the 3x3 stride-1 convolutions, thirteen of ResNet-18's
+//! twenty convolutions and 83 % of its multiply-adds: forward, input gradient and weight
+//! gradient, with 2x2 output tiles (F(2x2, 3x3), `f2.rs`) or 4x4 (F(4x4, 3x3), `f4.rs`).
 //!
 //! Why: with im2col, a 3x3 convolution is one GEMM with `9 * C_in` inner products per output
 //! pixel. Winograd's minimal filtering (Lavin & Gray, "Fast Algorithms for Convolutional Neural
-//! Networks", CVPR 2016) computes each 2x2 output tile from a 4x4 input tile with 16 products
-//! per channel pair instead of 36, so the GEMM work drops 2.25x; and the transformed input is
-//! 4x the input (16 values per 2x2 tile) where im2col's column matrix is 9x. The transforms
-//! only add and halve, so the results match im2col's to float rounding.
+//! Networks", CVPR 2016) computes each `m x m` output tile from an `(m + 2) x (m + 2)` input
+//! tile with `(m + 2)^2` products per channel pair instead of `9 m^2`: 4 per output instead of
+//! 9 with 2x2 tiles, 2.25 with 4x4. The transformed input is `(m + 2)^2 / m^2` times the
+//! output (4x, 2.25x) where im2col's column matrix is 9x. 2x2 tiles only add and halve, so
+//! they match im2col to float rounding; 4x4 tiles cost about one decimal digit (`f4.rs`).
 //!
-//! Notation (the paper's): `d` a 4x4 input tile, `g` a 3x3 filter, `Y` a 2x2 output tile,
+//! Notation (the paper's): `d` an input tile, `g` a 3x3 filter, `Y` an output tile,
 //! `Y = A^T [(G g G^T) ⊙ (B^T d B)] A`. For a chunk of images with `T` tiles in all, the
-//! transformed input is 16 matrices `V_ξ` (`C_in x T`), the transformed weights 16 matrices
-//! `U_ξ` (`C_out x C_in`) and the GEMMs `M_ξ = U_ξ V_ξ` (`C_out x T`), for the 16 positions
-//! `ξ = 4 * row + column` of a tile.
+//! transformed input is `(m + 2)^2` matrices `V_ξ` (`C_in x T`), the transformed weights as
+//! many `U_ξ` (`C_out x C_in`) and the GEMMs `M_ξ = U_ξ V_ξ` (`C_out x T`), for the positions
+//! `ξ = (m + 2) * row + column` of a tile.
 //!
 //! - The input gradient of a stride-1 convolution is the convolution of the output gradient
 //!   with the weights flipped and their channel axes swapped, padding `2 - p`: the same forward
 //!   pass on other operands.
 //! - The weight gradient is the adjoint of the forward: `dU = Σ (A dY A^T) ⊙ (B^T d B)` over
-//!   tiles (16 GEMMs `P_ξ V_ξ^T`), then `dg = G^T dU G`.
+//!   tiles (one GEMM `P_ξ V_ξ^T` per position), then `dg = G^T dU G`.
 //!
 //! Threads and chunks follow `chunks.rs`, as im2col's do: the batch is split into one group
 //! per rayon thread, each group transforms and multiplies chunks of images on its own scratch.
 
+mod f2;
+mod f4;
+
 use super::algorithm::{conv_algorithm, ConvAlgorithm, Pass};
 use super::chunks::{at_least, dense, split_batch, sum_partials, transposed, Plan};
 use super::im2col::{sgemm, ConvGeometry, MatRef};
+use gemm::Parallelism;
 use rayon::prelude::*;
 
-/// Positions in a transformed 4x4 tile.
-const POSITIONS: usize = 16;
 /// Aim for at least this many tiles (GEMM columns) per chunk of images (within chunks.rs's
-/// memory bound on a chunk).
+/// memory bound on a chunk)...
 const TARGET_CHUNK_TILES: usize = 160;
+/// ... and this many with 4x4 tiles, whose 36 positions per tile make a chunk's transformed
+/// input and products 2.25x larger per tile: measured on layer1's planes (`cargo bench -p
+/// face2exp-trainer --bench conv_algorithms -- --only layer1`, 48 px / batch 64, 64 px / 32,
+/// 96 px / 32 and 112 px / 32), 160 tiles cost 5-20 % more than 48 in every pass (up to 1.4x
+/// with 320), 24 no less than 48.
+const TARGET_CHUNK_TILES_4X4: usize = 48;
 
 /// Whether Winograd can compute this convolution: 3x3 kernel, stride 1, padding at most 2 (so
 /// that the input gradient is a convolution with non-negative padding too).
@@ -50,9 +60,109 @@ pub fn applies(g: &ConvGeometry) -> bool {
 /// 64 (1.12), breaks even at 512 on a 7x7 plane (0.98) and wins at 256 on 8x8 and up (0.65-0.83).
 const MIN_GROUP_TILES: usize = 64;
 const MIN_GROUP_TILES_WEIGHT_GRAD: usize = 256;
+/// Fewest tiles for the forward pass and the input gradient when the batch is smaller than the
+/// thread count, so that one group holds it all and its GEMMs are split over the threads
+/// instead: measured at batch 1 (2 threads, `conv_algorithms -- --batch 1`, Winograd / im2col
+/// in ms), Winograd lost on 100 and 196 tiles per image (20x20 planes of 128 channels 0.87 /
+/// 0.80, 28x28 of 64 0.55 / 0.40, of 128 1.64 / 1.59) and won on 400 and 784 (40x40 of 64
+/// channels 0.71 / 0.83, 56x56 1.30 / 1.57).
+const MIN_SHARED_GROUP_TILES: usize = 256;
 /// Smallest output side at which Winograd pays: on a 3x3 plane the 2x2 tiles cover 4x4, and
 /// with 7 of 16 outputs wasted it lost on every pass (ratio 1.07-1.34 at 48 px / batch 64).
 const MIN_PLANE_SIDE: usize = 4;
+
+/// The output tile of a Winograd pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum TileSize {
+    /// F(2x2, 3x3): 4x4 input tiles, 16 positions.
+    Two,
+    /// F(4x4, 3x3): 6x6 input tiles, 36 positions.
+    Four,
+}
+
+impl TileSize {
+    /// The output tile's side `m`.
+    fn side(self) -> usize {
+        match self {
+            Self::Two => 2,
+            Self::Four => 4,
+        }
+    }
+
+    /// The input tile's side `m + 2`, the transforms' length.
+    fn input_side(self) -> usize {
+        self.side() + 2
+    }
+
+    /// Positions `ξ` in a transformed tile: one GEMM each.
+    fn positions(self) -> usize {
+        self.input_side() * self.input_side()
+    }
+
+    /// `G` applied to one filter column `(a, b, c)`: the first [`Self::input_side`] values.
+    fn filter(self, a: f32, b: f32, c: f32) -> [f32; 6] {
+        match self {
+            Self::Two => {
+                let [u0, u1, u2, u3] = f2::filter(a, b, c);
+                [u0, u1, u2, u3, 0.0, 0.0]
+            }
+            Self::Four => f4::filter(a, b, c),
+        }
+    }
+
+    /// `G^T` applied to one column of `dU` ([`Self::input_side`] values).
+    fn filter_back(self, u: &[f32]) -> [f32; 3] {
+        match self {
+            Self::Two => f2::filter_back(u),
+            Self::Four => f4::filter_back(u),
+        }
+    }
+
+    fn transform_input(
+        self,
+        g: &ConvGeometry,
+        tiles: &Tiles,
+        image: &[f32],
+        v: &mut [f32],
+        at: (usize, usize),
+        plane: &mut Vec<f32>,
+    ) {
+        match self {
+            Self::Two => f2::transform_input(g, tiles, image, v, at, plane),
+            Self::Four => f4::transform_input(g, tiles, image, v, at, plane),
+        }
+    }
+
+    fn transform_output(
+        self,
+        g: &ConvGeometry,
+        tiles: &Tiles,
+        m: &[f32],
+        at: (usize, usize),
+        out_image: &mut [f32],
+        rows: &mut Vec<f32>,
+    ) {
+        match self {
+            Self::Two => f2::transform_output(g, tiles, m, at, out_image, rows),
+            Self::Four => f4::transform_output(g, tiles, m, at, out_image, rows),
+        }
+    }
+
+    fn transform_output_grad(
+        self,
+        g: &ConvGeometry,
+        tiles: &Tiles,
+        grad_image: &[f32],
+        p: &mut [f32],
+        at: (usize, usize),
+        plane: &mut Vec<f32>,
+    ) {
+        match self {
+            Self::Two => f2::transform_output_grad(g, tiles, grad_image, p, at, plane),
+            Self::Four => f4::transform_output_grad(g, tiles, grad_image, p, at, plane),
+        }
+    }
+}
 
 /// Whether Winograd computes this pass: it [`applies`], and with [`ConvAlgorithm::Auto`] the
 /// batch also gives each thread group enough tiles for its GEMMs.
@@ -60,42 +170,82 @@ pub fn pays(g: &ConvGeometry, pass: Pass) -> bool {
     match conv_algorithm() {
         _ if !applies(g) => return false,
         ConvAlgorithm::Im2col | ConvAlgorithm::Taps => return false,
-        ConvAlgorithm::Winograd => return true,
+        ConvAlgorithm::Winograd | ConvAlgorithm::Winograd4 => return true,
         ConvAlgorithm::Auto | ConvAlgorithm::AutoNoTaps => {}
     }
     if g.out_h.min(g.out_w) < MIN_PLANE_SIDE {
         return false;
     }
-    let (images_per_group, _) = split_batch(g.batch);
-    let group_tiles = Tiles::new(g).per_image() * images_per_group;
+    let (images_per_group, parallelism) = split_batch(g.batch);
+    let shared = matches!(parallelism, Parallelism::Rayon(_));
+    let group_tiles = Tiles::new(g, TileSize::Two).per_image() * images_per_group;
     match pass {
+        Pass::Forward | Pass::InputGrad if shared => group_tiles >= MIN_SHARED_GROUP_TILES,
         Pass::Forward | Pass::InputGrad => group_tiles >= MIN_GROUP_TILES,
         Pass::WeightGrad => group_tiles >= MIN_GROUP_TILES_WEIGHT_GRAD,
     }
 }
 
+/// The output tile of a pass that [`pays`]: 4x4 where [`large_tiles_pay`] (or forced), else
+/// 2x2.
+fn tile_size(g: &ConvGeometry) -> TileSize {
+    match conv_algorithm() {
+        ConvAlgorithm::Winograd4 => TileSize::Four,
+        ConvAlgorithm::Winograd => TileSize::Two,
+        _ if large_tiles_pay(g) => TileSize::Four,
+        _ => TileSize::Two,
+    }
+}
+
+/// Whether 4x4 output tiles beat 2x2 ones on this convolution (all three passes): output sides
+/// that are multiples of 4 (no tile overhangs the output) from 12 on, enough 4x4 tiles per
+/// thread group ([`MIN_GROUP_TILES`]), and not the 16x16 planes of 64 channels. Measured with
+/// `cargo bench -p face2exp-trainer --bench conv_algorithms`, 2 threads, 4x4 / 2x2 tiles in
+/// ms (forward, input gradient, weight gradient): 12x12 planes of 64 channels (48 px / batch 64)
+/// 2.87 / 3.54, 3.49 / 4.50, 2.87 / 3.80; 24x24 (96 px / 32) 4.73 / 6.02, 4.80 / 6.41 for the
+/// input and weight gradients; 28x28 (112 px / 32) 6.48 / 8.01, 6.61 / 7.92, 6.32 / 8.30; 16x16
+/// of 128 channels (128 px / 16) 4.10 / 4.52, 4.03 / 4.56, 5.12 / 5.41. Lost: 16x16 planes of
+/// 64 channels (64 px / 32: 3.02-3.27 / 2.90-3.01, 2.89-3.32 / 2.90-2.99, 3.65-3.90 /
+/// 3.10-3.25, where 2x2 tiles fill rows of exactly eight), 14x14 (112 px, the last tile
+/// overhanging: 8.80 / 7.02), 8x8, 7x7 and 6x6 planes (too few tiles), and a batch of one image
+/// on 28x28 (49 tiles: 0.51 / 0.54 ms, both slower than im2col's 0.39, which `pays` does not
+/// see).
+fn large_tiles_pay(g: &ConvGeometry) -> bool {
+    const MIN_SIDE: usize = 12;
+    const EIGHT_TILE_ROWS: usize = 16;
+    const WIDE_CHANNELS: usize = 128;
+    let multiple_of_4 = g.out_h % 4 == 0 && g.out_w % 4 == 0;
+    let side = g.out_h.min(g.out_w);
+    let narrow_16 = side == EIGHT_TILE_ROWS && g.c_in.min(g.c_out) < WIDE_CHANNELS;
+    let (images_per_group, _) = split_batch(g.batch);
+    let group_tiles = Tiles::new(g, TileSize::Four).per_image() * images_per_group;
+    multiple_of_4 && side >= MIN_SIDE && !narrow_16 && group_tiles >= MIN_GROUP_TILES
+}
+
 /// The tile grid of a convolution's output, and the zero-bordered input plane it reads.
 #[derive(Debug, Clone, Copy)]
-struct Tiles {
+pub(super) struct Tiles {
     rows: usize,
     cols: usize,
     /// Width of the bordered plane: the input sits at (padding, padding); the border and what
-    /// lies past the input (where the last tile overhangs an odd output) are zeros. Rows are
-    /// stored deinterleaved ([`deinterleave_into`]), `plane_w / 2` even columns first.
+    /// lies past the input (where the last tile overhangs the output) are zeros. Rows are
+    /// stored with their columns split into `m` phases ([`split_plane_into`]).
     plane_w: usize,
     plane_len: usize,
 }
 
 impl Tiles {
-    fn new(g: &ConvGeometry) -> Self {
-        let (rows, cols) = (g.out_h.div_ceil(2), g.out_w.div_ceil(2));
-        // 2 * rows + 2 >= out_h + 2 = h + 2 * padding: the plane holds the padded input.
-        let plane_w = 2 * cols + 2;
+    fn new(g: &ConvGeometry, size: TileSize) -> Self {
+        let m = size.side();
+        let (rows, cols) = (g.out_h.div_ceil(m), g.out_w.div_ceil(m));
+        // m * rows + 2 >= out_h + 2 = h + 2 * padding: the plane holds the padded input. The
+        // width is a whole number of phases, the last tile's two extra columns included.
+        let plane_w = m * cols + m;
         Self {
             rows,
             cols,
             plane_w,
-            plane_len: plane_w * (2 * rows + 2),
+            plane_len: plane_w * (m * rows + 2),
         }
     }
 
@@ -104,97 +254,53 @@ impl Tiles {
     }
 }
 
-/// The chunk plan of a Winograd pass: one GEMM column per tile, and per column 16 transformed
-/// values of every channel on the wider side.
-fn chunk_plan(g: &ConvGeometry, tiles_per_image: usize) -> Plan {
-    let floats_per_column = POSITIONS * g.c_in.max(g.c_out);
+/// The chunk plan of a Winograd pass: one GEMM column per tile, and per column one transformed
+/// value per position of every channel on the wider side.
+fn chunk_plan(g: &ConvGeometry, size: TileSize, tiles_per_image: usize) -> Plan {
+    let floats_per_column = size.positions() * g.c_in.max(g.c_out);
     Plan::for_columns(
         g.batch,
         tiles_per_image,
         floats_per_column,
-        TARGET_CHUNK_TILES,
+        match size {
+            TileSize::Two => TARGET_CHUNK_TILES,
+            TileSize::Four => TARGET_CHUNK_TILES_4X4,
+        },
     )
 }
 
-/// `B^T d B` of every tile of one image, into columns `[first, first + tiles)` of the 16
-/// matrices `V_ξ` (`C_in x columns`, stored one after the other in `v`). `plane` is scratch.
-///
-/// Row by row of tiles: first `B^T` down the four plane rows a tile row reads (whole rows,
-/// contiguous), then `B` across them, writing each of the 16 positions as one contiguous run
-/// over the tiles of the row.
-fn transform_input(
-    g: &ConvGeometry,
-    tiles: &Tiles,
-    image: &[f32],
-    v: &mut [f32],
-    (columns, first): (usize, usize),
-    plane: &mut Vec<f32>,
+/// Writes the plane `src` (rows of `w` values) into `plane` (rows of `pw`) at row and column
+/// `offset`, each row's columns split into `P` phases ([`split_row_into`]).
+pub(super) fn split_plane_into<const P: usize>(
+    plane: &mut [f32],
+    pw: usize,
+    src: &[f32],
+    w: usize,
+    offset: usize,
 ) {
-    let pw = tiles.plane_w;
-    plane.clear();
-    plane.resize(tiles.plane_len + 4 * pw, 0.0);
-    let (plane, rows) = plane.split_at_mut(tiles.plane_len);
-    let position_stride = g.c_in * columns;
-    for c in 0..g.c_in {
-        let src = &image[c * g.in_plane()..(c + 1) * g.in_plane()];
-        for (r, row) in src.chunks_exact(g.w).enumerate() {
-            deinterleave_into(
-                &mut plane[(r + g.padding) * pw..(r + 1 + g.padding) * pw],
-                row,
-                g.padding,
-            );
-        }
-        for ti in 0..tiles.rows {
-            let d = |r: usize| &plane[(2 * ti + r) * pw..(2 * ti + r + 1) * pw];
-            let (d0, d1, d2, d3) = (d(0), d(1), d(2), d(3));
-            // B^T d: rows (d0 - d2, d1 + d2, d2 - d1, d1 - d3).
-            let (t0, rest) = rows.split_at_mut(pw);
-            let (t1, rest) = rest.split_at_mut(pw);
-            let (t2, t3) = rest.split_at_mut(pw);
-            combine(t0, d0, d2, |a, b| a - b);
-            combine(t1, d1, d2, |a, b| a + b);
-            combine(t2, d2, d1, |a, b| a - b);
-            combine(t3, d1, d3, |a, b| a - b);
-            let run = c * columns + first + ti * tiles.cols;
-            for (r, t) in [&*t0, &*t1, &*t2, &*t3].into_iter().enumerate() {
-                let at = |c4: usize| (r * 4 + c4) * position_stride + run;
-                let out = |c4: usize| at(c4)..at(c4) + tiles.cols;
-                // ... then B on columns: (x0 - x2, x1 + x2, x2 - x1, x1 - x3), where x0..x3
-                // are columns 2tj..2tj+3: even[tj], odd[tj], even[tj + 1], odd[tj + 1].
-                let (even, odd) = t.split_at(pw / 2);
-                let n = tiles.cols;
-                let (e0, e1, o0, o1) = (&even[..n], &even[1..=n], &odd[..n], &odd[1..=n]);
-                combine(&mut v[out(0)], e0, e1, |a, b| a - b);
-                combine(&mut v[out(1)], o0, e1, |a, b| a + b);
-                combine(&mut v[out(2)], e1, o0, |a, b| a - b);
-                combine(&mut v[out(3)], o0, o1, |a, b| a - b);
-            }
-        }
+    for (r, row) in src.chunks_exact(w).enumerate() {
+        let at = (r + offset) * pw;
+        split_row_into::<P>(&mut plane[at..at + pw], row, offset);
     }
 }
 
-/// Writes `src` into the plane row `dst` starting at column `offset`, columns deinterleaved:
-/// even columns in the first half of `dst`, odd columns in the second, so that the column
-/// transforms, which read columns 2tj..2tj+3 of every tile, read contiguous runs instead.
-fn deinterleave_into(dst: &mut [f32], src: &[f32], offset: usize) {
-    let half = dst.len() / 2;
-    let (even, odd) = dst.split_at_mut(half);
-    // Column offset + i lands in `even` when offset + i is even: the first source value goes to
-    // `even` (at offset / 2) or, for an odd offset, to `odd` (at offset / 2), and the two
-    // alternate from there.
-    let (first, second, second_at) = if offset % 2 == 0 {
-        (&mut even[offset / 2..], &mut odd[offset / 2..], 0)
-    } else {
-        (&mut odd[offset / 2..], &mut even[offset / 2..], 1)
-    };
-    for (d, s) in first.iter_mut().zip(src.iter().step_by(2)) {
-        *d = *s;
-    }
-    for (d, s) in second[second_at..]
-        .iter_mut()
-        .zip(src.iter().skip(1).step_by(2))
-    {
-        *d = *s;
+/// Writes `src` into the plane row `dst` starting at column `offset`, its columns split into
+/// `P` phases: column `j` goes to `dst[(j % P) * (dst.len() / P) + j / P]`, so that the column
+/// transforms, which read columns `m tj .. m tj + m + 2` of every tile (`m = P`, the output
+/// tile's side), read contiguous runs of each phase instead of strided values.
+fn split_row_into<const P: usize>(dst: &mut [f32], src: &[f32], offset: usize) {
+    let part = dst.len() / P;
+    for phase in 0..P {
+        // The first source value whose column falls in this phase, and where it lands.
+        let skip = (phase + P - offset % P) % P;
+        if skip >= src.len() {
+            continue;
+        }
+        let at = phase * part + (offset + skip) / P;
+        let out = &mut dst[at..(phase + 1) * part];
+        for (d, s) in out.iter_mut().zip(src[skip..].iter().step_by(P)) {
+            *d = *s;
+        }
     }
 }
 
@@ -207,25 +313,28 @@ fn combine(out: &mut [f32], a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) {
     }
 }
 
-/// The transformed filters `U_ξ = G g G^T`, stored filter-row-major: `u[(row * 16 + ξ) *
-/// row_len + col]`, so that each `U_ξ` is a strided matrix (row stride `16 * row_len`) and the
-/// rows split over threads. Forward: rows are output channels, columns input channels. With
-/// `adjoint`, the filters of the input gradient: flipped in both axes, channel axes swapped.
+/// The transformed filters `U_ξ = G g G^T`, stored filter-row-major: `u[(row * P + ξ) *
+/// row_len + col]` for `P` positions, so that each `U_ξ` is a strided matrix (row stride
+/// `P * row_len`) and the rows split over threads. Forward: rows are output channels, columns
+/// input channels. With `adjoint`, the filters of the input gradient: flipped in both axes,
+/// channel axes swapped.
 struct TransformedWeights {
     u: Vec<f32>,
     rows: usize,
     row_len: usize,
+    positions: usize,
 }
 
 impl TransformedWeights {
-    fn new(w: &[f32], c_out: usize, c_in: usize, adjoint: bool) -> Self {
+    fn new(w: &[f32], (c_out, c_in): (usize, usize), adjoint: bool, size: TileSize) -> Self {
         let (rows, row_len) = if adjoint {
             (c_in, c_out)
         } else {
             (c_out, c_in)
         };
-        let mut u = vec![0f32; rows * POSITIONS * row_len];
-        u.par_chunks_mut(POSITIONS * row_len)
+        let (side, positions) = (size.input_side(), size.positions());
+        let mut u = vec![0f32; rows * positions * row_len];
+        u.par_chunks_mut(positions * row_len)
             .enumerate()
             .for_each(|(row, u_row)| {
                 for col in 0..row_len {
@@ -240,148 +349,57 @@ impl TransformedWeights {
                             k[r * 3 + c]
                         }
                     };
-                    // G g: rows (g0, (g0 + g1 + g2) / 2, (g0 - g1 + g2) / 2, g2), then on
-                    // columns.
-                    let column = |c: usize| {
-                        let (a, b, d) = (tap(0, c), tap(1, c), tap(2, c));
-                        [a, 0.5 * (a + b + d), 0.5 * (a - b + d), d]
-                    };
-                    let columns = [column(0), column(1), column(2)];
-                    let gg: [[f32; 3]; 4] =
-                        std::array::from_fn(|r| [columns[0][r], columns[1][r], columns[2][r]]);
-                    for (r, [a, b, d]) in gg.into_iter().enumerate() {
-                        let row = [a, 0.5 * (a + b + d), 0.5 * (a - b + d), d];
-                        for (c, value) in row.into_iter().enumerate() {
-                            u_row[(r * 4 + c) * row_len + col] = value;
+                    // G g on the filter's columns, then G on the rows of the result.
+                    let columns: [[f32; 6]; 3] =
+                        std::array::from_fn(|c| size.filter(tap(0, c), tap(1, c), tap(2, c)));
+                    for r in 0..side {
+                        let row = size.filter(columns[0][r], columns[1][r], columns[2][r]);
+                        for (c, &value) in row[..side].iter().enumerate() {
+                            u_row[(r * side + c) * row_len + col] = value;
                         }
                     }
                 }
             });
-        Self { u, rows, row_len }
+        Self {
+            u,
+            rows,
+            row_len,
+            positions,
+        }
     }
 
     /// `U_ξ` as a (rows x row_len) matrix view.
     fn position(&self, xi: usize) -> MatRef<'_> {
         let start = xi * self.row_len;
-        let end = (self.rows - 1) * POSITIONS * self.row_len + start + self.row_len;
+        let end = (self.rows - 1) * self.positions * self.row_len + start + self.row_len;
         MatRef {
             data: &self.u[start..end],
-            row_stride: POSITIONS * self.row_len,
+            row_stride: self.positions * self.row_len,
             col_stride: 1,
-        }
-    }
-}
-
-/// `A^T M A` of the tiles in columns `[first, first + tiles)` of the 16 matrices `M_ξ`
-/// (`C_out x columns`), written into one output image, clipped at its edges. `rows` is scratch.
-fn transform_output(
-    g: &ConvGeometry,
-    tiles: &Tiles,
-    m: &[f32],
-    (columns, first): (usize, usize),
-    out_image: &mut [f32],
-    rows: &mut Vec<f32>,
-) {
-    let position_stride = g.c_out * columns;
-    let (oh, ow, n) = (g.out_h, g.out_w, tiles.cols);
-    rows.clear();
-    rows.resize(8 * n, 0.0);
-    for co in 0..g.c_out {
-        let plane = &mut out_image[co * oh * ow..(co + 1) * oh * ow];
-        for ti in 0..tiles.rows {
-            let run = co * columns + first + ti * n;
-            let m_at = |xi: usize| &m[xi * position_stride + run..xi * position_stride + run + n];
-            // A^T m: rows (m0 + m1 + m2, m1 - m2 - m3), one run over the tiles per column c.
-            for c in 0..4 {
-                let (m0, m1, m2, m3) = (m_at(c), m_at(4 + c), m_at(8 + c), m_at(12 + c));
-                let (s0, s1) = rows[c * 2 * n..(c + 1) * 2 * n].split_at_mut(n);
-                for (s, (a, (b, c))) in s0.iter_mut().zip(m0.iter().zip(m1.iter().zip(m2))) {
-                    *s = a + b + c;
-                }
-                for (s, (b, (c, d))) in s1.iter_mut().zip(m1.iter().zip(m2.iter().zip(m3))) {
-                    *s = b - c - d;
-                }
-            }
-            // ... then the same on columns: (s0 + s1 + s2, s1 - s2 - s3).
-            for r in 0..2 {
-                let y = 2 * ti + r;
-                if y >= oh {
-                    break;
-                }
-                let s = |c: usize| &rows[(c * 2 + r) * n..(c * 2 + r + 1) * n];
-                let (s0, s1, s2, s3) = (s(0), s(1), s(2), s(3));
-                let out_row = &mut plane[y * ow..(y + 1) * ow];
-                for tj in 0..ow / 2 {
-                    out_row[2 * tj] = s0[tj] + s1[tj] + s2[tj];
-                    out_row[2 * tj + 1] = s1[tj] - s2[tj] - s3[tj];
-                }
-                if ow % 2 == 1 {
-                    let tj = n - 1;
-                    out_row[ow - 1] = s0[tj] + s1[tj] + s2[tj];
-                }
-            }
-        }
-    }
-}
-
-/// `A dY A^T` of every 2x2 tile of one output-gradient image (zeros past its edges), into
-/// columns `[first, first + tiles)` of the 16 matrices `P_ξ` (`C_out x columns`). `plane` is
-/// scratch.
-fn transform_output_grad(
-    g: &ConvGeometry,
-    tiles: &Tiles,
-    grad_image: &[f32],
-    p: &mut [f32],
-    (columns, first): (usize, usize),
-    plane: &mut Vec<f32>,
-) {
-    let position_stride = g.c_out * columns;
-    let (oh, ow, n) = (g.out_h, g.out_w, tiles.cols);
-    // The gradient plane grown to whole tiles, the overhang zero.
-    let pw = 2 * n;
-    plane.clear();
-    plane.resize(pw * 2 * tiles.rows + 4 * pw, 0.0);
-    let (padded, rows) = plane.split_at_mut(pw * 2 * tiles.rows);
-    for co in 0..g.c_out {
-        let src = &grad_image[co * oh * ow..(co + 1) * oh * ow];
-        for (r, row) in src.chunks_exact(ow).enumerate() {
-            deinterleave_into(&mut padded[r * pw..(r + 1) * pw], row, 0);
-        }
-        for ti in 0..tiles.rows {
-            let y0 = &padded[2 * ti * pw..(2 * ti + 1) * pw];
-            let y1 = &padded[(2 * ti + 1) * pw..(2 * ti + 2) * pw];
-            // A y: rows (y0, y0 + y1, y0 - y1, -y1), whole plane rows...
-            let (t1, rest) = rows.split_at_mut(pw);
-            let (t2, t3) = rest[..2 * pw].split_at_mut(pw);
-            combine(t1, y0, y1, |a, b| a + b);
-            combine(t2, y0, y1, |a, b| a - b);
-            combine(t3, y0, y1, |_, b| -b);
-            let run = co * columns + first + ti * n;
-            for (r, t) in [y0, &*t1, &*t2, &*t3].into_iter().enumerate() {
-                let at = |c4: usize| (r * 4 + c4) * position_stride + run;
-                let out = |c4: usize| at(c4)..at(c4) + n;
-                // ... then the same on columns: (u0, u0 + u1, u0 - u1, -u1), where u0 and u1
-                // are columns 2tj and 2tj + 1: even[tj] and odd[tj].
-                let (even, odd) = t.split_at(n);
-                p[out(0)].copy_from_slice(even);
-                combine(&mut p[out(1)], even, odd, |a, b| a + b);
-                combine(&mut p[out(2)], even, odd, |a, b| a - b);
-                combine(&mut p[out(3)], even, odd, |_, b| -b);
-            }
         }
     }
 }
 
 /// y = conv2d(x, w) for a 3x3 stride-1 convolution ([`applies`]).
 pub fn forward(g: &ConvGeometry, x: &[f32], w: &[f32]) -> Vec<f32> {
-    let u = TransformedWeights::new(w, g.c_out, g.c_in, false);
+    forward_with(tile_size(g), g, x, w)
+}
+
+/// [`forward`] with the given output tile.
+fn forward_with(size: TileSize, g: &ConvGeometry, x: &[f32], w: &[f32]) -> Vec<f32> {
+    let u = TransformedWeights::new(w, (g.c_out, g.c_in), false, size);
     let mut y = vec![0f32; g.batch * g.c_out * g.out_plane()];
-    run_forward(g, x, &u, &mut y);
+    run_forward(size, g, x, &u, &mut y);
     y
 }
 
 /// dL/dx for a 3x3 stride-1 convolution: the forward pass over dL/dy with the adjoint filters.
 pub fn input_grad(g: &ConvGeometry, grad_y: &[f32], w: &[f32]) -> Vec<f32> {
+    input_grad_with(tile_size(g), g, grad_y, w)
+}
+
+/// [`input_grad`] with the given output tile.
+fn input_grad_with(size: TileSize, g: &ConvGeometry, grad_y: &[f32], w: &[f32]) -> Vec<f32> {
     let adjoint = ConvGeometry {
         batch: g.batch,
         c_in: g.c_out,
@@ -394,28 +412,28 @@ pub fn input_grad(g: &ConvGeometry, grad_y: &[f32], w: &[f32]) -> Vec<f32> {
         out_h: g.h,
         out_w: g.w,
     };
-    let u = TransformedWeights::new(w, g.c_out, g.c_in, true);
+    let u = TransformedWeights::new(w, (g.c_out, g.c_in), true, size);
     let mut grad_x = vec![0f32; g.batch * g.c_in * g.in_plane()];
-    run_forward(&adjoint, grad_y, &u, &mut grad_x);
+    run_forward(size, &adjoint, grad_y, &u, &mut grad_x);
     grad_x
 }
 
-fn run_forward(g: &ConvGeometry, x: &[f32], u: &TransformedWeights, y: &mut [f32]) {
-    let tiles = Tiles::new(g);
-    let per_image = tiles.per_image();
-    let plan = chunk_plan(g, per_image);
+fn run_forward(size: TileSize, g: &ConvGeometry, x: &[f32], u: &TransformedWeights, y: &mut [f32]) {
+    let tiles = Tiles::new(g, size);
+    let (per_image, positions) = (tiles.per_image(), size.positions());
+    let plan = chunk_plan(g, size, per_image);
     let (in_image, out_image) = (g.c_in * g.in_plane(), g.c_out * g.out_plane());
     plan.for_each_chunk(y, out_image, |scratch, chunk, y_group| {
         let columns = chunk.count * per_image;
-        let v = at_least(&mut scratch.col, POSITIONS * g.c_in * columns);
+        let v = at_least(&mut scratch.col, positions * g.c_in * columns);
         for b in 0..chunk.count {
             let image = chunk.first + b;
             let src = &x[image * in_image..(image + 1) * in_image];
             let at = (columns, b * per_image);
-            transform_input(g, &tiles, src, v, at, &mut scratch.padded);
+            size.transform_input(g, &tiles, src, v, at, &mut scratch.padded);
         }
-        let m = at_least(&mut scratch.out, POSITIONS * g.c_out * columns);
-        for xi in 0..POSITIONS {
+        let m = at_least(&mut scratch.out, positions * g.c_out * columns);
+        for xi in 0..positions {
             let v_xi = xi * g.c_in * columns;
             let m_xi = &mut m[xi * g.c_out * columns..(xi + 1) * g.c_out * columns];
             let rhs = dense(&v[v_xi..v_xi + g.c_in * columns], columns);
@@ -434,7 +452,7 @@ fn run_forward(g: &ConvGeometry, x: &[f32], u: &TransformedWeights, y: &mut [f32
             let image = chunk.in_group + b;
             let dst = &mut y_group[image * out_image..(image + 1) * out_image];
             let at = (columns, b * per_image);
-            transform_output(g, &tiles, m, at, dst, &mut scratch.gathered);
+            size.transform_output(g, &tiles, m, at, dst, &mut scratch.gathered);
         }
     });
 }
@@ -442,24 +460,29 @@ fn run_forward(g: &ConvGeometry, x: &[f32], u: &TransformedWeights, y: &mut [f32
 /// dL/dw for a 3x3 stride-1 convolution: each thread group sums `dU` over its images, the
 /// partial sums are added, and `G^T dU G` gives the (C_out, C_in, 3, 3) gradient.
 pub fn weight_grad(g: &ConvGeometry, x: &[f32], grad_y: &[f32]) -> Vec<f32> {
-    let tiles = Tiles::new(g);
-    let per_image = tiles.per_image();
-    let plan = chunk_plan(g, per_image);
+    weight_grad_with(tile_size(g), g, x, grad_y)
+}
+
+/// [`weight_grad`] with the given output tile.
+fn weight_grad_with(size: TileSize, g: &ConvGeometry, x: &[f32], grad_y: &[f32]) -> Vec<f32> {
+    let tiles = Tiles::new(g, size);
+    let (per_image, positions) = (tiles.per_image(), size.positions());
+    let plan = chunk_plan(g, size, per_image);
     let (in_image, out_image) = (g.c_in * g.in_plane(), g.c_out * g.out_plane());
     let matrix = g.c_out * g.c_in;
-    let partials = plan.partials(POSITIONS * matrix, |scratch, chunk, grad_u| {
+    let partials = plan.partials(positions * matrix, |scratch, chunk, grad_u| {
         let columns = chunk.count * per_image;
-        let v = at_least(&mut scratch.col, POSITIONS * g.c_in * columns);
-        let p = at_least(&mut scratch.out, POSITIONS * g.c_out * columns);
+        let v = at_least(&mut scratch.col, positions * g.c_in * columns);
+        let p = at_least(&mut scratch.out, positions * g.c_out * columns);
         for b in 0..chunk.count {
             let image = chunk.first + b;
             let at = (columns, b * per_image);
             let src = &x[image * in_image..(image + 1) * in_image];
-            transform_input(g, &tiles, src, v, at, &mut scratch.padded);
+            size.transform_input(g, &tiles, src, v, at, &mut scratch.padded);
             let grad = &grad_y[image * out_image..(image + 1) * out_image];
-            transform_output_grad(g, &tiles, grad, p, at, &mut scratch.gathered);
+            size.transform_output_grad(g, &tiles, grad, p, at, &mut scratch.gathered);
         }
-        for xi in 0..POSITIONS {
+        for xi in 0..positions {
             let (p_xi, v_xi) = (xi * g.c_out * columns, xi * g.c_in * columns);
             sgemm(
                 g.c_out,
@@ -473,39 +496,42 @@ pub fn weight_grad(g: &ConvGeometry, x: &[f32], grad_y: &[f32]) -> Vec<f32> {
             );
         }
     });
-    untransform_weight_grad(&sum_partials(partials, POSITIONS * matrix), matrix)
+    untransform_weight_grad(size, &sum_partials(partials, positions * matrix), matrix)
 }
 
-/// `G^T dU G` for every (C_out, C_in) pair: the 16 matrices `dU_ξ` back to 3x3 filters.
-/// Blocks of pairs run in parallel; each block first gathers its pairs' 16 values from the 16
-/// matrices as contiguous runs (reading them pair by pair would touch 16 cache lines per pair:
-/// 10 ms for 512 x 512 channels, single-threaded, before this).
-fn untransform_weight_grad(grad_u: &[f32], matrix: usize) -> Vec<f32> {
+/// `G^T dU G` for every (C_out, C_in) pair: the matrices `dU_ξ` back to 3x3 filters. Blocks of
+/// pairs run in parallel; each block first gathers its pairs' values from the matrices as
+/// contiguous runs (reading them pair by pair would touch one cache line per position and pair:
+/// 10 ms for 512 x 512 channels with 2x2 tiles, single-threaded, before this).
+fn untransform_weight_grad(size: TileSize, grad_u: &[f32], matrix: usize) -> Vec<f32> {
     const BLOCK: usize = 256;
+    const MAX_POSITIONS: usize = 36;
+    let (side, positions) = (size.input_side(), size.positions());
     let mut grad_w = vec![0f32; matrix * 9];
-    // G^T applied to a 4-vector u: (u0 + (u1 + u2) / 2, (u1 - u2) / 2, (u1 + u2) / 2 + u3).
-    let g_t = |u: [f32; 4]| {
-        let half_sum = 0.5 * (u[1] + u[2]);
-        [u[0] + half_sum, 0.5 * (u[1] - u[2]), half_sum + u[3]]
-    };
     grad_w
         .par_chunks_mut(9 * BLOCK)
         .enumerate()
         .for_each(|(block, filters)| {
             let first = block * BLOCK;
             let pairs = filters.len() / 9;
-            let mut gathered = [[0f32; BLOCK]; POSITIONS];
-            for (xi, run) in gathered.iter_mut().enumerate() {
+            let mut gathered = [[0f32; BLOCK]; MAX_POSITIONS];
+            for (xi, run) in gathered[..positions].iter_mut().enumerate() {
                 let at = xi * matrix + first;
                 run[..pairs].copy_from_slice(&grad_u[at..at + pairs]);
             }
             for (pair, filter) in filters.chunks_exact_mut(9).enumerate() {
-                let du = |r: usize, c: usize| gathered[r * 4 + c][pair];
-                // Columns first: G^T on each column of dU (4x4 -> 3x4), then on each row.
-                let columns: [[f32; 3]; 4] =
-                    std::array::from_fn(|c| g_t([du(0, c), du(1, c), du(2, c), du(3, c)]));
+                let du = |r: usize, c: usize| gathered[r * side + c][pair];
+                // Columns first: G^T on each column of dU (side x side -> 3 x side), then on
+                // each row.
+                let mut columns = [[0f32; 3]; 6];
+                for (c, column) in columns[..side].iter_mut().enumerate() {
+                    let values: [f32; 6] =
+                        std::array::from_fn(|r| if r < side { du(r, c) } else { 0.0 });
+                    *column = size.filter_back(&values[..side]);
+                }
                 for (r, out) in filter.chunks_exact_mut(3).enumerate() {
-                    out.copy_from_slice(&g_t(columns.map(|column| column[r])));
+                    let row: [f32; 6] = std::array::from_fn(|c| columns[c][r]);
+                    out.copy_from_slice(&size.filter_back(&row[..side]));
                 }
             }
         });
