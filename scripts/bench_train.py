@@ -13,13 +13,17 @@ none on BatchNorm and biases), in PyTorch the same through two parameter groups;
     python3 scripts/bench_train.py --threads 2
     python3 scripts/bench_train.py --sizes 64 --batches 32 --reps 2 --candle-baseline
     python3 scripts/bench_train.py --threads 2 --rounds 5   # paired rounds, see --help
+    python3 scripts/bench_train.py --threads 2 --interleave 21  # interleaved steps, see --help
 
 Prints a markdown table: median seconds per step (after one warm-up), ratio candle/torch
 (< 1 means candle is faster) and the peak RSS of each process. With `--rounds N` every
 configuration is timed N times, the processes and configurations alternating their order from
 round to round; the ratio is then the median of the N per-round ratios, each from two processes
 run back to back, printed with their range, which holds up against a VM whose speed drifts
-over minutes much better than one long block per implementation.
+over minutes much better than one long block per implementation. With `--interleave N` one
+process per implementation stays alive for each configuration (`train_step --serve`) and they
+take turns of a few steps back to back; each turn's time is divided by the neighbouring turn of
+the other process, seconds apart, which cancels the VM's drift best of all.
 """
 import argparse
 import json
@@ -73,7 +77,7 @@ def torch_resnet18(torch):
     return nn.Sequential(*layers)
 
 
-def torch_worker(what, image, batch, reps, threads, optimizer):
+def torch_worker(what, image, batch, reps, threads, optimizer, serve=False):
     import torch
 
     torch.set_num_threads(threads)
@@ -92,7 +96,17 @@ def torch_worker(what, image, batch, reps, threads, optimizer):
     if what == "forward":
         model.eval()
     times, phases = [], ([], [], [])
-    for rep in range(reps + 1):
+    # With serve, each line of standard input asks for a block of that many repetitions,
+    # answered with their times on one line (see train_step --serve).
+    blocks = (int(line.strip() or 1) for line in iter(sys.stdin.readline, "")) if serve \
+        else iter([reps])
+    left, block = 0, []
+    rep = 0
+    while True:
+        if rep > 0 and left == 0:
+            left = next(blocks, 0)
+            if left == 0:
+                break
         start = time.perf_counter()
         if what == "step":
             opt.zero_grad(set_to_none=True)
@@ -109,8 +123,20 @@ def torch_worker(what, image, batch, reps, threads, optimizer):
         else:
             with torch.no_grad():
                 value = model(images).sum().item()
+        elapsed = time.perf_counter() - start
         if rep > 0:
-            times.append(time.perf_counter() - start)
+            times.append(elapsed)
+        if rep > 0:
+            left -= 1
+            block.append(elapsed)
+            if serve and left == 0:
+                print(" ".join(f"{t:.6f}" for t in block), flush=True)
+            if left == 0:
+                block = []
+        elif serve:
+            print("ready", flush=True)
+        rep += 1
+    assert times, "no step was timed"
     assert value == value, "non-finite result"
     times.sort()
     medians = {}
@@ -178,6 +204,20 @@ def main():
     ap.add_argument("--phases", action="store_true",
                     help="also print each step's forward (with the loss), backward and update times")
     ap.add_argument("--bench-exe", help="prebuilt train_step executable (skips cargo)")
+    ap.add_argument("--interleave", type=int, metavar="N",
+                    help="instead of rounds of processes, keep one process per implementation and "
+                         "configuration alive and give each N turns of --block steps (forwards) "
+                         "back to back, taking turns (which goes first alternates too); a turn "
+                         "counts the median of its steps after the first, the ratio is the median "
+                         "of the N adjacent turns' ratios, with their interquartile range: turns "
+                         "seconds apart share the VM's state")
+    ap.add_argument("--block", type=int, default=3,
+                    help="with --interleave, steps per turn (the first warms the caches up and is "
+                         "not counted, unless it is the only one)")
+    ap.add_argument("--gap", type=float, default=0.3,
+                    help="with --interleave, seconds of idle before each turn, so that the other "
+                         "process's worker threads (OpenMP's, rayon's) have stopped spinning")
+    ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--torch-worker", nargs=3, metavar=("WHAT", "IMAGE", "BATCH"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.im2col_baseline:
@@ -186,7 +226,7 @@ def main():
     if args.torch_worker:
         what, image, batch = args.torch_worker
         reps = args.reps if what == "step" else args.forward_reps
-        torch_worker(what, int(image), int(batch), reps, args.threads, args.optimizer)
+        torch_worker(what, int(image), int(batch), reps, args.threads, args.optimizer, args.serve)
         return
 
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -195,8 +235,8 @@ def main():
     jobs = [("step", s, b) for s in map(int, args.sizes.split(",")) for b in map(int, args.batches.split(","))]
     jobs += [("forward", s, 1) for s in map(int, args.sizes.split(","))]
 
-    def measure(what, image, batch, order):
-        """One round of one configuration: every implementation once, in `order`."""
+    def measure_commands(what, image, batch):
+        """The command of each implementation for one configuration, by name."""
         reps = args.reps if what == "step" else args.forward_reps
         common = [what, "--image", str(image), "--batch", str(batch), "--reps", str(reps),
                   "--optimizer", args.optimizer]
@@ -214,8 +254,21 @@ def main():
             commands["baseline"] = [exe, *common, "--conv", args.conv_baseline]
         elif args.baseline_exe:
             commands["baseline"] = [args.baseline_exe, *common]
+        return commands
+
+    def measure(what, image, batch, order):
+        """One round of one configuration: every implementation once, in `order`."""
+        commands = measure_commands(what, image, batch)
         names = list(commands) if order == 0 else list(reversed(commands))
         return {name: run_json(commands[name], env) for name in names}
+
+    if args.interleave:
+        rounds = {}
+        for job in jobs:
+            rounds[job] = interleave(measure_commands(*job), args.interleave, args.block, args.gap, env)
+            print(f"interleaved: done {job[0]} {job[1]}px batch {job[2]}", file=sys.stderr, flush=True)
+        print_tables(args, jobs, rounds)
+        return
 
     # Rounds over all configurations, each round in the opposite order of the one before, so that
     # a slow spell of this shared VM lands on both sides of a ratio instead of on one row.
@@ -228,6 +281,44 @@ def main():
     print_tables(args, jobs, rounds)
 
 
+def interleave(commands, turns, block, gap, env):
+    """Starts every command with --serve, then gives each `turns` turns of `block` steps back to
+    back, taking turns (the order reversed every other turn); a turn's time is the median of its
+    steps after the first. Returns one pseudo-round per turn, in the shape `summarize` takes
+    ({name: {"median_s": ...}}), with each process's final JSON (peak RSS, phases) merged in."""
+    procs = {}
+    for name, cmd in commands.items():
+        procs[name] = subprocess.Popen([*cmd, "--serve"], env=env, stdin=subprocess.PIPE,
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def reply(name):
+        line = procs[name].stdout.readline()
+        if not line:
+            sys.exit(f"{' '.join(commands[name])} --serve stopped:\n{procs[name].stderr.read()}")
+        return line.strip()
+
+    for name in procs:
+        if reply(name) != "ready":
+            sys.exit(f"{name}: expected 'ready'")
+    names = list(procs)
+    times = {name: [] for name in names}
+    for turn in range(turns):
+        for name in (names if turn % 2 == 0 else reversed(names)):
+            time.sleep(gap)
+            procs[name].stdin.write(f"{block}\n")
+            procs[name].stdin.flush()
+            steps = [float(t) for t in reply(name).split()]
+            times[name].append(median(steps[1:] or steps))
+    finals = {}
+    for name, proc in procs.items():
+        out, err = proc.communicate()
+        if proc.returncode != 0:
+            sys.exit(f"{' '.join(commands[name])} --serve failed:\n{err}")
+        finals[name] = json.loads(out.strip().splitlines()[-1])
+    return [{name: {**finals[name], "median_s": times[name][i]} for name in names}
+            for i in range(turns)]
+
+
 def summarize(results, name, reference=None):
     """Median time over rounds, the max RSS, and (against `reference`) the per-round ratios."""
     runs = [r[name] for r in results]
@@ -237,8 +328,11 @@ def summarize(results, name, reference=None):
         if phase in runs[0]:
             out[phase] = median([x[phase] for x in runs])
     if reference:
-        ratios = [r[name]["median_s"] / r[reference]["median_s"] for r in results]
-        out["ratio"], out["lo"], out["hi"] = median(ratios), min(ratios), max(ratios)
+        ratios = sorted(r[name]["median_s"] / r[reference]["median_s"] for r in results)
+        out["ratio"], out["lo"], out["hi"] = median(ratios), ratios[0], ratios[-1]
+        if len(ratios) >= 8:
+            # Many pairs (--interleave): the interquartile range, not the extremes.
+            out["lo"], out["hi"] = ratios[len(ratios) // 4], ratios[(3 * len(ratios)) // 4]
     return out
 
 
@@ -248,12 +342,21 @@ def ratio_cell(summary, rounds):
     return f"{summary['ratio']:.2f} ({summary['lo']:.2f}-{summary['hi']:.2f})"
 
 
+
 def print_tables(args, jobs, rounds):
     impl = next(iter(rounds.values()))[0]["torch"]["impl"]
-    print(f"\nthreads: {args.threads}, {impl}, {args.optimizer} SGD; each round times the median of "
-          f"{args.reps} steps / {args.forward_reps} forwards after one warm-up per process; "
-          f"{args.rounds} round(s), alternating order. Times: median over rounds. Ratio: median of "
-          f"the rounds' ratios to torch (min-max)" +
+    if args.interleave:
+        args.rounds = args.interleave
+        how = (f"{args.interleave} turns of {args.block} steps (forwards) back to back for each "
+               f"process, taking turns, {args.gap} s idle before each; a turn counts the median of "
+               f"its steps after the first. Times: median turn. Ratio: median of the adjacent "
+               f"turns' ratios to torch (interquartile range)")
+    else:
+        how = (f"each round times the median of {args.reps} steps / {args.forward_reps} forwards "
+               f"after one warm-up per process; {args.rounds} round(s), alternating order. Times: "
+               f"median over rounds. Ratio: median of the rounds' ratios to torch "
+               f"({'interquartile range' if args.rounds >= 8 else 'min-max'})")
+    print(f"\nthreads: {args.threads}, {impl}, {args.optimizer} SGD; {how}" +
           (f"; baseline exe: {args.baseline_exe}" if args.baseline_exe else "") + "\n")
     head = "| what | image | batch | candle+ops s | torch s | ratio | RSS candle MiB | RSS torch MiB |"
     sep = "|---|---|---|---|---|---|---|---|"

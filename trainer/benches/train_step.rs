@@ -5,13 +5,15 @@
 //!   cargo bench -p face2exp-trainer --bench train_step                    # default suite, table
 //!   cargo bench -p face2exp-trainer --bench train_step -- step --image 112 --batch 32
 //!   cargo bench -p face2exp-trainer --bench train_step -- forward --image 112
-//! `step`/`forward` print one JSON line; scripts/bench_train.py runs them next to PyTorch.
+//! `step`/`forward` print one JSON line; scripts/bench_train.py runs them next to PyTorch
+//! (with `--serve`, one step per line of standard input, for interleaving with it).
 //! The step's update is the trainer's SGD (momentum, Nesterov, weight decay) unless
 //! `--optimizer plain` (lr only, as the tables before session 9 used).
 //! Threads: rayon's (`RAYON_NUM_THREADS`, default all cores); candle's element-wise workers
 //! poll `CANDLE_BARRIER_POOL_SPIN_LIMIT` times before parking, and glibc keeps freed memory
 //! (`ops::configure_cpu_runtime`, as in `face2exp`).
 
+use std::io::Write;
 use std::process::Command;
 use std::time::Instant;
 
@@ -79,6 +81,13 @@ struct Config {
     /// (`auto`, the trainer's default), im2col everywhere, or Winograd everywhere it applies.
     #[arg(long, value_enum, default_value_t = ConvAlgorithm::Auto)]
     conv: ConvAlgorithm,
+    /// After the warm-up, print `ready`, then for each line of standard input, a number of
+    /// steps (or forwards; empty: one), run that many back to back and print their seconds on
+    /// one line; when the input ends, the usual JSON line over all of them (`--reps` is
+    /// ignored). For interleaving blocks of steps with another process's:
+    /// `scripts/bench_train.py --interleave`.
+    #[arg(long)]
+    serve: bool,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -231,6 +240,51 @@ fn median(mut xs: Vec<f64>) -> f64 {
     xs[xs.len() / 2]
 }
 
+/// The requests of `--serve`: each line of standard input asks for a block of that many
+/// steps (an empty line for one), answered with their times on one line.
+struct Requests {
+    lines: std::io::Lines<std::io::StdinLock<'static>>,
+    /// Steps left in the current block, and the times of those done.
+    left: usize,
+    block: Vec<f64>,
+}
+
+impl Requests {
+    /// Whether repetition `rep` (1-based, after the warm-up) runs: up to `--reps`, or with
+    /// `--serve` while a block is open or standard input has another request.
+    fn next_rep(&mut self, cfg: &Config, rep: usize) -> Result<bool> {
+        if !cfg.serve {
+            return Ok(rep <= cfg.reps);
+        }
+        if self.left == 0 {
+            let Some(line) = self.lines.next() else {
+                return Ok(false);
+            };
+            let line = line.context("reading a request from standard input")?;
+            let line = line.trim();
+            self.left = if line.is_empty() {
+                1
+            } else {
+                line.parse()
+                    .with_context(|| format!("request {line:?}: not a number of steps"))?
+            };
+        }
+        Ok(self.left > 0)
+    }
+
+    /// Records a served step's time; answers the request when its block is complete.
+    fn done(&mut self, seconds: f64) -> Result<()> {
+        self.block.push(seconds);
+        self.left -= 1;
+        if self.left == 0 {
+            let times: Vec<String> = self.block.drain(..).map(|t| format!("{t:.6}")).collect();
+            println!("{}", times.join(" "));
+            std::io::stdout().flush()?;
+        }
+        Ok(())
+    }
+}
+
 fn run(what: &str, cfg: &Config) -> Result<()> {
     ops::set_fast_cpu_kernels(cfg.kernels == Kernels::Fast);
     ops::set_conv_algorithm(cfg.conv);
@@ -257,7 +311,15 @@ fn run(what: &str, cfg: &Config) -> Result<()> {
     // plain SGD does backward and update in one call).
     let mut phases: [Vec<f64>; 3] = Default::default();
     let mut last_loss = f32::NAN;
-    for rep in 0..=cfg.reps {
+    let mut requests = Requests {
+        lines: std::io::stdin().lines(),
+        left: 0,
+        block: Vec::new(),
+    };
+    for rep in 0.. {
+        if rep > 0 && !requests.next_rep(cfg, rep)? {
+            break;
+        }
         let start = Instant::now();
         match what {
             "step" => {
@@ -284,9 +346,19 @@ fn run(what: &str, cfg: &Config) -> Result<()> {
                 last_loss = logits.sum_all()?.to_scalar::<f32>()?;
             }
         }
+        let elapsed = start.elapsed().as_secs_f64();
         if rep > 0 {
-            times.push(start.elapsed().as_secs_f64());
+            times.push(elapsed);
         }
+        if cfg.serve && rep > 0 {
+            requests.done(elapsed)?;
+        } else if cfg.serve {
+            println!("ready");
+            std::io::stdout().flush()?;
+        }
+    }
+    if times.is_empty() {
+        bail!("no {what} was timed (--serve read no request)");
     }
     if !last_loss.is_finite() {
         bail!("the {what} produced a non-finite value {last_loss}");
