@@ -40,8 +40,8 @@ const TARGET_CHUNK_TILES: usize = 160;
 /// ... and this many with 4x4 tiles, whose 36 positions per tile make a chunk's transformed
 /// input and products 2.25x larger per tile: measured on layer1's planes (`cargo bench -p
 /// face2exp-trainer --bench conv_algorithms -- --only layer1`, 48 px / batch 64, 64 px / 32,
-/// 96 px / 32 and 112 px / 32), 160 tiles cost 5-20 % more than 48 in every pass (up to 1.4x
-/// with 320), 24 no less than 48.
+/// 96 px / 32 and 112 px / 32), 160 tiles cost 4-23 % more than 48 in every pass (320 up to
+/// 1.5x); 24 and 64 were within this VM's noise of 48.
 const TARGET_CHUNK_TILES_4X4: usize = 48;
 
 /// Whether Winograd can compute this convolution: 3x3 kernel, stride 1, padding at most 2 (so
@@ -200,16 +200,16 @@ fn tile_size(g: &ConvGeometry) -> TileSize {
 /// Whether 4x4 output tiles beat 2x2 ones on this convolution (all three passes): output sides
 /// that are multiples of 4 (no tile overhangs the output) from 12 on, enough 4x4 tiles per
 /// thread group ([`MIN_GROUP_TILES`]), and not the 16x16 planes of 64 channels. Measured with
-/// `cargo bench -p face2exp-trainer --bench conv_algorithms`, 2 threads, 4x4 / 2x2 tiles in
-/// ms (forward, input gradient, weight gradient): 12x12 planes of 64 channels (48 px / batch 64)
-/// 2.87 / 3.54, 3.49 / 4.50, 2.87 / 3.80; 24x24 (96 px / 32) 4.73 / 6.02, 4.80 / 6.41 for the
-/// input and weight gradients; 28x28 (112 px / 32) 6.48 / 8.01, 6.61 / 7.92, 6.32 / 8.30; 16x16
-/// of 128 channels (128 px / 16) 4.10 / 4.52, 4.03 / 4.56, 5.12 / 5.41. Lost: 16x16 planes of
-/// 64 channels (64 px / 32: 3.02-3.27 / 2.90-3.01, 2.89-3.32 / 2.90-2.99, 3.65-3.90 /
-/// 3.10-3.25, where 2x2 tiles fill rows of exactly eight), 14x14 (112 px, the last tile
-/// overhanging: 8.80 / 7.02), 8x8, 7x7 and 6x6 planes (too few tiles), and a batch of one image
-/// on 28x28 (49 tiles: 0.51 / 0.54 ms, both slower than im2col's 0.39, which `pays` does not
-/// see).
+/// `cargo bench -p face2exp-trainer --bench conv_algorithms -- --only layer`, 2 threads, 4x4 /
+/// 2x2 tiles in ms (forward, input gradient, weight gradient): 12x12 planes of 64 channels (48
+/// px / batch 64) 2.87 / 3.61, 2.88 / 3.52, 2.84 / 3.84; 28x28 (112 px / 32) 6.58 / 7.98, 6.49
+/// / 7.97, 6.32 / 8.30; 24x24 (96 px / 32) 6.78 / 7.85, 4.73 / 6.02, 4.80 / 6.41; 16x16 of 128
+/// channels (128 px / 16) 4.10 / 4.52, 4.03 / 4.56, 5.12 / 5.41. Lost: 16x16 planes of 64
+/// channels (64 px / 32, three runs: 3.02-3.27 / 2.81-3.01, 2.94-3.32 / 2.89-2.99, 3.65-3.90 /
+/// 3.12-3.25, where 2x2 tiles fill rows of exactly eight), 14x14 (112 px, the last tile
+/// overhanging, two runs: 7.21-7.86 / 6.59-6.78 forward, 9.15-9.65 / 6.90-7.24 weight
+/// gradient), 8x8, 7x7 and 6x6 planes (too few tiles), and a batch of one image on 28x28 (49
+/// tiles: 0.51 / 0.54 ms, both slower than im2col's 0.39).
 fn large_tiles_pay(g: &ConvGeometry) -> bool {
     const MIN_SIDE: usize = 12;
     const EIGHT_TILE_ROWS: usize = 16;
