@@ -31,6 +31,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from statistics import median
 
@@ -124,17 +125,17 @@ def torch_worker(what, image, batch, reps, threads, optimizer, serve=False):
             with torch.no_grad():
                 value = model(images).sum().item()
         elapsed = time.perf_counter() - start
-        if rep > 0:
+        if rep == 0:
+            if serve:
+                print("ready", flush=True)
+        else:
             times.append(elapsed)
-        if rep > 0:
-            left -= 1
             block.append(elapsed)
-            if serve and left == 0:
-                print(" ".join(f"{t:.6f}" for t in block), flush=True)
+            left -= 1
             if left == 0:
+                if serve:
+                    print(" ".join(f"{t:.6f}" for t in block), flush=True)
                 block = []
-        elif serve:
-            print("ready", flush=True)
         rep += 1
     assert times, "no step was timed"
     assert value == value, "non-finite result"
@@ -286,15 +287,22 @@ def interleave(commands, turns, block, gap, env):
     back, taking turns (the order reversed every other turn); a turn's time is the median of its
     steps after the first. Returns one pseudo-round per turn, in the shape `summarize` takes
     ({name: {"median_s": ...}}), with each process's final JSON (peak RSS, phases) merged in."""
-    procs = {}
+    # Standard error goes to a file: a pipe nobody reads until the end could fill and block.
+    procs, errors = {}, {}
     for name, cmd in commands.items():
+        errors[name] = tempfile.TemporaryFile(mode="w+")
         procs[name] = subprocess.Popen([*cmd, "--serve"], env=env, stdin=subprocess.PIPE,
-                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                       stdout=subprocess.PIPE, stderr=errors[name], text=True)
+
+    def stderr_of(name):
+        errors[name].seek(0)
+        return errors[name].read()
 
     def reply(name):
         line = procs[name].stdout.readline()
         if not line:
-            sys.exit(f"{' '.join(commands[name])} --serve stopped:\n{procs[name].stderr.read()}")
+            procs[name].wait()
+            sys.exit(f"{' '.join(commands[name])} --serve stopped:\n{stderr_of(name)}")
         return line.strip()
 
     for name in procs:
@@ -311,9 +319,9 @@ def interleave(commands, turns, block, gap, env):
             times[name].append(median(steps[1:] or steps))
     finals = {}
     for name, proc in procs.items():
-        out, err = proc.communicate()
+        out, _ = proc.communicate()
         if proc.returncode != 0:
-            sys.exit(f"{' '.join(commands[name])} --serve failed:\n{err}")
+            sys.exit(f"{' '.join(commands[name])} --serve failed:\n{stderr_of(name)}")
         finals[name] = json.loads(out.strip().splitlines()[-1])
     return [{name: {**finals[name], "median_s": times[name][i]} for name in names}
             for i in range(turns)]
@@ -331,7 +339,7 @@ def summarize(results, name, reference=None):
         ratios = sorted(r[name]["median_s"] / r[reference]["median_s"] for r in results)
         out["ratio"], out["lo"], out["hi"] = median(ratios), ratios[0], ratios[-1]
         if len(ratios) >= 8:
-            # Many pairs (--interleave): the interquartile range, not the extremes.
+            # Many rounds or turns: the interquartile range, not the extremes.
             out["lo"], out["hi"] = ratios[len(ratios) // 4], ratios[(3 * len(ratios)) // 4]
     return out
 

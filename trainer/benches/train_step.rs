@@ -6,7 +6,7 @@
 //!   cargo bench -p face2exp-trainer --bench train_step -- step --image 112 --batch 32
 //!   cargo bench -p face2exp-trainer --bench train_step -- forward --image 112
 //! `step`/`forward` print one JSON line; scripts/bench_train.py runs them next to PyTorch
-//! (with `--serve`, one step per line of standard input, for interleaving with it).
+//! (with `--serve`, a block of steps per line of standard input, for interleaving with it).
 //! The step's update is the trainer's SGD (momentum, Nesterov, weight decay) unless
 //! `--optimizer plain` (lr only, as the tables before session 9 used).
 //! Threads: rayon's (`RAYON_NUM_THREADS`, default all cores); candle's element-wise workers
@@ -268,8 +268,11 @@ impl Requests {
                 line.parse()
                     .with_context(|| format!("request {line:?}: not a number of steps"))?
             };
+            if self.left == 0 {
+                bail!("request {line:?}: ask for at least one step");
+            }
         }
-        Ok(self.left > 0)
+        Ok(true)
     }
 
     /// Records a served step's time; answers the request when its block is complete.
@@ -347,14 +350,16 @@ fn run(what: &str, cfg: &Config) -> Result<()> {
             }
         }
         let elapsed = start.elapsed().as_secs_f64();
-        if rep > 0 {
+        if rep == 0 {
+            if cfg.serve {
+                println!("ready");
+                std::io::stdout().flush()?;
+            }
+        } else {
             times.push(elapsed);
-        }
-        if cfg.serve && rep > 0 {
-            requests.done(elapsed)?;
-        } else if cfg.serve {
-            println!("ready");
-            std::io::stdout().flush()?;
+            if cfg.serve {
+                requests.done(elapsed)?;
+            }
         }
     }
     if times.is_empty() {
