@@ -181,7 +181,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--sizes", default="64,112", help="square input sides")
-    ap.add_argument("--batches", default="32,64")
+    ap.add_argument("--batches", default="32,64",
+                    help="batches of the step rows (empty: forward rows only)")
     ap.add_argument("--reps", type=int, default=3, help="timed steps after one warm-up")
     ap.add_argument("--forward-reps", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=1,
@@ -214,7 +215,8 @@ def main():
                          "seconds apart share the VM's state")
     ap.add_argument("--block", type=int, default=3,
                     help="with --interleave, steps per turn (the first warms the caches up and is "
-                         "not counted, unless it is the only one)")
+                         "not counted, unless it is the only one); forwards take turns of "
+                         "--forward-reps (at least --block)")
     ap.add_argument("--gap", type=float, default=0.3,
                     help="with --interleave, seconds of idle before each turn, so that the other "
                          "process's worker threads (OpenMP's, rayon's) have stopped spinning")
@@ -233,7 +235,8 @@ def main():
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     exe = args.bench_exe or build_rust_bench(repo)
     env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads), OMP_NUM_THREADS=str(args.threads))
-    jobs = [("step", s, b) for s in map(int, args.sizes.split(",")) for b in map(int, args.batches.split(","))]
+    batches = [int(b) for b in args.batches.split(",") if b]
+    jobs = [("step", s, b) for s in map(int, args.sizes.split(",")) for b in batches]
     jobs += [("forward", s, 1) for s in map(int, args.sizes.split(","))]
 
     def measure_commands(what, image, batch):
@@ -266,7 +269,10 @@ def main():
     if args.interleave:
         rounds = {}
         for job in jobs:
-            rounds[job] = interleave(measure_commands(*job), args.interleave, args.block, args.gap, env)
+            # A forward at batch 1 takes ~10 ms: a turn of three is mostly the wake-up after the
+            # gap, so forwards take turns of --forward-reps.
+            block = args.block if job[0] == "step" else max(args.block, args.forward_reps)
+            rounds[job] = interleave(measure_commands(*job), args.interleave, block, args.gap, env)
             print(f"interleaved: done {job[0]} {job[1]}px batch {job[2]}", file=sys.stderr, flush=True)
         print_tables(args, jobs, rounds)
         return
@@ -355,10 +361,10 @@ def print_tables(args, jobs, rounds):
     impl = next(iter(rounds.values()))[0]["torch"]["impl"]
     if args.interleave:
         args.rounds = args.interleave
-        how = (f"{args.interleave} turns of {args.block} steps (forwards) back to back for each "
-               f"process, taking turns, {args.gap} s idle before each; a turn counts the median of "
-               f"its steps after the first. Times: median turn. Ratio: median of the adjacent "
-               f"turns' ratios to torch (interquartile range)")
+        how = (f"{args.interleave} turns of {args.block} steps ({max(args.block, args.forward_reps)} "
+               f"forwards) back to back for each process, taking turns, {args.gap} s idle before "
+               f"each; a turn counts the median of its steps after the first. Times: median turn. "
+               f"Ratio: median of the adjacent turns' ratios to torch (interquartile range)")
     else:
         how = (f"each round times the median of {args.reps} steps / {args.forward_reps} forwards "
                f"after one warm-up per process; {args.rounds} round(s), alternating order. Times: "
