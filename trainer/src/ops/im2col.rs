@@ -114,6 +114,9 @@ pub fn im2col(
     col_offset: usize,
     padded: &mut Vec<f32>,
 ) {
+    if g.stride > 1 && g.k > MIN_REUSE_FOR_PHASES * g.stride {
+        return im2col_strided(g, image, col, row_len, col_offset, padded);
+    }
     let (k, s, ow_n) = (g.k, g.stride, g.out_w);
     let plane = g.out_plane();
     let (pw, padded_len) = g.padded_plane();
@@ -146,6 +149,66 @@ pub fn im2col(
                             *d = src_row[j * s];
                         }
                     }
+                }
+            }
+        }
+    }
+}
+
+/// [`im2col`] splits a strided convolution's planes into column phases ([`im2col_strided`])
+/// when the kernel is wider than this many strides: measured with `cargo bench -p
+/// face2exp-trainer --bench conv_algorithms` (64 px / batch 32, two runs, ms, before / after),
+/// the 7x7/2 stem's forward went from 4.17-4.38 to 3.62-3.65 and its weight gradient from
+/// 6.63-6.70 to 6.05-6.07, but the 3x3/2 convolutions of layers 2-4 (each input read about
+/// 2.25 times, not 12) lost 5-20 % (layer2.0.conv1's forward 1.73-1.76 against 1.94).
+const MIN_REUSE_FOR_PHASES: usize = 2;
+
+/// [`im2col`] for a strided convolution with a wide kernel (ResNet's 7x7/2 stem). Each
+/// channel's zero-bordered plane is
+/// stored with its columns split into `stride` phases (column `j` at `j % stride`, index
+/// `j / stride`), so that the `k * k` copies of each output row, which read every `stride`-th
+/// column, read contiguous runs of one phase: one strided pass over the plane instead of `k * k`
+/// (49 for the stem).
+fn im2col_strided(
+    g: &ConvGeometry,
+    image: &[f32],
+    col: &mut [f32],
+    row_len: usize,
+    col_offset: usize,
+    padded: &mut Vec<f32>,
+) {
+    let (k, s, p, ow_n) = (g.k, g.stride, g.padding, g.out_w);
+    let plane = g.out_plane();
+    let phase_w = g.padded_plane().0.div_ceil(s);
+    let row_stride = s * phase_w;
+    // Borders stay zero: each channel overwrites the interior only.
+    padded.clear();
+    padded.resize(row_stride * (g.h + 2 * p), 0.0);
+    for c in 0..g.c_in {
+        let src_plane = &image[c * g.in_plane()..(c + 1) * g.in_plane()];
+        for (r, src_row) in src_plane.chunks_exact(g.w).enumerate() {
+            let dst_row = &mut padded[(r + p) * row_stride..(r + p + 1) * row_stride];
+            for phase in 0..s {
+                // The first input column landing in this phase, and where it lands.
+                let first = (phase + s - p % s) % s;
+                if first >= g.w {
+                    continue;
+                }
+                let at = phase * phase_w + (first + p) / s;
+                let dst = &mut dst_row[at..(phase + 1) * phase_w];
+                for (d, v) in dst.iter_mut().zip(src_row[first..].iter().step_by(s)) {
+                    *d = *v;
+                }
+            }
+        }
+        for kh in 0..k {
+            for kw in 0..k {
+                let row = (c * k + kh) * k + kw;
+                let dst = &mut col[row * row_len + col_offset..row * row_len + col_offset + plane];
+                let start = (kw % s) * phase_w + kw / s;
+                for (oh, dst_row) in dst.chunks_exact_mut(ow_n).enumerate() {
+                    let at = (oh * s + kh) * row_stride + start;
+                    copy_short(dst_row, &padded[at..at + ow_n]);
                 }
             }
         }
