@@ -25,6 +25,7 @@ use super::chunks::{
     at_least, chunk_matrix, dense, scatter_chunk, split_batch, transposed, Plan, Scratch,
 };
 use super::im2col::{copy_short, sgemm, sgemm_rows, ConvGeometry, MatRef};
+use gemm::Parallelism;
 use rayon::prelude::*;
 
 /// `pays` takes a convolution when at most this share of im2col's products reads inside the
@@ -34,14 +35,21 @@ const MAX_USEFUL_FRACTION: f64 = 0.83;
 /// ...and each tap's GEMM has at least this many inner products per output, enough to amortise
 /// packing `W_t` for the few columns a corner tap has...
 const MIN_INPUT_CHANNELS: usize = 64;
-/// ...and, for the forward pass and the weight gradient, a thread group's tap GEMMs have at
-/// least this many columns (images x outputs) on average. Below it packing the operands of
-/// nine narrow GEMMs costs more than the skipped products: measured with `cargo bench -p
-/// face2exp-trainer --bench conv_algorithms`, 2 threads, ratios to im2col: at 64 px / batch 32
-/// the 2x2 planes have 28-44 columns per tap and lose (forward 1.06-1.16, weight gradient
-/// 1.14-1.35), at 48 px / batch 64 they have 57 and win (0.78-0.91). The input gradient won at
-/// every size measured (0.38-0.84), so it has no such bound.
+/// ...and, for the weight gradient, a thread group's tap GEMMs have at least this many columns
+/// (images x outputs) on average. Below it packing the operands of nine narrow GEMMs costs more
+/// than the skipped products: measured with `cargo bench -p face2exp-trainer --bench
+/// conv_algorithms`, 2 threads, ratios to im2col: at 64 px / batch 32 the 2x2 planes have 28-44
+/// columns per tap and lose (weight gradient 1.14-1.35, again 1.24-1.30 with the weights read in
+/// place), at 48 px / batch 64 they have 57 and win (0.78-0.91). The input gradient won at
+/// every size measured (0.38-0.84), so it has no such bound...
 const MIN_MEAN_TAP_COLUMNS: usize = 50;
+/// ...and the forward pass this many per thread (a batch smaller than the thread count has
+/// one group whose GEMMs `gemm` splits over the threads): with 28-44 columns it lost
+/// (1.06-1.16) while it copied the weights tap-major, and wins with them read in place
+/// ([`MAX_MEAN_TAP_COLUMNS_IN_PLACE`]): layer4's 2x2 planes at 64 px / 32 (28 columns) 0.81 in
+/// two runs, layer4.0.conv1 (44) 0.89 and 1.00. At batch 1, layer3's 7x7 planes at 112 px (40
+/// columns over two threads) lost: 1.12-1.21.
+const MIN_MEAN_TAP_COLUMNS_FORWARD: usize = 25;
 
 /// From this many input channels on, taps go before Winograd where both pay. Winograd's 16
 /// GEMMs per chunk stream 16 transformed weight matrices over ~160 tiles each, taps' 9 stream
@@ -90,9 +98,24 @@ fn pays_by_rule(g: &ConvGeometry, pass: Pass) -> bool {
     if g.c_in < MIN_INPUT_CHANNELS || useful_fraction(g, &taps) > MAX_USEFUL_FRACTION {
         return false;
     }
+    let columns = mean_tap_columns(g, &taps);
+    match pass {
+        Pass::InputGrad => true,
+        Pass::Forward => {
+            let gemm_threads = match split_batch(g.batch).1 {
+                Parallelism::Rayon(threads) => threads.max(1),
+                Parallelism::None => 1,
+            };
+            columns / gemm_threads >= MIN_MEAN_TAP_COLUMNS_FORWARD
+        }
+        Pass::WeightGrad => columns >= MIN_MEAN_TAP_COLUMNS,
+    }
+}
+
+/// GEMM columns (images x outputs) of a thread group's tap GEMMs, on average over the taps.
+fn mean_tap_columns(g: &ConvGeometry, taps: &[Tap]) -> usize {
     let useful: usize = taps.iter().map(Tap::outputs).sum();
-    let mean_tap_columns = split_batch(g.batch).0 * useful / taps.len().max(1);
-    pass == Pass::InputGrad || mean_tap_columns >= MIN_MEAN_TAP_COLUMNS
+    split_batch(g.batch).0 * useful / taps.len().max(1)
 }
 
 /// The share of im2col's products that read inside the input, given the convolution's
@@ -191,32 +214,81 @@ thread_local! {
     static TAP_WEIGHTS: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
-/// Runs `body` with the tap-major copy of the weights `w`.
-fn with_tap_weights<R>(g: &ConvGeometry, w: &[f32], body: impl FnOnce(&[f32]) -> R) -> R {
+/// Below this many columns per tap GEMM ([`mean_tap_columns`]) the taps read `W_t` from the
+/// weights as they lie (a matrix with column stride `k * k`), which `gemm` packs anyway,
+/// instead of from a tap-major copy: with so few columns each packed weight serves little
+/// work, and the copy's full pass over the weights (9 MiB at 512 channels) cost more than the
+/// strided packing. Measured with `cargo bench -p face2exp-trainer --bench conv_algorithms`
+/// (64 px / batch 32, two runs, ratio to im2col, tap-major / in place): layer4's 2x2 planes
+/// (28 columns per tap) forward 1.12 / 0.80-0.97, input gradient 0.99-1.00 / 0.85-0.91;
+/// layer4.0.conv1 (44) forward 1.25-1.26 / 0.88-0.89, input gradient 1.08-1.22 / 0.89-0.97;
+/// but layer3's 4x4 planes (178) forward 0.80-0.90 / 0.93-0.94, input gradient 0.56-0.62 /
+/// 0.61-0.68, and layer3.0.conv1 (215) forward 1.12-1.13 / 1.14-1.18.
+const MAX_MEAN_TAP_COLUMNS_IN_PLACE: usize = 100;
+
+/// The weights as the tap GEMMs read them: `C_out x C_in x k*k` as given, or a tap-major
+/// (`C_out x k*k x C_in`) copy.
+#[derive(Clone, Copy)]
+struct TapWeights<'a> {
+    data: &'a [f32],
+    tap_major: bool,
+}
+
+impl<'a> TapWeights<'a> {
+    /// `W_t` (C_out x C_in).
+    fn of(self, g: &ConvGeometry, tap: &Tap) -> MatRef<'a> {
+        let taps = g.k * g.k;
+        let (start, col_stride) = self.tap_start_and_stride(g, tap);
+        MatRef {
+            data: &self.data[start..],
+            row_stride: taps * g.c_in,
+            col_stride,
+        }
+    }
+
+    /// `W_t^T` (C_in x C_out).
+    fn transposed_of(self, g: &ConvGeometry, tap: &Tap) -> MatRef<'a> {
+        let taps = g.k * g.k;
+        let (start, row_stride) = self.tap_start_and_stride(g, tap);
+        MatRef {
+            data: &self.data[start..],
+            row_stride,
+            col_stride: taps * g.c_in,
+        }
+    }
+
+    /// Where `W_t`'s first value lies, and the stride between its input channels.
+    fn tap_start_and_stride(self, g: &ConvGeometry, tap: &Tap) -> (usize, usize) {
+        if self.tap_major {
+            (tap.index * g.c_in, 1)
+        } else {
+            (tap.index, g.k * g.k)
+        }
+    }
+}
+
+/// Runs `body` with the weights `w` as the taps read them ([`MAX_MEAN_TAP_COLUMNS_IN_PLACE`]).
+fn with_tap_weights<R>(
+    g: &ConvGeometry,
+    taps: &[Tap],
+    w: &[f32],
+    body: impl FnOnce(TapWeights<'_>) -> R,
+) -> R {
+    if mean_tap_columns(g, taps) < MAX_MEAN_TAP_COLUMNS_IN_PLACE {
+        return body(TapWeights {
+            data: w,
+            tap_major: false,
+        });
+    }
     let mut buffer = TAP_WEIGHTS.with(|cell| cell.take());
     let w_taps = at_least(&mut buffer, w.len());
     transpose_blocks_into(w, g.c_in, g.k * g.k, w_taps);
-    let result = body(w_taps);
+    let result = body(TapWeights {
+        data: w_taps,
+        tap_major: true,
+    });
     TAP_WEIGHTS.with(|cell| cell.set(buffer));
     result
-}
-
-/// `W_t` (C_out x C_in) inside the tap-major weights.
-fn tap_weights<'a>(g: &ConvGeometry, w_taps: &'a [f32], tap: &Tap) -> MatRef<'a> {
-    MatRef {
-        data: &w_taps[tap.index * g.c_in..],
-        row_stride: g.k * g.k * g.c_in,
-        col_stride: 1,
-    }
-}
-
-/// `W_t^T` (C_in x C_out) inside the tap-major weights.
-fn tap_weights_transposed<'a>(g: &ConvGeometry, w_taps: &'a [f32], tap: &Tap) -> MatRef<'a> {
-    MatRef {
-        data: &w_taps[tap.index * g.c_in..],
-        row_stride: 1,
-        col_stride: g.k * g.k * g.c_in,
-    }
 }
 
 /// The thread groups and chunks: as im2col's, sized by the wider of a chunk's input and
@@ -317,7 +389,7 @@ pub(super) fn forward(g: &ConvGeometry, x: &[f32], w: &[f32]) -> Vec<f32> {
     let out_image = c_out * plane;
     let mut y = vec![0f32; g.batch * out_image];
     let (taps, plan) = (taps(g), plan(g));
-    with_tap_weights(g, w, |w_taps| {
+    with_tap_weights(g, &taps, w, |w_taps| {
         plan.for_each_chunk(&mut y, out_image, |scratch, chunk, y_group| {
             let Scratch {
                 col, out, gathered, ..
@@ -329,7 +401,7 @@ pub(super) fn forward(g: &ConvGeometry, x: &[f32], w: &[f32]) -> Vec<f32> {
                 let n = count * tap.outputs();
                 let x_tap = at_least(col, c_in * n);
                 gather_tap_input(g, tap, x, (chunk.first, count), x_tap);
-                let (lhs, rhs) = (tap_weights(g, w_taps, tap), dense(x_tap, n));
+                let (lhs, rhs) = (w_taps.of(g, tap), dense(x_tap, n));
                 if tap.outputs() == plane {
                     sgemm(
                         c_out,
@@ -379,7 +451,7 @@ pub(super) fn input_grad(g: &ConvGeometry, grad_y: &[f32], w: &[f32]) -> Vec<f32
         return grad_x;
     }
     let (taps, plan) = (taps(g), plan(g));
-    with_tap_weights(g, w, |w_taps| {
+    with_tap_weights(g, &taps, w, |w_taps| {
         plan.for_each_chunk(&mut grad_x, in_image, |scratch, chunk, gx_group| {
             let Scratch {
                 col, out, gathered, ..
@@ -391,7 +463,7 @@ pub(super) fn input_grad(g: &ConvGeometry, grad_y: &[f32], w: &[f32]) -> Vec<f32
                 let n = count * tap.outputs();
                 let dy_tap = tap_output_grad(g, tap, dy, count, col);
                 let part = at_least(out, c_in * n);
-                let lhs = tap_weights_transposed(g, w_taps, tap);
+                let lhs = w_taps.transposed_of(g, tap);
                 let rhs = dense(dy_tap, n);
                 sgemm(c_in, n, c_out, part, false, lhs, rhs, plan.gemm_parallelism);
                 scatter_tap_input(g, tap, part, count, dx_images);

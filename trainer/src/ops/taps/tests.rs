@@ -34,7 +34,21 @@ const CASES: &[Case] = &[
     (24, 3, 10, 10, 4, 3, 1, 1),
     // Batch 1 with ResNet channel counts.
     (1, 64, 2, 2, 64, 3, 1, 1),
+    // 128 columns per tap and image: the tap-major weight copy whatever the thread count.
+    (3, 4, 12, 12, 5, 3, 1, 1),
 ];
+
+/// The cases above read the weights both ways ([`MAX_MEAN_TAP_COLUMNS_IN_PLACE`]): in place
+/// on layer4's 2x2 planes at batch 1, from the tap-major copy on a 12x12 plane.
+#[test]
+fn taps_cases_cover_both_weight_layouts() {
+    let columns = |dims, c| {
+        let g = ConvGeometry::new(dims, (c, dims.1, 3, 3), 1, 1).unwrap();
+        mean_tap_columns(&g, &taps(&g))
+    };
+    assert!(columns((1, 64, 2, 2), 64) < MAX_MEAN_TAP_COLUMNS_IN_PLACE);
+    assert!(columns((3, 4, 12, 12), 5) >= MAX_MEAN_TAP_COLUMNS_IN_PLACE);
+}
 
 #[test]
 fn taps_match_im2col_forward_and_both_gradients() {
@@ -108,6 +122,10 @@ fn taps_take_bordered_small_planes_with_enough_channels_and_columns() {
     assert!(pays_by_rule(&narrow, Pass::InputGrad));
     assert!(!pays_by_rule(&narrow, Pass::Forward));
     assert!(!pays_by_rule(&narrow, Pass::WeightGrad));
+    // 16 images per thread on a 2x2 plane (layer4 at 64 px / 32): 28 columns per tap GEMM.
+    let sixteen = geometry(16 * threads, 512, 2, 3, 1);
+    assert!(pays_by_rule(&sixteen, Pass::Forward));
+    assert!(!pays_by_rule(&sixteen, Pass::WeightGrad));
     assert!(
         !applies(&geometry(many, 64, 2, 1, 0)),
         "1x1 kernels have no taps to skip"
