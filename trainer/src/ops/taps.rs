@@ -15,8 +15,10 @@
 //! - input gradient: `dx[R_t shifted by t] += W_t^T dy[R_t]`;
 //! - weight gradient: `dW_t = Σ dy[R_t] X_t^T` over the images.
 //!
-//! The weights are re-laid out tap-major (`C_out x k*k x C_in`) once per call so that each
-//! `W_t` is a matrix view with dense rows. Threads and chunks: `chunks.rs`, as im2col's.
+//! Each `W_t` is a matrix view of the weights: of a tap-major copy (`C_out x k*k x C_in`, dense
+//! rows) made once per call where the tap GEMMs are wide, else of the weights as they lie
+//! (column stride `k*k`, [`MAX_MEAN_TAP_COLUMNS_IN_PLACE`]). Threads and chunks: `chunks.rs`,
+//! as im2col's.
 
 use std::ops::Range;
 
