@@ -164,11 +164,10 @@ pub fn im2col(
 const MIN_REUSE_FOR_PHASES: usize = 2;
 
 /// [`im2col`] for a strided convolution with a wide kernel (ResNet's 7x7/2 stem). Each
-/// channel's zero-bordered plane is
-/// stored with its columns split into `stride` phases (column `j` at `j % stride`, index
-/// `j / stride`), so that the `k * k` copies of each output row, which read every `stride`-th
-/// column, read contiguous runs of one phase: one strided pass over the plane instead of `k * k`
-/// (49 for the stem).
+/// channel's zero-bordered plane is stored with its columns split into `stride` phases (column
+/// `j` at `j % stride`, index `j / stride`), so that the `k * k` copies of each output row,
+/// which read every `stride`-th column, read contiguous runs of one phase: one strided pass
+/// over the plane instead of `k * k` (49 for the stem).
 fn im2col_strided(
     g: &ConvGeometry,
     image: &[f32],

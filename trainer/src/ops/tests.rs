@@ -37,6 +37,8 @@ const CONV_CASES: &[ConvCase] = &[
     (1, 2, 1, 1, 3, 3, 1, 1),
     (9, 8, 3, 3, 16, 3, 1, 1),
     (4, 3, 6, 6, 2, 3, 3, 0),
+    // A 5x5/2 kernel with even padding: im2col's column phases (the 7x7/2 case has odd).
+    (2, 2, 9, 10, 3, 5, 2, 2),
 ];
 
 /// Gradients of `sum(conv2d(x, w) * probe)` by the definition, in f64: (dL/dx, dL/dw).

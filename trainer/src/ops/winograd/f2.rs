@@ -25,8 +25,9 @@ pub(super) fn filter_back(u: &[f32]) -> [f32; 3] {
 /// one value per tile column, read from the row's even and odd columns), into a buffer that
 /// keeps even and odd plane rows apart; then `B^T` down the tile rows, which with that layout
 /// is one contiguous run over all the image's tiles per position. On 16x16 and 8x8 planes a
-/// tile row is only eight or four tiles, so passes over the whole image make runs 8-16 times
-/// longer than row-by-row transforms, whose loop overheads dominated them.
+/// tile row is only eight or four tiles, and row-by-row transforms spent their time in loop
+/// overhead on runs that short; the whole-image runs are as many times longer as the plane has
+/// tile rows (8 and 4).
 pub(super) fn transform_input(
     g: &ConvGeometry,
     tiles: &Tiles,
