@@ -41,9 +41,10 @@ const MIN_INPUT_CHANNELS: usize = 64;
 /// (images x outputs) on average. Below it packing the operands of nine narrow GEMMs costs more
 /// than the skipped products: measured with `cargo bench -p face2exp-trainer --bench
 /// conv_algorithms`, 2 threads, ratios to im2col: at 64 px / batch 32 the 2x2 planes have 28-44
-/// columns per tap and lose (weight gradient 1.14-1.35, again 1.24-1.30 with the weights read in
-/// place), at 48 px / batch 64 they have 57 and win (0.78-0.91). The input gradient won at
-/// every size measured (0.38-0.84), so it has no such bound...
+/// columns per tap and lose (weight gradient 1.14-1.35, and 1.19-1.29 when measured again in
+/// session 15: it reads no weights, so their layout below plays no part), at 48 px / batch 64
+/// they have 57 and win (0.78-0.91). The input gradient won at every size measured
+/// (0.38-0.84), so it has no such bound...
 const MIN_MEAN_TAP_COLUMNS: usize = 50;
 /// ...and the forward pass this many per thread (a batch smaller than the thread count has
 /// one group whose GEMMs `gemm` splits over the threads): with 28-44 columns it lost
