@@ -185,21 +185,7 @@ fn im2col_strided(
     padded.resize(row_stride * (g.h + 2 * p), 0.0);
     for c in 0..g.c_in {
         let src_plane = &image[c * g.in_plane()..(c + 1) * g.in_plane()];
-        for (r, src_row) in src_plane.chunks_exact(g.w).enumerate() {
-            let dst_row = &mut padded[(r + p) * row_stride..(r + p + 1) * row_stride];
-            for phase in 0..s {
-                // The first input column landing in this phase, and where it lands.
-                let first = (phase + s - p % s) % s;
-                if first >= g.w {
-                    continue;
-                }
-                let at = phase * phase_w + (first + p) / s;
-                let dst = &mut dst_row[at..(phase + 1) * phase_w];
-                for (d, v) in dst.iter_mut().zip(src_row[first..].iter().step_by(s)) {
-                    *d = *v;
-                }
-            }
-        }
+        split_plane_into(padded, row_stride, src_plane, g.w, p, s);
         for kh in 0..k {
             for kw in 0..k {
                 let row = (c * k + kh) * k + kw;
@@ -210,6 +196,46 @@ fn im2col_strided(
                     copy_short(dst_row, &padded[at..at + ow_n]);
                 }
             }
+        }
+    }
+}
+
+/// Writes the plane `src` (rows of `w` values) into `plane` (rows of `pw`) at row and column
+/// `offset`, each row's columns split into `phases` phases ([`split_row_into`]). Inlined, so
+/// that the Winograd transforms' constant phase counts fold into its loops.
+#[inline(always)]
+pub(super) fn split_plane_into(
+    plane: &mut [f32],
+    pw: usize,
+    src: &[f32],
+    w: usize,
+    offset: usize,
+    phases: usize,
+) {
+    for (r, row) in src.chunks_exact(w).enumerate() {
+        let at = (r + offset) * pw;
+        split_row_into(&mut plane[at..at + pw], row, offset, phases);
+    }
+}
+
+/// Writes `src` into the plane row `dst` starting at column `offset`, its columns split into
+/// `phases` phases: column `j` goes to `dst[(j % phases) * (dst.len() / phases) + j / phases]`,
+/// so that whoever reads every `phases`-th column (a strided convolution's im2col, Winograd's
+/// column transforms, which read columns `m tj .. m tj + m + 2` of every tile with `m = phases`)
+/// reads contiguous runs of one phase instead of strided values.
+#[inline(always)]
+fn split_row_into(dst: &mut [f32], src: &[f32], offset: usize, phases: usize) {
+    let part = dst.len() / phases;
+    for phase in 0..phases {
+        // The first source value whose column falls in this phase, and where it lands.
+        let skip = (phase + phases - offset % phases) % phases;
+        if skip >= src.len() {
+            continue;
+        }
+        let at = phase * part + (offset + skip) / phases;
+        let out = &mut dst[at..(phase + 1) * part];
+        for (d, s) in out.iter_mut().zip(src[skip..].iter().step_by(phases)) {
+            *d = *s;
         }
     }
 }

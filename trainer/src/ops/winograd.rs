@@ -229,7 +229,8 @@ pub(super) struct Tiles {
     cols: usize,
     /// Width of the bordered plane: the input sits at (padding, padding); the border and what
     /// lies past the input (where the last tile overhangs the output) are zeros. Rows are
-    /// stored with their columns split into `m` phases ([`split_plane_into`]).
+    /// stored with their columns split into `m` phases
+    /// ([`split_plane_into`](super::im2col::split_plane_into)).
     plane_w: usize,
     plane_len: usize,
 }
@@ -267,41 +268,6 @@ fn chunk_plan(g: &ConvGeometry, size: TileSize, tiles_per_image: usize) -> Plan 
             TileSize::Four => TARGET_CHUNK_TILES_4X4,
         },
     )
-}
-
-/// Writes the plane `src` (rows of `w` values) into `plane` (rows of `pw`) at row and column
-/// `offset`, each row's columns split into `P` phases ([`split_row_into`]).
-pub(super) fn split_plane_into<const P: usize>(
-    plane: &mut [f32],
-    pw: usize,
-    src: &[f32],
-    w: usize,
-    offset: usize,
-) {
-    for (r, row) in src.chunks_exact(w).enumerate() {
-        let at = (r + offset) * pw;
-        split_row_into::<P>(&mut plane[at..at + pw], row, offset);
-    }
-}
-
-/// Writes `src` into the plane row `dst` starting at column `offset`, its columns split into
-/// `P` phases: column `j` goes to `dst[(j % P) * (dst.len() / P) + j / P]`, so that the column
-/// transforms, which read columns `m tj .. m tj + m + 2` of every tile (`m = P`, the output
-/// tile's side), read contiguous runs of each phase instead of strided values.
-fn split_row_into<const P: usize>(dst: &mut [f32], src: &[f32], offset: usize) {
-    let part = dst.len() / P;
-    for phase in 0..P {
-        // The first source value whose column falls in this phase, and where it lands.
-        let skip = (phase + P - offset % P) % P;
-        if skip >= src.len() {
-            continue;
-        }
-        let at = phase * part + (offset + skip) / P;
-        let out = &mut dst[at..(phase + 1) * part];
-        for (d, s) in out.iter_mut().zip(src[skip..].iter().step_by(P)) {
-            *d = *s;
-        }
-    }
 }
 
 /// `out[i] = f(a[i], b[i])` over the shortest of the three, as zipped iterators: no bounds

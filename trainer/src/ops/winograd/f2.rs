@@ -4,8 +4,8 @@
 //! columns apart ([`split_plane_into`] with two phases), so that the column transforms read
 //! contiguous runs.
 
-use super::{combine, split_plane_into, Tiles};
-use crate::ops::im2col::ConvGeometry;
+use super::{combine, Tiles};
+use crate::ops::im2col::{split_plane_into, ConvGeometry};
 
 /// `G` applied to a filter column `(a, b, c)`.
 pub(super) fn filter(a: f32, b: f32, c: f32) -> [f32; 4] {
@@ -46,7 +46,7 @@ pub(super) fn transform_input(
     let per_image = tile_rows * n;
     for c in 0..g.c_in {
         let src = &image[c * g.in_plane()..(c + 1) * g.in_plane()];
-        split_plane_into::<2>(plane, pw, src, g.w, g.padding);
+        split_plane_into(plane, pw, src, g.w, g.padding, 2);
         // B on columns: (x0 - x2, x1 + x2, x2 - x1, x1 - x3), where x0..x3 are columns
         // 2tj..2tj+3: even[tj], odd[tj], even[tj + 1], odd[tj + 1].
         for (y, row) in plane.chunks_exact(pw).enumerate() {
@@ -157,7 +157,7 @@ pub(super) fn transform_output_grad(
     let (padded, columns_done) = scratch.split_at_mut(padded_len);
     for co in 0..g.c_out {
         let src = &grad_image[co * oh * ow..(co + 1) * oh * ow];
-        split_plane_into::<2>(padded, pw, src, ow, 0);
+        split_plane_into(padded, pw, src, ow, 0, 2);
         // A on columns: (u0, u0 + u1, u0 - u1, -u1), where u0 and u1 are columns 2tj and
         // 2tj + 1: even[tj] and odd[tj]...
         for (y, row) in padded.chunks_exact(pw).enumerate() {

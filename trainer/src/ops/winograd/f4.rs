@@ -17,8 +17,8 @@
 //! Planes are stored with their columns split into four phases ([`split_plane_into`]), so that
 //! the column transforms, which read columns 4tj..4tj+5, read contiguous runs.
 
-use super::{split_plane_into, Tiles};
-use crate::ops::im2col::ConvGeometry;
+use super::Tiles;
+use crate::ops::im2col::{split_plane_into, ConvGeometry};
 
 /// Phases of a stored plane row: the output tile's width.
 const PHASES: usize = 4;
@@ -145,7 +145,7 @@ pub(super) fn transform_input(
     let position_stride = g.c_in * columns;
     for c in 0..g.c_in {
         let src = &image[c * g.in_plane()..(c + 1) * g.in_plane()];
-        split_plane_into::<PHASES>(plane, pw, src, g.w, g.padding);
+        split_plane_into(plane, pw, src, g.w, g.padding, PHASES);
         for ti in 0..tiles.rows {
             // B^T d down the six plane rows, whole rows at a time...
             let [d0, d1, d2, d3, d4, d5] = runs(plane, 4 * ti * pw, pw, pw);
@@ -249,7 +249,7 @@ pub(super) fn transform_output_grad(
     let (padded, rows) = plane.split_at_mut(pw * 4 * tiles.rows);
     for co in 0..g.c_out {
         let src = &grad_image[co * oh * ow..(co + 1) * oh * ow];
-        split_plane_into::<PHASES>(padded, pw, src, ow, 0);
+        split_plane_into(padded, pw, src, ow, 0, PHASES);
         for ti in 0..tiles.rows {
             // A y down the four plane rows of the tile row, whole rows...
             let [y0, y1, y2, y3] = runs(padded, 4 * ti * pw, pw, pw);
