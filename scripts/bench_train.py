@@ -269,9 +269,7 @@ def main():
     if args.interleave:
         rounds = {}
         for job in jobs:
-            # A forward at batch 1 takes ~10 ms: a turn of three is mostly the wake-up after the
-            # gap, so forwards take turns of --forward-reps.
-            block = args.block if job[0] == "step" else max(args.block, args.forward_reps)
+            block = turn_length(args, job[0])
             rounds[job] = interleave(measure_commands(*job), args.interleave, block, args.gap, env)
             print(f"interleaved: done {job[0]} {job[1]}px batch {job[2]}", file=sys.stderr, flush=True)
         print_tables(args, jobs, rounds)
@@ -286,6 +284,13 @@ def main():
             print(f"round {r + 1}/{args.rounds}: done {job[0]} {job[1]}px batch {job[2]}",
                   file=sys.stderr, flush=True)
     print_tables(args, jobs, rounds)
+
+
+def turn_length(args, what):
+    """Repetitions per --interleave turn: --block steps; a forward at batch 1 takes ~10 ms, so a
+    turn of three would be mostly the wake-up after the gap, and forwards take turns of
+    --forward-reps (at least --block)."""
+    return args.block if what == "step" else max(args.block, args.forward_reps)
 
 
 def interleave(commands, turns, block, gap, env):
@@ -361,7 +366,7 @@ def print_tables(args, jobs, rounds):
     impl = next(iter(rounds.values()))[0]["torch"]["impl"]
     if args.interleave:
         args.rounds = args.interleave
-        how = (f"{args.interleave} turns of {args.block} steps ({max(args.block, args.forward_reps)} "
+        how = (f"{args.interleave} turns of {args.block} steps ({turn_length(args, 'forward')} "
                f"forwards) back to back for each process, taking turns, {args.gap} s idle before "
                f"each; a turn counts the median of its steps after the first. Times: median turn. "
                f"Ratio: median of the adjacent turns' ratios to torch (interquartile range)")
