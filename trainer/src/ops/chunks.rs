@@ -10,6 +10,7 @@
 //! GEMM still has a wide right-hand side.
 
 use super::im2col::MatRef;
+use super::partials::{sum_range_into, Partials};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
@@ -153,30 +154,32 @@ impl Plan {
     }
 
     /// The weight gradients' driver: each thread group runs `body(scratch, chunk, partial)` for
-    /// its chunks into its own zeroed `len` floats, the groups in parallel; returns the groups'
-    /// partial sums, for [`sum_partials`] or a caller that sums them on its way to another
-    /// layout. No synchronisation inside a layer.
+    /// its chunks into its own `len` floats, the groups in parallel, and the groups' partial
+    /// sums come back for [`Partials::sum`] or a caller that sums them on its way to another
+    /// layout. No synchronisation inside a layer. The floats are stale (recycled buffers):
+    /// `body` must overwrite every one of them on its group's first chunk (`chunk.in_group ==
+    /// 0`) before it accumulates.
     pub(super) fn partials(
         &self,
         len: usize,
         body: impl Fn(&mut Scratch, Chunk, &mut [f32]) + Sync,
-    ) -> Vec<Vec<f32>> {
+    ) -> Partials {
         let groups = self.batch.div_ceil(self.images_per_group);
-        (0..groups)
-            .into_par_iter()
-            .map(|group| {
-                let mut partial = vec![0f32; len];
+        let mut partials = Partials::take(groups, len);
+        partials
+            .groups_mut()
+            .enumerate()
+            .for_each(|(group, partial)| {
                 let images = self
                     .images_per_group
                     .min(self.batch - group * self.images_per_group);
                 Scratch::with(|scratch| {
                     for chunk in self.group_chunks(group, images) {
-                        body(scratch, chunk, &mut partial);
+                        body(scratch, chunk, partial);
                     }
                 });
-                partial
-            })
-            .collect()
+            });
+        partials
     }
 }
 
@@ -265,18 +268,8 @@ pub(super) fn transposed(data: &[f32], cols: usize) -> MatRef<'_> {
     }
 }
 
-/// The sum of [`Plan::partials`]' partial sums, `len` zeros for a batch of none.
-pub(super) fn sum_partials(partials: Vec<Vec<f32>>, len: usize) -> Vec<f32> {
-    let mut partials = partials.into_iter();
-    let mut total = partials.next().unwrap_or_else(|| vec![0f32; len]);
-    for partial in partials {
-        total.iter_mut().zip(&partial).for_each(|(t, p)| *t += *p);
-    }
-    total
-}
-
 /// Whether a weight gradient's GEMM `dW (c_out x inner) = dY X^T` (`inner` = C_in x k x k for
-/// im2col) runs faster as `dW^T = X dY^T`, then [`transpose`]d. gemm's speed depends on which
+/// im2col) runs faster as `dW^T = X dY^T`, then transposed ([`transpose_sum`]). gemm's speed depends on which
 /// operand it packs along its micro-kernel's rows: measured with `--bench conv_algorithms`
 /// (ResNet-18 at 48 px / 64 and 64 px / 32, 2 threads, AVX-512), the transposed product took
 /// the stem's weight gradient from 11-12 to 6.9 ms, layer1's 3x3 (im2col) from 9.6 to 5.4 and
@@ -286,9 +279,10 @@ pub(super) fn weight_grad_transposed(c_out: usize, inner: usize) -> bool {
     c_out <= 256 && inner >= 2 * c_out
 }
 
-/// `src` (rows x cols, row-major) transposed to (cols x rows), in blocks of 32 source rows so
-/// that the scattered writes stay in cache.
-pub(super) fn transpose(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+/// The sum of `parts` (each rows x cols, row-major) transposed to (cols x rows), in blocks of
+/// 32 source columns so that the scattered writes stay in cache: the weight gradients' partial
+/// sums added on their way to the (C_out, inner) layout, in one pass.
+pub(super) fn transpose_sum(parts: &[&[f32]], rows: usize, cols: usize) -> Vec<f32> {
     const BLOCK: usize = 32;
     let mut dst = vec![0f32; rows * cols];
     if rows == 0 || cols == 0 {
@@ -298,9 +292,10 @@ pub(super) fn transpose(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
         .enumerate()
         .for_each(|(block, dst_block)| {
             let (first_col, width) = (block * BLOCK, dst_block.len() / rows);
+            let mut row = [0f32; BLOCK];
             for r in 0..rows {
-                let src_row = &src[r * cols + first_col..r * cols + first_col + width];
-                for (j, &v) in src_row.iter().enumerate() {
+                sum_range_into(parts, r * cols + first_col, &mut row[..width]);
+                for (j, &v) in row[..width].iter().enumerate() {
                     dst_block[j * rows + r] = v;
                 }
             }
@@ -313,18 +308,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn transpose_matches_the_definition_across_partial_blocks() {
+    fn transpose_sum_matches_the_definition_across_partial_blocks() {
         for (rows, cols) in [(37, 70), (1, 33), (64, 147), (5, 1), (0, 4), (3, 0)] {
             let src: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
-            let dst = transpose(&src, rows, cols);
-            assert_eq!(dst.len(), rows * cols);
-            for r in 0..rows {
-                for c in 0..cols {
-                    assert_eq!(
-                        dst[c * rows + r],
-                        src[r * cols + c],
-                        "{rows}x{cols} at ({r}, {c})"
-                    );
+            let other: Vec<f32> = src.iter().map(|v| 0.5 - v * v).collect();
+            for parts in [vec![&src[..]], vec![&src[..], &other[..]]] {
+                let dst = transpose_sum(&parts, rows, cols);
+                assert_eq!(dst.len(), rows * cols);
+                for r in 0..rows {
+                    for c in 0..cols {
+                        let want: f32 = parts.iter().map(|p| p[r * cols + c]).sum();
+                        assert_eq!(dst[c * rows + r], want, "{rows}x{cols} at ({r}, {c})");
+                    }
                 }
             }
         }

@@ -7,7 +7,7 @@
 
 use super::algorithm::Pass;
 use super::chunks::{
-    at_least, chunk_matrix, dense, scatter_chunk, sum_partials, transpose, transposed,
+    at_least, chunk_matrix, dense, scatter_chunk, transpose_sum, transposed,
     weight_grad_transposed, Chunk, Plan, Scratch,
 };
 use super::im2col::{col2im, im2col, sgemm, ConvGeometry};
@@ -255,11 +255,10 @@ pub(super) fn im2col_weight_grad(g: &ConvGeometry, x: &[f32], grad_y: &[f32]) ->
             plan.gemm_parallelism,
         );
     });
-    let total = sum_partials(partials, c_out * rows);
     if transposed_gemm {
-        transpose(&total, rows, c_out)
+        transpose_sum(&partials.parts(), rows, c_out)
     } else {
-        total
+        partials.sum()
     }
 }
 

@@ -9,6 +9,7 @@ mod batch_norm;
 mod chunks;
 mod conv;
 mod im2col;
+mod partials;
 mod pool;
 mod relu;
 mod taps;

@@ -485,6 +485,16 @@ pub(super) fn weight_grad(g: &ConvGeometry, x: &[f32], grad_y: &[f32]) -> Vec<f3
             col, out, gathered, ..
         } = scratch;
         let count = chunk.count;
+        let first_chunk = chunk.in_group == 0;
+        if first_chunk && taps.len() < taps_len {
+            // Taps that never read inside the input get no GEMM; their gradient is zero.
+            let unread = (0..taps_len).filter(|t| !taps.iter().any(|tap| tap.index == *t));
+            for t in unread {
+                for row in grad_w.chunks_exact_mut(taps_len * c_in) {
+                    row[t * c_in..(t + 1) * c_in].fill(0.0);
+                }
+            }
+        }
         let dy = chunk_matrix(grad_y, c_out, plane, chunk, gathered);
         for tap in &taps {
             let n = count * tap.outputs();
@@ -497,7 +507,7 @@ pub(super) fn weight_grad(g: &ConvGeometry, x: &[f32], grad_y: &[f32]) -> Vec<f3
                 n,
                 &mut grad_w[tap.index * c_in..],
                 taps_len * c_in,
-                true,
+                !first_chunk,
                 dense(dy_tap, n),
                 transposed(x_tap, n),
                 plan.gemm_parallelism,
@@ -507,12 +517,13 @@ pub(super) fn weight_grad(g: &ConvGeometry, x: &[f32], grad_y: &[f32]) -> Vec<f3
     // Sum the groups' tap-major partials and lay them out as (C_out, C_in, k*k) in one pass.
     let block = taps_len * c_in;
     let mut grad_w = vec![0f32; c_out * block];
+    let parts = partials.parts();
     if block > 0 {
         grad_w
             .par_chunks_mut(block)
             .enumerate()
             .for_each(|(co, dst)| {
-                for partial in &partials {
+                for partial in &parts {
                     let src = &partial[co * block..(co + 1) * block];
                     for (ci, dst_taps) in dst.chunks_exact_mut(taps_len).enumerate() {
                         for (t, d) in dst_taps.iter_mut().enumerate() {

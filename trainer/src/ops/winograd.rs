@@ -29,8 +29,9 @@ mod f2;
 mod f4;
 
 use super::algorithm::{conv_algorithm, ConvAlgorithm, Pass};
-use super::chunks::{at_least, dense, split_batch, sum_partials, transposed, Plan};
+use super::chunks::{at_least, dense, split_batch, transposed, Plan};
 use super::im2col::{sgemm, ConvGeometry, MatRef};
+use super::partials::sum_range_into;
 use gemm::Parallelism;
 use rayon::prelude::*;
 
@@ -462,14 +463,15 @@ fn weight_grad_with(size: TileSize, g: &ConvGeometry, x: &[f32], grad_y: &[f32])
             );
         }
     });
-    untransform_weight_grad(size, &sum_partials(partials, positions * matrix), matrix)
+    untransform_weight_grad(size, &partials.parts(), matrix)
 }
 
-/// `G^T dU G` for every (C_out, C_in) pair: the matrices `dU_ξ` back to 3x3 filters. Blocks of
-/// pairs run in parallel; each block first gathers its pairs' values from the matrices as
-/// contiguous runs (reading them pair by pair would touch one cache line per position and pair:
-/// 10 ms for 512 x 512 channels with 2x2 tiles, single-threaded, before this).
-fn untransform_weight_grad(size: TileSize, grad_u: &[f32], matrix: usize) -> Vec<f32> {
+/// `G^T dU G` for every (C_out, C_in) pair, `dU` the sum of the thread groups' partial `parts`:
+/// the matrices `dU_ξ` back to 3x3 filters. Blocks of pairs run in parallel; each block first
+/// gathers its pairs' values from the matrices as contiguous runs, summing the parts on the way
+/// (reading them pair by pair would touch one cache line per position and pair: 10 ms for 512 x
+/// 512 channels with 2x2 tiles, single-threaded, before this).
+fn untransform_weight_grad(size: TileSize, parts: &[&[f32]], matrix: usize) -> Vec<f32> {
     const BLOCK: usize = 256;
     const MAX_POSITIONS: usize = 36;
     let (side, positions) = (size.input_side(), size.positions());
@@ -482,8 +484,7 @@ fn untransform_weight_grad(size: TileSize, grad_u: &[f32], matrix: usize) -> Vec
             let pairs = filters.len() / 9;
             let mut gathered = [[0f32; BLOCK]; MAX_POSITIONS];
             for (xi, run) in gathered[..positions].iter_mut().enumerate() {
-                let at = xi * matrix + first;
-                run[..pairs].copy_from_slice(&grad_u[at..at + pairs]);
+                sum_range_into(parts, xi * matrix + first, &mut run[..pairs]);
             }
             for (pair, filter) in filters.chunks_exact_mut(9).enumerate() {
                 let du = |r: usize, c: usize| gathered[r * side + c][pair];
