@@ -10,6 +10,7 @@
 
 use std::sync::{Arc, Mutex};
 
+use super::chunks::par_zeroed;
 use super::conv::contiguous_f32;
 use super::relu::relu_grad;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
@@ -149,24 +150,21 @@ impl CustomOp3 for BatchNormTrain {
             .map(|v| (1.0 / (*v as f64 + self.eps).sqrt()) as f32)
             .collect();
         let relu = self.relu;
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(plane)
-            .zip(x.par_chunks(plane))
-            .enumerate()
-            .for_each(|(p, (out, inp))| {
-                let ch = p % c;
-                let scale = weight[ch] * inv_std[ch];
-                let shift = bias[ch] - mean[ch] * scale;
-                if relu {
-                    for (o, v) in out.iter_mut().zip(inp) {
-                        *o = (v * scale + shift).max(0.0);
-                    }
-                } else {
-                    for (o, v) in out.iter_mut().zip(inp) {
-                        *o = v * scale + shift;
-                    }
+        let y = par_zeroed(x.len(), plane, |p, out| {
+            let inp = &x[p * plane..][..out.len()];
+            let ch = p % c;
+            let scale = weight[ch] * inv_std[ch];
+            let shift = bias[ch] - mean[ch] * scale;
+            if relu {
+                for (o, v) in out.iter_mut().zip(inp) {
+                    *o = (v * scale + shift).max(0.0);
                 }
-            });
+            } else {
+                for (o, v) in out.iter_mut().zip(inp) {
+                    *o = v * scale + shift;
+                }
+            }
+        });
         let mut saved = lock(&self.saved);
         saved.mean = mean;
         saved.var = var;
@@ -294,22 +292,18 @@ impl CustomOp3 for BatchNormInputGrad {
         }
         let plane = h * w;
         let count = (n * plane) as f32;
-        let mut grad_x = vec![0f32; x.len()];
-        grad_x
-            .par_chunks_mut(plane)
-            .enumerate()
-            .for_each(|(p, out)| {
-                let ch = p % c;
-                let base = p * plane;
-                let (mean, inv_std) = (saved.mean[ch], saved.inv_std[ch]);
-                let mean_grad = saved.sum_grad[ch] / count;
-                let mean_grad_xhat = saved.sum_grad_xhat[ch] / count;
-                let scale = weight[ch] * inv_std;
-                for (i, o) in out.iter_mut().enumerate() {
-                    let xhat = (x[base + i] - mean) * inv_std;
-                    *o = scale * (grad_y[base + i] - mean_grad - xhat * mean_grad_xhat);
-                }
-            });
+        let grad_x = par_zeroed(x.len(), plane, |p, out| {
+            let ch = p % c;
+            let base = p * plane;
+            let (mean, inv_std) = (saved.mean[ch], saved.inv_std[ch]);
+            let mean_grad = saved.sum_grad[ch] / count;
+            let mean_grad_xhat = saved.sum_grad_xhat[ch] / count;
+            let scale = weight[ch] * inv_std;
+            for (i, o) in out.iter_mut().enumerate() {
+                let xhat = (x[base + i] - mean) * inv_std;
+                *o = scale * (grad_y[base + i] - mean_grad - xhat * mean_grad_xhat);
+            }
+        });
         Ok((CpuStorage::F32(grad_x), Shape::from((n, c, h, w))))
     }
 }

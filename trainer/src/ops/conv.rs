@@ -128,8 +128,7 @@ pub(super) fn im2col_forward(g: &ConvGeometry, x: &[f32], w: &[f32]) -> Vec<f32>
     let plan = im2col_plan(g);
     let (rows, plane, c_out) = (g.col_rows(), g.out_plane(), g.c_out);
     let out_image = c_out * plane;
-    let mut y = vec![0f32; g.batch * out_image];
-    plan.for_each_chunk(&mut y, out_image, |scratch, chunk, y_group| {
+    plan.output(out_image, |scratch, chunk, y_group| {
         let Scratch {
             col, out, padded, ..
         } = scratch;
@@ -156,8 +155,7 @@ pub(super) fn im2col_forward(g: &ConvGeometry, x: &[f32], w: &[f32]) -> Vec<f32>
         if !direct {
             scatter_chunk(out, c_out, plane, chunk.in_group, chunk.count, y_group);
         }
-    });
-    y
+    })
 }
 
 /// dL/dx, by the kernel that pays (`kernel`); im2col's is `col2im(w^T * dL/dy)`.
@@ -174,8 +172,7 @@ pub(super) fn im2col_input_grad(g: &ConvGeometry, grad_y: &[f32], w: &[f32]) -> 
     let plan = im2col_plan(g);
     let (rows, plane, c_out) = (g.col_rows(), g.out_plane(), g.c_out);
     let in_image = g.c_in * g.in_plane();
-    let mut grad_x = vec![0f32; g.batch * in_image];
-    plan.for_each_chunk(&mut grad_x, in_image, |scratch, chunk, gx_group| {
+    plan.output(in_image, |scratch, chunk, gx_group| {
         let Scratch {
             col,
             gathered,
@@ -208,8 +205,7 @@ pub(super) fn im2col_input_grad(g: &ConvGeometry, grad_y: &[f32], w: &[f32]) -> 
                 col2im(g, col, width, b * plane, dst, padded);
             }
         }
-    });
-    grad_x
+    })
 }
 
 /// dL/dw = sum over images of dL/dy * im2col(x)^T; each thread group sums its own images, the

@@ -3,13 +3,18 @@
 //! (row-major scan order, as PyTorch does), found again from the input and the forward's output
 //! instead of stored.
 
+use super::chunks::par_zeroed;
 use super::conv::contiguous_f32;
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 
 const KERNEL: usize = 3;
 const STRIDE: usize = 2;
 const PADDING: usize = 1;
+
+thread_local! {
+    /// [`pool_plane`]'s row buffer, kept by each thread between planes and calls.
+    static ROW_MAX: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
 
 /// Output size of the pool along one axis.
 pub fn pooled_len(len: usize) -> usize {
@@ -92,12 +97,11 @@ impl CustomOp1 for MaxPool3x3S2P1 {
         }
         let x = contiguous_f32("max pool input", storage, layout)?;
         let (oh, ow) = (pooled_len(h), pooled_len(w));
-        let mut y = vec![0f32; n * c * oh * ow];
-        y.par_chunks_mut(oh * ow)
-            .zip(x.par_chunks(h * w))
-            .for_each_init(Vec::new, |row_max, (out, plane)| {
-                pool_plane(plane, h, w, out, row_max)
-            });
+        let y = par_zeroed(n * c * oh * ow, oh * ow, |p, out| {
+            ROW_MAX.with_borrow_mut(|row_max| {
+                pool_plane(&x[p * h * w..(p + 1) * h * w], h, w, out, row_max)
+            })
+        });
         Ok((CpuStorage::F32(y), Shape::from((n, c, oh, ow))))
     }
 
@@ -142,19 +146,16 @@ impl CustomOp3 for MaxPoolGrad {
         let x = contiguous_f32("max pool input", s1, l1)?;
         let y = contiguous_f32("max pool output", s2, l2)?;
         let grad_y = contiguous_f32("max pool output gradient", s3, l3)?;
-        let mut grad_x = vec![0f32; n * c * h * w];
-        let planes = x.par_chunks(h * w).zip(y.par_chunks(oh * ow));
-        grad_x
-            .par_chunks_mut(h * w)
-            .zip(planes.zip(grad_y.par_chunks(oh * ow)))
-            .for_each(|(gx, ((plane, maxima), gy))| {
-                for i in 0..oh {
-                    for j in 0..ow {
-                        let at = first_argmax(plane, w, (i, j), h, maxima[i * ow + j]);
-                        gx[at] += gy[i * ow + j];
-                    }
+        let grad_x = par_zeroed(n * c * h * w, h * w, |p, gx| {
+            let plane = &x[p * h * w..(p + 1) * h * w];
+            let (maxima, gy) = (&y[p * oh * ow..], &grad_y[p * oh * ow..]);
+            for i in 0..oh {
+                for j in 0..ow {
+                    let at = first_argmax(plane, w, (i, j), h, maxima[i * ow + j]);
+                    gx[at] += gy[i * ow + j];
                 }
-            });
+            }
+        });
         Ok((CpuStorage::F32(grad_x), Shape::from((n, c, h, w))))
     }
 }

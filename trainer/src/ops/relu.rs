@@ -7,9 +7,9 @@
 //! masking pass. The mask is PyTorch's (`threshold_backward`): the gradient flows where the
 //! output is positive.
 
+use super::chunks::par_zeroed;
 use super::conv::contiguous_f32;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 
 /// Values per rayon task.
 const CHUNK: usize = 1 << 14;
@@ -33,14 +33,12 @@ fn zip_map(
     }
     let a = contiguous_f32(what[0], s1, l1)?;
     let b = contiguous_f32(what[1], s2, l2)?;
-    let mut out = vec![0f32; a.len()];
-    out.par_chunks_mut(CHUNK)
-        .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
-        .for_each(|(out, (a, b))| {
-            for ((o, &a), &b) in out.iter_mut().zip(a).zip(b) {
-                *o = f(a, b);
-            }
-        });
+    let out = par_zeroed(a.len(), CHUNK, |i, out| {
+        let (a, b) = (&a[i * CHUNK..], &b[i * CHUNK..]);
+        for ((o, &a), &b) in out.iter_mut().zip(a).zip(b) {
+            *o = f(a, b);
+        }
+    });
     Ok((CpuStorage::F32(out), l1.shape().clone()))
 }
 

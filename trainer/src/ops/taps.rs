@@ -24,7 +24,8 @@ use std::ops::Range;
 
 use super::algorithm::{conv_algorithm, ConvAlgorithm, Pass};
 use super::chunks::{
-    at_least, chunk_matrix, dense, scatter_chunk, split_batch, transposed, Plan, Scratch,
+    at_least, chunk_matrix, dense, par_zeroed, scatter_chunk, split_batch, transposed, Plan,
+    Scratch,
 };
 use super::im2col::{copy_short, sgemm, sgemm_rows, ConvGeometry, MatRef};
 use gemm::Parallelism;
@@ -390,10 +391,9 @@ fn scatter_tap_input(g: &ConvGeometry, tap: &Tap, part: &[f32], count: usize, im
 pub(super) fn forward(g: &ConvGeometry, x: &[f32], w: &[f32]) -> Vec<f32> {
     let (plane, c_in, c_out) = (g.out_plane(), g.c_in, g.c_out);
     let out_image = c_out * plane;
-    let mut y = vec![0f32; g.batch * out_image];
     let (taps, plan) = (taps(g), plan(g));
     with_tap_weights(g, &taps, w, |w_taps| {
-        plan.for_each_chunk(&mut y, out_image, |scratch, chunk, y_group| {
+        plan.output(out_image, |scratch, chunk, y_group| {
             let Scratch {
                 col, out, gathered, ..
             } = scratch;
@@ -423,9 +423,8 @@ pub(super) fn forward(g: &ConvGeometry, x: &[f32], w: &[f32]) -> Vec<f32> {
                 }
             }
             scatter_chunk(outputs, c_out, plane, chunk.in_group, count, y_group);
-        });
-    });
-    y
+        })
+    })
 }
 
 /// A chunk's output gradient `dy` (C_out, count * plane) cut to a tap's rectangle, in `cut`
@@ -449,13 +448,12 @@ fn tap_output_grad<'a>(
 pub(super) fn input_grad(g: &ConvGeometry, grad_y: &[f32], w: &[f32]) -> Vec<f32> {
     let (plane, c_in, c_out) = (g.out_plane(), g.c_in, g.c_out);
     let in_image = c_in * g.in_plane();
-    let mut grad_x = vec![0f32; g.batch * in_image];
     if plane == 0 {
-        return grad_x;
+        return vec![0f32; g.batch * in_image];
     }
     let (taps, plan) = (taps(g), plan(g));
     with_tap_weights(g, &taps, w, |w_taps| {
-        plan.for_each_chunk(&mut grad_x, in_image, |scratch, chunk, gx_group| {
+        plan.output(in_image, |scratch, chunk, gx_group| {
             let Scratch {
                 col, out, gathered, ..
             } = scratch;
@@ -471,9 +469,8 @@ pub(super) fn input_grad(g: &ConvGeometry, grad_y: &[f32], w: &[f32]) -> Vec<f32
                 sgemm(c_in, n, c_out, part, false, lhs, rhs, plan.gemm_parallelism);
                 scatter_tap_input(g, tap, part, count, dx_images);
             }
-        });
-    });
-    grad_x
+        })
+    })
 }
 
 /// dL/dw by taps: each thread group sums its images' `dy[R_t] X_t^T` into tap-major partials.
@@ -516,24 +513,20 @@ pub(super) fn weight_grad(g: &ConvGeometry, x: &[f32], grad_y: &[f32]) -> Vec<f3
     });
     // Sum the groups' tap-major partials and lay them out as (C_out, C_in, k*k) in one pass.
     let block = taps_len * c_in;
-    let mut grad_w = vec![0f32; c_out * block];
     let parts = partials.parts();
-    if block > 0 {
-        grad_w
-            .par_chunks_mut(block)
-            .enumerate()
-            .for_each(|(co, dst)| {
-                for partial in &parts {
-                    let src = &partial[co * block..(co + 1) * block];
-                    for (ci, dst_taps) in dst.chunks_exact_mut(taps_len).enumerate() {
-                        for (t, d) in dst_taps.iter_mut().enumerate() {
-                            *d += src[t * c_in + ci];
-                        }
-                    }
-                }
-            });
+    if block == 0 {
+        return Vec::new();
     }
-    grad_w
+    par_zeroed(c_out * block, block, |co, dst| {
+        for partial in &parts {
+            let src = &partial[co * block..(co + 1) * block];
+            for (ci, dst_taps) in dst.chunks_exact_mut(taps_len).enumerate() {
+                for (t, d) in dst_taps.iter_mut().enumerate() {
+                    *d += src[t * c_in + ci];
+                }
+            }
+        }
+    })
 }
 
 #[cfg(test)]

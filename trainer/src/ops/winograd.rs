@@ -29,11 +29,10 @@ mod f2;
 mod f4;
 
 use super::algorithm::{conv_algorithm, ConvAlgorithm, Pass};
-use super::chunks::{at_least, dense, split_batch, transposed, Plan};
+use super::chunks::{at_least, dense, par_zeroed, split_batch, transposed, Plan};
 use super::im2col::{sgemm, ConvGeometry, MatRef};
 use super::partials::sum_range_into;
 use gemm::Parallelism;
-use rayon::prelude::*;
 
 /// Aim for at least this many tiles (GEMM columns) per chunk of images (within chunks.rs's
 /// memory bound on a chunk)...
@@ -300,10 +299,10 @@ impl TransformedWeights {
             (c_out, c_in)
         };
         let (side, positions) = (size.input_side(), size.positions());
-        let mut u = vec![0f32; rows * positions * row_len];
-        u.par_chunks_mut(positions * row_len)
-            .enumerate()
-            .for_each(|(row, u_row)| {
+        let u = par_zeroed(
+            rows * positions * row_len,
+            positions * row_len,
+            |row, u_row| {
                 for col in 0..row_len {
                     let (co, ci) = if adjoint { (col, row) } else { (row, col) };
                     let k: &[f32; 9] = w[(co * c_in + ci) * 9..(co * c_in + ci + 1) * 9]
@@ -326,7 +325,8 @@ impl TransformedWeights {
                         }
                     }
                 }
-            });
+            },
+        );
         Self {
             u,
             rows,
@@ -355,9 +355,7 @@ pub fn forward(g: &ConvGeometry, x: &[f32], w: &[f32]) -> Vec<f32> {
 /// [`forward`] with the given output tile.
 fn forward_with(size: TileSize, g: &ConvGeometry, x: &[f32], w: &[f32]) -> Vec<f32> {
     let u = TransformedWeights::new(w, (g.c_out, g.c_in), false, size);
-    let mut y = vec![0f32; g.batch * g.c_out * g.out_plane()];
-    run_forward(size, g, x, &u, &mut y);
-    y
+    run_forward(size, g, x, &u)
 }
 
 /// dL/dx for a 3x3 stride-1 convolution: the forward pass over dL/dy with the adjoint filters.
@@ -380,17 +378,15 @@ fn input_grad_with(size: TileSize, g: &ConvGeometry, grad_y: &[f32], w: &[f32]) 
         out_w: g.w,
     };
     let u = TransformedWeights::new(w, (g.c_out, g.c_in), true, size);
-    let mut grad_x = vec![0f32; g.batch * g.c_in * g.in_plane()];
-    run_forward(size, &adjoint, grad_y, &u, &mut grad_x);
-    grad_x
+    run_forward(size, &adjoint, grad_y, &u)
 }
 
-fn run_forward(size: TileSize, g: &ConvGeometry, x: &[f32], u: &TransformedWeights, y: &mut [f32]) {
+fn run_forward(size: TileSize, g: &ConvGeometry, x: &[f32], u: &TransformedWeights) -> Vec<f32> {
     let tiles = Tiles::new(g, size);
     let (per_image, positions) = (tiles.per_image(), size.positions());
     let plan = chunk_plan(g, size, per_image);
     let (in_image, out_image) = (g.c_in * g.in_plane(), g.c_out * g.out_plane());
-    plan.for_each_chunk(y, out_image, |scratch, chunk, y_group| {
+    plan.output(out_image, |scratch, chunk, y_group| {
         let columns = chunk.count * per_image;
         let v = at_least(&mut scratch.col, positions * g.c_in * columns);
         for b in 0..chunk.count {
@@ -421,7 +417,7 @@ fn run_forward(size: TileSize, g: &ConvGeometry, x: &[f32], u: &TransformedWeigh
             let at = (columns, b * per_image);
             size.transform_output(g, &tiles, m, at, dst, &mut scratch.gathered);
         }
-    });
+    })
 }
 
 /// dL/dw for a 3x3 stride-1 convolution: each thread group sums `dU` over its images, the
@@ -475,34 +471,29 @@ fn untransform_weight_grad(size: TileSize, parts: &[&[f32]], matrix: usize) -> V
     const BLOCK: usize = 256;
     const MAX_POSITIONS: usize = 36;
     let (side, positions) = (size.input_side(), size.positions());
-    let mut grad_w = vec![0f32; matrix * 9];
-    grad_w
-        .par_chunks_mut(9 * BLOCK)
-        .enumerate()
-        .for_each(|(block, filters)| {
-            let first = block * BLOCK;
-            let pairs = filters.len() / 9;
-            let mut gathered = [[0f32; BLOCK]; MAX_POSITIONS];
-            for (xi, run) in gathered[..positions].iter_mut().enumerate() {
-                sum_range_into(parts, xi * matrix + first, &mut run[..pairs]);
+    par_zeroed(matrix * 9, 9 * BLOCK, |block, filters| {
+        let first = block * BLOCK;
+        let pairs = filters.len() / 9;
+        let mut gathered = [[0f32; BLOCK]; MAX_POSITIONS];
+        for (xi, run) in gathered[..positions].iter_mut().enumerate() {
+            sum_range_into(parts, xi * matrix + first, &mut run[..pairs]);
+        }
+        for (pair, filter) in filters.chunks_exact_mut(9).enumerate() {
+            let du = |r: usize, c: usize| gathered[r * side + c][pair];
+            // Columns first: G^T on each column of dU (side x side -> 3 x side), then on
+            // each row.
+            let mut columns = [[0f32; 3]; 6];
+            for (c, column) in columns[..side].iter_mut().enumerate() {
+                let values: [f32; 6] =
+                    std::array::from_fn(|r| if r < side { du(r, c) } else { 0.0 });
+                *column = size.filter_back(&values[..side]);
             }
-            for (pair, filter) in filters.chunks_exact_mut(9).enumerate() {
-                let du = |r: usize, c: usize| gathered[r * side + c][pair];
-                // Columns first: G^T on each column of dU (side x side -> 3 x side), then on
-                // each row.
-                let mut columns = [[0f32; 3]; 6];
-                for (c, column) in columns[..side].iter_mut().enumerate() {
-                    let values: [f32; 6] =
-                        std::array::from_fn(|r| if r < side { du(r, c) } else { 0.0 });
-                    *column = size.filter_back(&values[..side]);
-                }
-                for (r, out) in filter.chunks_exact_mut(3).enumerate() {
-                    let row: [f32; 6] = std::array::from_fn(|c| columns[c][r]);
-                    out.copy_from_slice(&size.filter_back(&row[..side]));
-                }
+            for (r, out) in filter.chunks_exact_mut(3).enumerate() {
+                let row: [f32; 6] = std::array::from_fn(|c| columns[c][r]);
+                out.copy_from_slice(&size.filter_back(&row[..side]));
             }
-        });
-    grad_w
+        }
+    })
 }
 
 #[cfg(test)]
