@@ -172,10 +172,8 @@ impl Plan {
         body: impl Fn(&mut Scratch, Chunk, &mut [f32]) + Sync,
     ) -> Vec<f32> {
         let group_len = self.images_per_group * per_image;
+        // With `per_image == 0` the output is empty and no task runs.
         par_zeroed(self.batch * per_image, group_len, |group, group_out| {
-            if per_image == 0 {
-                return;
-            }
             Scratch::with(|scratch| {
                 for chunk in self.group_chunks(group, group_out.len() / per_image) {
                     body(scratch, chunk, group_out);
@@ -300,12 +298,13 @@ pub(super) fn transposed(data: &[f32], cols: usize) -> MatRef<'_> {
 }
 
 /// Whether a weight gradient's GEMM `dW (c_out x inner) = dY X^T` (`inner` = C_in x k x k for
-/// im2col) runs faster as `dW^T = X dY^T`, then transposed ([`transpose_sum`]). gemm's speed depends on which
-/// operand it packs along its micro-kernel's rows: measured with `--bench conv_algorithms`
-/// (ResNet-18 at 48 px / 64 and 64 px / 32, 2 threads, AVX-512), the transposed product took
-/// the stem's weight gradient from 11-12 to 6.9 ms, layer1's 3x3 (im2col) from 9.6 to 5.4 and
-/// layer3's from 5.3-6.2 to 4.5-4.8, but layer4's (512 output channels) from 6.2-11.3 to
-/// 13.1-16.7; the 1x1 shortcuts (inner < c_out) moved both ways within noise.
+/// im2col) runs faster as `dW^T = X dY^T`, then transposed ([`transpose_sum`]). gemm's speed
+/// depends on which operand it packs along its micro-kernel's rows: measured with `--bench
+/// conv_algorithms` (ResNet-18 at 48 px / 64 and 64 px / 32, 2 threads, AVX-512), the
+/// transposed product took the stem's weight gradient from 11-12 to 6.9 ms, layer1's 3x3
+/// (im2col) from 9.6 to 5.4 and layer3's from 5.3-6.2 to 4.5-4.8, but layer4's (512 output
+/// channels) from 6.2-11.3 to 13.1-16.7; the 1x1 shortcuts (inner < c_out) moved both ways
+/// within noise.
 pub(super) fn weight_grad_transposed(c_out: usize, inner: usize) -> bool {
     c_out <= 256 && inner >= 2 * c_out
 }
