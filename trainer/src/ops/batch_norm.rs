@@ -60,20 +60,40 @@ fn per_channel_sums(
         .collect()
 }
 
-/// `(sum of x, sum of (x - shift)^2)`, in [`LANES`] chains.
-fn sum_and_squares(x: &[f32], shift: f32) -> (f32, f32) {
+/// Each channel's mean and biased variance over an (N, C, plane) buffer in one read: the sums
+/// of `d = x - s` and `d^2`, `s` the channel's first value, so `var = E[d^2] - E[d]^2`. A
+/// sample of the channel lies within a few standard deviations of its mean, so the subtraction
+/// loses a few bits at most, where E[x^2] - E[x]^2 loses them all to a large offset (and `d` is
+/// exact when `x` and `s` are within a factor of two). Two passes (mean, then squares about
+/// it) read every BatchNorm input twice.
+fn channel_mean_and_var(x: &[f32], n: usize, c: usize, plane: usize) -> (Vec<f32>, Vec<f32>) {
+    let count = (n * plane) as f64;
+    let first = |ch: usize| x[ch * plane];
+    let sums = per_channel_sums(n, c, plane, |r, ch| shifted_sums(&x[r], first(ch)));
+    sums.into_iter()
+        .enumerate()
+        .map(|(ch, (d, d2))| {
+            let mean_d = d / count;
+            let var = (d2 / count - mean_d * mean_d).max(0.0);
+            ((first(ch) as f64 + mean_d) as f32, var as f32)
+        })
+        .unzip()
+}
+
+/// `(sum of (x - shift), sum of (x - shift)^2)`, in [`LANES`] chains.
+fn shifted_sums(x: &[f32], shift: f32) -> (f32, f32) {
     let (mut sum, mut squares) = ([0f32; LANES], [0f32; LANES]);
     let mut chunks = x.chunks_exact(LANES);
     for chunk in &mut chunks {
         for l in 0..LANES {
             let d = chunk[l] - shift;
-            sum[l] += chunk[l];
+            sum[l] += d;
             squares[l] += d * d;
         }
     }
     let (mut s, mut q) = (sum.iter().sum::<f32>(), squares.iter().sum::<f32>());
     for &v in chunks.remainder() {
-        s += v;
+        s += v - shift;
         q += (v - shift) * (v - shift);
     }
     (s, q)
@@ -135,16 +155,7 @@ impl CustomOp3 for BatchNormTrain {
         if count < 2.0 {
             candle_core::bail!("batch norm in train mode needs more than one value per channel, input is {n}x{c}x{h}x{w}");
         }
-        // Two passes (mean, then squares about it): one pass's E[x^2] - E[x]^2 cancels badly.
-        // The first pass's squares are about 0 and unused.
-        let mean: Vec<f32> = per_channel_sums(n, c, plane, |r, _| sum_and_squares(&x[r], 0.0))
-            .into_iter()
-            .map(|(s, _)| (s / count) as f32)
-            .collect();
-        let var: Vec<f32> = per_channel_sums(n, c, plane, |r, ch| sum_and_squares(&x[r], mean[ch]))
-            .into_iter()
-            .map(|(_, q)| (q / count) as f32)
-            .collect();
+        let (mean, var) = channel_mean_and_var(x, n, c, plane);
         let inv_std: Vec<f32> = var
             .iter()
             .map(|v| (1.0 / (*v as f64 + self.eps).sqrt()) as f32)
@@ -299,9 +310,10 @@ impl CustomOp3 for BatchNormInputGrad {
             let mean_grad = saved.sum_grad[ch] / count;
             let mean_grad_xhat = saved.sum_grad_xhat[ch] / count;
             let scale = weight[ch] * inv_std;
-            for (i, o) in out.iter_mut().enumerate() {
-                let xhat = (x[base + i] - mean) * inv_std;
-                *o = scale * (grad_y[base + i] - mean_grad - xhat * mean_grad_xhat);
+            let (x, grad_y) = (&x[base..][..out.len()], &grad_y[base..][..out.len()]);
+            for ((o, &x), &dy) in out.iter_mut().zip(x).zip(grad_y) {
+                let xhat = (x - mean) * inv_std;
+                *o = scale * (dy - mean_grad - xhat * mean_grad_xhat);
             }
         });
         Ok((CpuStorage::F32(grad_x), Shape::from((n, c, h, w))))

@@ -322,6 +322,49 @@ fn batch_norm_train_matches_candle_ops_forward_and_backward() -> Result<()> {
     Ok(())
 }
 
+/// The statistics where E[x^2] - E[x]^2 in f32 would lose every digit: an offset of 1000 and a
+/// spread of 0.01, against the same f32 values' statistics in f64, with the channel's first
+/// value an outlier (five spreads out) in one channel.
+#[test]
+fn batch_norm_statistics_survive_a_large_offset() -> Result<()> {
+    let (n, c, h, w) = (6usize, 3usize, 5usize, 7usize);
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let mut values: Vec<f32> = random(&mut rng, (n, c, h, w))?
+        .affine(0.01, 1000.0)?
+        .flatten_all()?
+        .to_vec1()?;
+    values[h * w] = 1000.05;
+    let x = Tensor::from_vec(values.clone(), (n, c, h, w), &Device::Cpu)?;
+    let ones = Tensor::ones(c, DType::F32, &Device::Cpu)?;
+    let zeros = Tensor::zeros(c, DType::F32, &Device::Cpu)?;
+    let (_, mean, var) = batch_norm_train(&x, &ones, &zeros, 1e-5, false)?;
+    let (mean, var) = (mean.to_vec1::<f32>()?, var.to_vec1::<f32>()?);
+    for ch in 0..c {
+        let channel: Vec<f64> = (0..n)
+            .flat_map(|b| &values[(b * c + ch) * h * w..(b * c + ch + 1) * h * w])
+            .map(|v| *v as f64)
+            .collect();
+        let want_mean = channel.iter().sum::<f64>() / channel.len() as f64;
+        let want_var = channel
+            .iter()
+            .map(|v| (v - want_mean) * (v - want_mean))
+            .sum::<f64>()
+            / channel.len() as f64;
+        assert!(
+            (mean[ch] as f64 - want_mean).abs() < 1e-4,
+            "channel {ch} mean {} vs {want_mean}",
+            mean[ch]
+        );
+        let relative = (var[ch] as f64 - want_var).abs() / want_var;
+        assert!(
+            relative < 1e-4,
+            "channel {ch} var {} vs {want_var}",
+            var[ch]
+        );
+    }
+    Ok(())
+}
+
 #[test]
 fn add_relu_matches_candle_ops_forward_and_backward() -> Result<()> {
     let mut rng = ChaCha8Rng::seed_from_u64(10);
