@@ -13,6 +13,8 @@ use std::sync::Mutex;
 
 use rayon::prelude::*;
 
+use super::chunks::par_zeroed;
+
 /// Buffers back from finished weight gradients. A step runs one convolution at a time, so this
 /// holds about one buffer per thread group, each as long as the longest gradient seen.
 static POOL: Mutex<Vec<Vec<f32>>> = Mutex::new(Vec::new());
@@ -69,34 +71,24 @@ impl Partials {
         let len = self.len;
         match self.buffers.len() {
             0 => vec![0f32; len],
-            // The only partial is the sum: hand it over instead of copying it.
-            1 => {
+            // The only partial is the sum: hand it over instead of copying it, unless it is a
+            // recycled buffer much longer than this gradient (a small gradient would then hold
+            // a large allocation for as long as candle keeps it).
+            1 if self.buffers[0].capacity() <= 2 * len => {
                 let mut total = std::mem::take(&mut self.buffers[0]);
                 total.truncate(len);
                 total
             }
             _ => {
                 let parts = self.parts();
-                let mut total = Vec::with_capacity(len);
-                total.spare_capacity_mut()[..len]
-                    .par_chunks_mut(SUM_CHUNK)
-                    .enumerate()
-                    .for_each(|(i, dst)| {
-                        let at = i * SUM_CHUNK;
-                        let (first, second) = (&parts[0][at..], &parts[1][at..]);
-                        for ((d, a), b) in dst.iter_mut().zip(first).zip(second) {
-                            d.write(a + b);
+                par_zeroed(len, SUM_CHUNK, |i, total| {
+                    let at = i * SUM_CHUNK;
+                    for part in &parts {
+                        for (t, p) in total.iter_mut().zip(&part[at..]) {
+                            *t += *p;
                         }
-                    });
-                // SAFETY: the chunks above cover the first `len` floats and wrote every one.
-                unsafe { total.set_len(len) };
-                for part in &parts[2..] {
-                    total
-                        .par_chunks_mut(SUM_CHUNK)
-                        .zip(part.par_chunks(SUM_CHUNK))
-                        .for_each(|(t, p)| t.iter_mut().zip(p).for_each(|(t, p)| *t += *p));
-                }
-                total
+                    }
+                })
             }
         }
     }
