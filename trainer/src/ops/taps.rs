@@ -514,9 +514,6 @@ pub(super) fn weight_grad(g: &ConvGeometry, x: &[f32], grad_y: &[f32]) -> Vec<f3
     // Sum the groups' tap-major partials and lay them out as (C_out, C_in, k*k) in one pass.
     let block = taps_len * c_in;
     let parts = partials.parts();
-    if block == 0 {
-        return Vec::new();
-    }
     par_zeroed(c_out * block, block, |co, dst| {
         for partial in &parts {
             let src = &partial[co * block..(co + 1) * block];
