@@ -83,10 +83,22 @@ impl Partials {
                 let parts = self.parts();
                 par_zeroed(len, SUM_CHUNK, |i, total| {
                     let at = i * SUM_CHUNK;
-                    for part in &parts {
-                        for (t, p) in total.iter_mut().zip(&part[at..]) {
-                            *t += *p;
+                    match parts.as_slice() {
+                        // One oversized partial (see above): copied out.
+                        [only] => total.copy_from_slice(&only[at..at + total.len()]),
+                        // The first two in one pass (a pass per part was slower, 5ccf6ee).
+                        [first, second, rest @ ..] => {
+                            let pairs = first[at..].iter().zip(&second[at..]);
+                            for (t, (a, b)) in total.iter_mut().zip(pairs) {
+                                *t = a + b;
+                            }
+                            for part in rest {
+                                for (t, p) in total.iter_mut().zip(&part[at..]) {
+                                    *t += *p;
+                                }
+                            }
                         }
+                        [] => {}
                     }
                 })
             }
