@@ -77,36 +77,25 @@ impl Partials {
                 total.truncate(len);
                 total
             }
+            1 => self.buffers[0][..len].to_vec(),
             _ => {
                 let parts = self.parts();
                 let mut total = Vec::with_capacity(len);
+                // The first two in one pass, straight into the uninitialised floats: zeroing
+                // them first (`par_zeroed`) and adding each part in a pass of its own made
+                // layer4's weight gradient ~5-25 % slower (5ccf6ee).
                 total.spare_capacity_mut()[..len]
                     .par_chunks_mut(SUM_CHUNK)
                     .enumerate()
                     .for_each(|(i, dst)| {
                         let at = i * SUM_CHUNK;
-                        match parts.as_slice() {
-                            // One oversized partial (see above): copied out.
-                            [only] => {
-                                for (d, v) in dst.iter_mut().zip(&only[at..]) {
-                                    d.write(*v);
-                                }
-                            }
-                            // The first two in one pass, straight into the uninitialised
-                            // floats: zeroing them first (`par_zeroed`) and adding each part
-                            // in a pass of its own made layer4's weight gradient ~5-25 %
-                            // slower (5ccf6ee).
-                            [first, second, ..] => {
-                                let pairs = first[at..].iter().zip(&second[at..]);
-                                for (d, (a, b)) in dst.iter_mut().zip(pairs) {
-                                    d.write(a + b);
-                                }
-                            }
-                            [] => unreachable!("two or more groups here"),
+                        let pairs = parts[0][at..].iter().zip(&parts[1][at..]);
+                        for (d, (a, b)) in dst.iter_mut().zip(pairs) {
+                            d.write(a + b);
                         }
                     });
                 // SAFETY: the chunks above cover the first `len` floats and each wrote all of
-                // its floats (every part holds `len`, so the zips end with the chunk).
+                // its floats (both parts hold `len`, so the zips end with the chunk).
                 unsafe { total.set_len(len) };
                 for part in parts.iter().skip(2) {
                     total
