@@ -75,3 +75,7 @@ for name in sorted(os.listdir(root)):
         ips = [r["labeled_images_per_s"] for r in train[1:]]
         print(f"{name:16s} last step {train[-1]['step']}  labeled images/s {sum(ips)/len(ips):.1f}")
 PY
+# The paired comparison (each Meta run against its SL control), as in docs/RESULTS_META.md.
+compare=()
+for seed in $seeds; do compare+=(--pair "$runs/sl10-ft-s$seed" "$runs/meta10-ft-s$seed"); done
+python3 "$here/../tools/compare_runs.py" "${compare[@]}" || true

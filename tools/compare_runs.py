@@ -1,0 +1,127 @@
+#!/usr/bin/env python3
+"""Compares paired training runs (an SL control and a Meta-Face2Exp run per seed) from their logs.
+
+Each pair is two run folders written by `face2exp train` that started from the same weights
+with the same seed, schedule and labeled batches. Reads every run's metrics.jsonl (evaluation
+records: `kind` "eval", `net` "base" or "adaptation") and prints, as Markdown tables:
+
+  1. every evaluation of both runs of each pair: overall / mean / std of per-class accuracy on
+     the validation set (the paper's metrics) and the Meta run minus its control;
+  2. per evaluation step, the paired differences averaged over the pairs, and on how many pairs
+     the Meta run had the higher mean class accuracy and the lower std (the paper's claim);
+  3. the Meta runs' feedback statistics over their logged steps: f's mean, the share of logged
+     windows with positive f, the confidence mask rate and the labeled images per second.
+
+The paper's claim holds on a pair at a step when Meta's mean class accuracy is higher and its
+std lower than the control's; nothing here decides significance, it only lays the numbers out.
+
+Usage: compare_runs.py --pair SL_DIR META_DIR [--pair SL_DIR META_DIR ...] [--net base]
+Only the Python standard library.
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+
+
+def read_records(run_dir):
+    path = os.path.join(run_dir, "metrics.jsonl")
+    try:
+        with open(path) as f:
+            lines = [line for line in f if line.strip()]
+    except OSError as e:
+        sys.exit(f"{path}: cannot read ({e.strerror})")
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            # A run killed mid-write leaves a torn last line; anything else is a broken log.
+            if number == len(lines):
+                print(f"{path}: line {number} is incomplete, ignored", file=sys.stderr)
+            else:
+                sys.exit(f"{path}: line {number} is not JSON ({e.msg})")
+    return records
+
+
+def evaluations(records, net):
+    """The evaluation records of one network, by step (a resumed run's later record wins)."""
+    found = {}
+    for r in records:
+        if r.get("kind") == "eval" and r.get("net", "base") == net:
+            found[r["step"]] = r
+    return found
+
+
+def triple(record):
+    return tuple(100.0 * record[k] for k in ("overall_acc", "mean_class_acc", "std_class_acc"))
+
+
+def fmt(values):
+    return " / ".join(f"{v:.2f}" for v in values)
+
+
+def signed(values):
+    return " / ".join(f"{v:+.2f}" for v in values)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--pair", nargs=2, action="append", required=True,
+                        metavar=("SL_DIR", "META_DIR"), help="a control run and its Meta run")
+    parser.add_argument("--net", default="base",
+                        help="which of the Meta run's networks to compare (base or adaptation)")
+    args = parser.parse_args()
+
+    pairs = []
+    for sl_dir, meta_dir in args.pair:
+        sl = evaluations(read_records(sl_dir), "base")
+        meta_records = read_records(meta_dir)
+        meta = evaluations(meta_records, args.net)
+        steps = sorted(set(sl) & set(meta))
+        if not steps:
+            sys.exit(f"{sl_dir} and {meta_dir}: no evaluation step in common")
+        pairs.append((sl_dir, meta_dir, sl, meta, steps, meta_records))
+
+    print("| pair | step | SL overall / mean / std | Meta overall / mean / std | Meta - SL |")
+    print("|---|---|---|---|---|")
+    deltas = {}
+    for sl_dir, meta_dir, sl, meta, steps, _ in pairs:
+        name = os.path.basename(os.path.normpath(meta_dir))
+        for step in steps:
+            a, b = triple(sl[step]), triple(meta[step])
+            d = tuple(y - x for x, y in zip(a, b))
+            deltas.setdefault(step, []).append(d)
+            print(f"| {name} | {step} | {fmt(a)} | {fmt(b)} | {signed(d)} |")
+
+    print()
+    print("| step | pairs | mean of Meta - SL (overall / mean / std) |"
+          " pairs with higher mean | with lower std | with both |")
+    print("|---|---|---|---|---|---|")
+    for step in sorted(deltas):
+        ds = deltas[step]
+        avg = tuple(statistics.fmean(d[i] for d in ds) for i in range(3))
+        higher = sum(d[1] > 0 for d in ds)
+        lower = sum(d[2] < 0 for d in ds)
+        both = sum(d[1] > 0 and d[2] < 0 for d in ds)
+        print(f"| {step} | {len(ds)} | {signed(avg)} | {higher} | {lower} | {both} |")
+
+    print()
+    print("| Meta run | logged windows | mean f | positive f | mask rate | labeled images/s |")
+    print("|---|---|---|---|---|---|")
+    for _, meta_dir, _, _, _, records in pairs:
+        train = [r for r in records if r.get("kind") == "train" and "f" in r]
+        if not train:
+            continue
+        name = os.path.basename(os.path.normpath(meta_dir))
+        mean_f = statistics.fmean(r["f"] for r in train)
+        positive = statistics.fmean(r.get("f_positive_ratio", 0.0) for r in train)
+        mask = statistics.fmean(r.get("mask_rate", 0.0) for r in train)
+        speed = statistics.median(r["labeled_images_per_s"] for r in train)
+        print(f"| {name} | {len(train)} | {mean_f:.2e} | {100 * positive:.0f} % |"
+              f" {mask:.4f} | {speed:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
