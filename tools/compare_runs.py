@@ -7,8 +7,9 @@ records: `kind` "eval", `net` "base" or "adaptation") and prints, as Markdown ta
 
   1. every evaluation of both runs of each pair: overall / mean / std of per-class accuracy on
      the validation set (the paper's metrics) and the Meta run minus its control;
-  2. per evaluation step, the paired differences averaged over the pairs, and on how many pairs
-     the Meta run had the higher mean class accuracy and the lower std (the paper's claim);
+  2. per evaluation step, the paired differences averaged over the pairs with the standard
+     error of that average, and on how many pairs the Meta run had the higher mean class
+     accuracy and the lower std (the paper's claim);
   3. the Meta runs' feedback statistics over their logged steps: f's mean, the share of logged
      windows with positive f, the confidence mask rate and the labeled images per second.
 
@@ -96,16 +97,22 @@ def main():
             print(f"| {name} | {step} | {fmt(a)} | {fmt(b)} | {signed(d)} |")
 
     print()
-    print("| step | pairs | mean of Meta - SL (overall / mean / std) |"
+    print("| step | pairs | mean of Meta - SL (overall / mean / std) | its standard error |"
           " pairs with higher mean | with lower std | with both |")
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     for step in sorted(deltas):
         ds = deltas[step]
         avg = tuple(statistics.fmean(d[i] for d in ds) for i in range(3))
+        # The spread of the paired differences over the seeds, as the standard error of
+        # their mean (undefined for one pair).
+        if len(ds) > 1:
+            se = fmt(tuple(statistics.stdev(d[i] for d in ds) / len(ds) ** 0.5 for i in range(3)))
+        else:
+            se = "-"
         higher = sum(d[1] > 0 for d in ds)
         lower = sum(d[2] < 0 for d in ds)
         both = sum(d[1] > 0 and d[2] < 0 for d in ds)
-        print(f"| {step} | {len(ds)} | {signed(avg)} | {higher} | {lower} | {both} |")
+        print(f"| {step} | {len(ds)} | {signed(avg)} | {se} | {higher} | {lower} | {both} |")
 
     print()
     print("| Meta run | logged windows | mean f | positive f | mask rate | labeled images/s |")
