@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The FER2013 10 % + LFW experiment of docs/RESULTS.md on one CUDA GPU, in one call:
+# The FER2013 10 % + LFW experiment of docs/RESULTS_META.md on one CUDA GPU, in one call:
 #   1. scripts/gpu-train.sh on the packed data: Meta-Face2Exp steps per second, alone on the GPU;
 #   2. SL-10 % from scratch (the CPU run `sl10`'s recipe);
 #   3. for each seed, from SL-10 %'s best weights: SL continued and Meta-Face2Exp, STEPS each,

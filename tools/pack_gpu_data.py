@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Packs the data of the FER2013 10 % + LFW experiment small enough to travel to a GPU machine.
 
-The GPU machine used for docs/RESULTS.md receives the repository plus at most 64 MiB, which the
-raw data (FER2013 train 49 MB, LFW 134 MB) does not fit. This writes, under OUT:
+The GPU machine used for docs/RESULTS_META.md receives the repository plus at most 64 MiB,
+which the raw data (FER2013 train 49 MB, LFW 134 MB) does not fit. This writes, under OUT:
 
   fer10/<class>/*.png   the labeled subset named by a face2exp subset list (copied as is)
   val/<class>/*.png     FER2013 val (copied as is)
