@@ -10,8 +10,8 @@ records: `kind` "eval", `net` "base" or "adaptation") and prints, as Markdown ta
   2. per evaluation step, the paired differences averaged over the pairs with the standard
      error of that average, and on how many pairs the Meta run had the higher mean class
      accuracy and the lower std (the paper's claim);
-  3. the Meta runs' feedback statistics over their logged steps: f's mean, the share of logged
-     windows with positive f, the confidence mask rate and the labeled images per second.
+  3. the Meta runs' feedback statistics over their logged windows: f's mean, the share of steps
+     with positive f, the confidence mask rate and the median labeled images per second.
 
 The paper's claim holds on a pair at a step when Meta's mean class accuracy is higher and its
 std lower than the control's; nothing here decides significance, it only lays the numbers out.
@@ -115,7 +115,7 @@ def main():
         print(f"| {step} | {len(ds)} | {signed(avg)} | {se} | {higher} | {lower} | {both} |")
 
     print()
-    print("| Meta run | logged windows | mean f | positive f | mask rate | labeled images/s |")
+    print("| Meta run | logged windows | mean f | steps with f > 0 | mask rate | labeled images/s (median) |")
     print("|---|---|---|---|---|---|")
     for _, meta_dir, _, _, _, records in pairs:
         train = [r for r in records if r.get("kind") == "train" and "f" in r]
@@ -123,6 +123,7 @@ def main():
             continue
         name = os.path.basename(os.path.normpath(meta_dir))
         mean_f = statistics.fmean(r["f"] for r in train)
+        # Each window logs its share of steps with f > 0; the windows are equally long.
         positive = statistics.fmean(r.get("f_positive_ratio", 0.0) for r in train)
         mask = statistics.fmean(r.get("mask_rate", 0.0) for r in train)
         speed = statistics.median(r["labeled_images_per_s"] for r in train)
