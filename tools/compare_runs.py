@@ -115,7 +115,8 @@ def main():
         print(f"| {step} | {len(ds)} | {signed(avg)} | {se} | {higher} | {lower} | {both} |")
 
     print()
-    print("| Meta run | logged windows | mean f | steps with f > 0 | mask rate | labeled images/s (median) |")
+    print("| Meta run | logged windows | mean f | steps with f > 0 | mask rate |"
+          " labeled images/s (median) |")
     print("|---|---|---|---|---|---|")
     for _, meta_dir, _, _, _, records in pairs:
         train = [r for r in records if r.get("kind") == "train" and "f" in r]
