@@ -71,8 +71,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--pair", nargs=2, action="append", required=True,
                         metavar=("SL_DIR", "META_DIR"), help="a control run and its Meta run")
-    parser.add_argument("--net", default="base",
-                        help="which of the Meta run's networks to compare (base or adaptation)")
+    parser.add_argument("--net", default="base", choices=["base", "adaptation"],
+                        help="which of the Meta run's networks to compare with the control")
     args = parser.parse_args()
 
     pairs = []
@@ -82,8 +82,14 @@ def main():
         meta = evaluations(meta_records, args.net)
         steps = sorted(set(sl) & set(meta))
         if not steps:
-            sys.exit(f"{sl_dir} and {meta_dir}: no evaluation step in common")
+            # A run cut short (the GPU script's time budget) leaves its pair incomplete;
+            # the other pairs still say something.
+            print(f"{sl_dir} and {meta_dir}: no evaluation step in common, pair skipped",
+                  file=sys.stderr)
+            continue
         pairs.append((sl_dir, meta_dir, sl, meta, steps, meta_records))
+    if not pairs:
+        sys.exit("no pair has an evaluation step in common")
 
     print("| pair | step | SL overall / mean / std | Meta overall / mean / std | Meta - SL |")
     print("|---|---|---|---|---|")
