@@ -87,15 +87,15 @@ def main():
             print(f"{sl_dir} and {meta_dir}: no evaluation step in common, pair skipped",
                   file=sys.stderr)
             continue
-        pairs.append((sl_dir, meta_dir, sl, meta, steps, meta_records))
+        name = os.path.basename(os.path.normpath(meta_dir))
+        pairs.append((name, sl, meta, steps, meta_records))
     if not pairs:
         sys.exit("no pair has an evaluation step in common")
 
     print("| pair | step | SL overall / mean / std | Meta overall / mean / std | Meta - SL |")
     print("|---|---|---|---|---|")
     deltas = {}
-    for sl_dir, meta_dir, sl, meta, steps, _ in pairs:
-        name = os.path.basename(os.path.normpath(meta_dir))
+    for name, sl, meta, steps, _ in pairs:
         for step in steps:
             a, b = triple(sl[step]), triple(meta[step])
             d = tuple(y - x for x, y in zip(a, b))
@@ -124,11 +124,10 @@ def main():
     print("| Meta run | logged windows | mean f | steps with f > 0 | mask rate |"
           " labeled images/s (median) |")
     print("|---|---|---|---|---|---|")
-    for _, meta_dir, _, _, _, records in pairs:
+    for name, _, _, _, records in pairs:
         train = [r for r in records if r.get("kind") == "train" and "f" in r]
         if not train:
             continue
-        name = os.path.basename(os.path.normpath(meta_dir))
         mean_f = statistics.fmean(r["f"] for r in train)
         # Each window logs its share of steps with f > 0; the windows are equally long.
         positive = statistics.fmean(r.get("f_positive_ratio", 0.0) for r in train)
