@@ -11,7 +11,10 @@ records: `kind` "eval", `net` "base" or "adaptation") and prints, as Markdown ta
      error of that average, and on how many pairs the Meta run had the higher mean class
      accuracy and the lower std (the paper's claim);
   3. the Meta runs' feedback statistics over their logged windows: f's mean, the share of steps
-     with positive f, the confidence mask rate and the median labeled images per second.
+     with positive f, the mean of f_raw (f as computed, before a baseline is subtracted or
+     `zero_feedback` forces it to 0) and the share of windows whose mean f_raw is positive,
+     L_c over the run's second half (after lambda_u's usual ramp-up), the confidence mask rate
+     and the median labeled images per second.
 
 The paper's claim holds on a pair at a step when Meta's mean class accuracy is higher and its
 std lower than the control's; nothing here decides significance, it only lays the numbers out.
@@ -121,9 +124,10 @@ def main():
         print(f"| {step} | {len(ds)} | {signed(avg)} | {se} | {higher} | {lower} | {both} |")
 
     print()
-    print("| Meta run | logged windows | mean f | steps with f > 0 | mask rate |"
+    print("| Meta run | logged windows | mean f | steps with f > 0 | mean f_raw |"
+          " windows with f_raw > 0 | mean L_c, second half | mask rate |"
           " labeled images/s (median) |")
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, _, _, _, records in pairs:
         train = [r for r in records if r.get("kind") == "train" and "f" in r]
         if not train:
@@ -131,11 +135,18 @@ def main():
         mean_f = statistics.fmean(r["f"] for r in train)
         # Each window logs its share of steps with f > 0; the windows are equally long.
         positive = statistics.fmean(r.get("f_positive_ratio", 0.0) for r in train)
+        # f_raw is what the feedback computed; with `zero_feedback` (the ablation) f is 0 and
+        # only f_raw says what the feedback would have been. Logs older than f_raw lack it.
+        raw = [r["f_raw"] for r in train if "f_raw" in r]
+        mean_raw = f"{statistics.fmean(raw):.2e}" if raw else "-"
+        raw_positive = f"{100 * sum(v > 0 for v in raw) / len(raw):.0f} %" if raw else "-"
+        last_step = max(r["step"] for r in train)
+        late_c = [r["loss_c"] for r in train if "loss_c" in r and r["step"] > last_step / 2]
+        loss_c = f"{statistics.fmean(late_c):.3f}" if late_c else "-"
         mask = statistics.fmean(r.get("mask_rate", 0.0) for r in train)
         speed = statistics.median(r["labeled_images_per_s"] for r in train)
-        print(f"| {name} | {len(train)} | {mean_f:.2e} | {100 * positive:.0f} % |"
-              f" {mask:.4f} | {speed:.1f} |")
-
+        print(f"| {name} | {len(train)} | {mean_f:.2e} | {100 * positive:.0f} % | {mean_raw} |"
+              f" {raw_positive} | {loss_c} | {mask:.4f} | {speed:.1f} |")
 
 if __name__ == "__main__":
     main()
