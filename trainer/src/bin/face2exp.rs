@@ -156,6 +156,10 @@ struct TrainArgs {
     /// Meta-Face2Exp: fine-tune B on the labeled data for this many steps afterwards.
     #[arg(long)]
     finetune_steps: Option<u64>,
+    /// Meta-Face2Exp ablation: compute and log f (as f_raw) but apply f = 0, so B learns from
+    /// L_s + L_c alone; everything else, every random draw included, stays as without it.
+    #[arg(long)]
+    zero_feedback: bool,
     /// Central fraction of each unlabeled image kept (LFW: about 0.5).
     #[arg(long)]
     unlabeled_center_crop: Option<f32>,
@@ -215,6 +219,7 @@ impl TrainArgs {
         c.balanced |= self.balanced;
         c.balanced_sampler |= self.balanced_sampler;
         c.model.freeze_batch_norm |= self.freeze_bn;
+        c.meta.zero_feedback |= self.zero_feedback;
         let options = RunOptions {
             out: self.out,
             resume: self.resume,
@@ -357,5 +362,40 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             eprintln!("wrote plots in {}", run.display());
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn train_config(args: &[&str]) -> TrainConfig {
+        let cli = Cli::try_parse_from(["face2exp", "train", "--out", "run"].iter().chain(args))
+            .expect("the flags parse");
+        match cli.command {
+            Command::Train(args) => args.into_config().expect("a valid config").0,
+            _ => unreachable!("parsed a train command"),
+        }
+    }
+
+    #[test]
+    fn zero_feedback_flag_sets_the_ablation_and_defaults_to_off() {
+        assert!(!train_config(&[]).meta.zero_feedback);
+        assert!(train_config(&["--zero-feedback"]).meta.zero_feedback);
+    }
+
+    #[test]
+    fn flags_override_the_meta_settings() {
+        let c = train_config(&[
+            "--lr-adaptation",
+            "0.01",
+            "--mu",
+            "2",
+            "--feedback",
+            "exact",
+        ]);
+        assert_eq!(c.meta.adaptation_schedule.lr, 0.01);
+        assert_eq!(c.meta.mu, 2);
+        assert_eq!(c.meta.feedback, Feedback::Exact);
     }
 }
