@@ -10,8 +10,9 @@ records: `kind` "eval", `net` "base" or "adaptation") and prints, as Markdown ta
   2. per evaluation step, the paired differences averaged over the pairs with the standard
      error of that average, and on how many pairs the Meta run had the higher mean class
      accuracy and the lower std (the paper's claim);
-  3. the Meta runs' feedback statistics over their logged windows: f's mean, the share of steps
-     with positive f, the mean of f_raw (f as computed, before a baseline is subtracted or
+  3. the Meta runs' feedback statistics over their logged windows: f's mean, the mean of its
+     window means' magnitudes, the share of steps with positive f, |L_f| against L_s (the
+     feedback term's size relative to the supervised loss), the mean of f_raw (f as computed, before a baseline is subtracted or
      `zero_feedback` forces it to 0) and the share of windows whose mean f_raw is positive,
      L_c over the run's second half (after lambda_u's usual ramp-up), the confidence mask rate
      and the median labeled images per second.
@@ -20,6 +21,7 @@ The paper's claim holds on a pair at a step when Meta's mean class accuracy is h
 std lower than the control's; nothing here decides significance, it only lays the numbers out.
 
 Usage: compare_runs.py --pair SL_DIR META_DIR [--pair SL_DIR META_DIR ...] [--net base]
+       compare_runs.py --meta META_DIR [--meta META_DIR ...]   (table 3 only, no control needed)
 Only the Python standard library.
 """
 import argparse
@@ -72,11 +74,20 @@ def signed(values):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--pair", nargs=2, action="append", required=True,
+    parser.add_argument("--pair", nargs=2, action="append", default=[],
                         metavar=("SL_DIR", "META_DIR"), help="a control run and its Meta run")
+    parser.add_argument("--meta", action="append", default=[], metavar="META_DIR",
+                        help="a Meta run without a control: only its feedback statistics")
     parser.add_argument("--net", default="base", choices=["base", "adaptation"],
                         help="which of the Meta run's networks to compare with the control")
     args = parser.parse_args()
+    if not args.pair and not args.meta:
+        parser.error("give at least one --pair or --meta")
+    if args.meta:
+        if args.pair:
+            parser.error("--meta prints only the feedback table; give it without --pair")
+        feedback_table([(run_name(d), read_records(d)) for d in args.meta])
+        return
 
     pairs = []
     for sl_dir, meta_dir in args.pair:
@@ -90,7 +101,7 @@ def main():
             print(f"{sl_dir} and {meta_dir}: no evaluation step in common, pair skipped",
                   file=sys.stderr)
             continue
-        name = os.path.basename(os.path.normpath(meta_dir))
+        name = run_name(meta_dir)
         pairs.append((name, sl, meta, steps, meta_records))
     if not pairs:
         sys.exit("no pair has an evaluation step in common")
@@ -124,15 +135,33 @@ def main():
         print(f"| {step} | {len(ds)} | {signed(avg)} | {se} | {higher} | {lower} | {both} |")
 
     print()
-    print("| Meta run | logged windows | mean f | steps with f > 0 | mean f_raw |"
-          " windows with f_raw > 0 | mean L_c, second half | mask rate |"
-          " labeled images/s (median) |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for name, _, _, _, records in pairs:
+    feedback_table([(name, records) for name, _, _, _, records in pairs])
+
+
+def run_name(run_dir):
+    return os.path.basename(os.path.normpath(run_dir))
+
+
+def feedback_table(runs):
+    print("| Meta run | logged windows | mean f | mean abs f | steps with f > 0 |"
+          " mean abs L_f / mean L_s | mean f_raw | windows with f_raw > 0 |"
+          " mean L_c, second half | mask rate | labeled images/s (median) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for name, records in runs:
         train = [r for r in records if r.get("kind") == "train" and "f" in r]
         if not train:
             continue
         mean_f = statistics.fmean(r["f"] for r in train)
+        # Of the window means: how large the feedback was, whichever its sign.
+        abs_f = statistics.fmean(abs(r["f"]) for r in train)
+        # L_f = f * CE(pseudo, B) against the supervised loss it is added to.
+        with_losses = [r for r in train if "loss_f" in r and "loss_s" in r]
+        if with_losses:
+            size = statistics.fmean(abs(r["loss_f"]) for r in with_losses) / statistics.fmean(
+                r["loss_s"] for r in with_losses)
+            term = f"{size:.2e}"
+        else:
+            term = "-"
         # Each window logs its share of steps with f > 0; the windows are equally long.
         positive = statistics.fmean(r.get("f_positive_ratio", 0.0) for r in train)
         # f_raw is what the feedback computed; with `zero_feedback` (the ablation) f is 0 and
@@ -145,8 +174,8 @@ def main():
         loss_c = f"{statistics.fmean(late_c):.3f}" if late_c else "-"
         mask = statistics.fmean(r.get("mask_rate", 0.0) for r in train)
         speed = statistics.median(r["labeled_images_per_s"] for r in train)
-        print(f"| {name} | {len(train)} | {mean_f:.2e} | {100 * positive:.0f} % | {mean_raw} |"
-              f" {raw_positive} | {loss_c} | {mask:.4f} | {speed:.1f} |")
+        print(f"| {name} | {len(train)} | {mean_f:.2e} | {abs_f:.2e} | {100 * positive:.0f} % |"
+              f" {term} | {mean_raw} | {raw_positive} | {loss_c} | {mask:.4f} | {speed:.1f} |")
 
 if __name__ == "__main__":
     main()
