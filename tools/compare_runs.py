@@ -12,10 +12,10 @@ records: `kind` "eval", `net` "base" or "adaptation") and prints, as Markdown ta
      accuracy and the lower std (the paper's claim);
   3. the Meta runs' feedback statistics over their logged windows: f's mean, the mean of its
      window means' magnitudes, the share of steps with positive f, |L_f| against L_s (the
-     feedback term's size relative to the supervised loss), the mean of f_raw (f as computed, before a baseline is subtracted or
-     `zero_feedback` forces it to 0) and the share of windows whose mean f_raw is positive,
-     L_c over the run's second half (after lambda_u's usual ramp-up), the confidence mask rate
-     and the median labeled images per second.
+     feedback term's size relative to the supervised loss), the mean of f_raw (f as computed,
+     before a baseline is subtracted or `zero_feedback` forces it to 0) and the share of
+     windows whose mean f_raw is positive, L_c over the run's second half (after lambda_u's
+     usual ramp-up), the confidence mask rate and the median labeled images per second.
 
 The paper's claim holds on a pair at a step when Meta's mean class accuracy is higher and its
 std lower than the control's; nothing here decides significance, it only lays the numbers out.
@@ -176,6 +176,7 @@ def feedback_table(runs):
         speed = statistics.median(r["labeled_images_per_s"] for r in train)
         print(f"| {name} | {len(train)} | {mean_f:.2e} | {abs_f:.2e} | {100 * positive:.0f} % |"
               f" {term} | {mean_raw} | {raw_positive} | {loss_c} | {mask:.4f} | {speed:.1f} |")
+
 
 if __name__ == "__main__":
     main()
