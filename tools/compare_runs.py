@@ -78,14 +78,18 @@ def main():
                         metavar=("SL_DIR", "META_DIR"), help="a control run and its Meta run")
     parser.add_argument("--meta", action="append", default=[], metavar="META_DIR",
                         help="a Meta run without a control: only its feedback statistics")
-    parser.add_argument("--net", default="base", choices=["base", "adaptation"],
-                        help="which of the Meta run's networks to compare with the control")
+    parser.add_argument("--net", choices=["base", "adaptation"],
+                        help="which of the Meta run's networks to compare with the control"
+                             " (default: base)")
     args = parser.parse_args()
     if not args.pair and not args.meta:
         parser.error("give at least one --pair or --meta")
     if args.meta:
         if args.pair:
             parser.error("--meta prints only the feedback table; give it without --pair")
+        # The feedback table has no network column; a --net here would be silently ignored.
+        if args.net is not None:
+            parser.error("--net picks the network compared in --pair tables; --meta has none")
         feedback_table([(run_name(d), read_records(d)) for d in args.meta])
         return
 
@@ -93,7 +97,7 @@ def main():
     for sl_dir, meta_dir in args.pair:
         sl = evaluations(read_records(sl_dir), "base")
         meta_records = read_records(meta_dir)
-        meta = evaluations(meta_records, args.net)
+        meta = evaluations(meta_records, args.net or "base")
         steps = sorted(set(sl) & set(meta))
         if not steps:
             # A run cut short (the GPU script's time budget) leaves its pair incomplete;
