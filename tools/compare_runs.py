@@ -11,11 +11,12 @@ records: `kind` "eval", `net` "base" or "adaptation") and prints, as Markdown ta
      error of that average, and on how many pairs the Meta run had the higher mean class
      accuracy and the lower std (the paper's claim);
   3. the Meta runs' feedback statistics over their logged windows: f's mean, the mean of its
-     window means' magnitudes, the share of steps with positive f, |L_f| against L_s (the
-     feedback term's size relative to the supervised loss), the mean of f_raw (f as computed,
-     before a baseline is subtracted or `zero_feedback` forces it to 0) and the share of
-     windows whose mean f_raw is positive, L_c over the run's second half (after lambda_u's
-     usual ramp-up), the confidence mask rate and the median labeled images per second.
+     window means' magnitudes, its root mean square over single steps, the share of steps
+     with positive f, |L_f| against L_s (the feedback term's size relative to the supervised
+     loss), the mean of f_raw (f as computed, before a baseline is subtracted or
+     `zero_feedback` forces it to 0) and the share of windows whose mean f_raw is positive,
+     L_c over the run's second half (after lambda_u's usual ramp-up), the confidence mask
+     rate and the median labeled images per second.
 
 The paper's claim holds on a pair at a step when Meta's mean class accuracy is higher and its
 std lower than the control's; nothing here decides significance, it only lays the numbers out.
@@ -147,10 +148,10 @@ def run_name(run_dir):
 
 
 def feedback_table(runs):
-    print("| Meta run | logged windows | mean f | mean abs f | steps with f > 0 |"
+    print("| Meta run | logged windows | mean f | mean abs f | rms f per step | steps with f > 0 |"
           " mean abs L_f / mean L_s | mean f_raw | windows with f_raw > 0 |"
           " mean L_c, second half | mask rate | labeled images/s (median) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, records in runs:
         train = [r for r in records if r.get("kind") == "train" and "f" in r]
         if not train:
@@ -158,6 +159,14 @@ def feedback_table(runs):
         mean_f = statistics.fmean(r["f"] for r in train)
         # Of the window means: how large the feedback was, whichever its sign.
         abs_f = statistics.fmean(abs(r["f"]) for r in train)
+        # Per step, not per window: a window logs its mean f and f_std, the population std of
+        # its steps' f, so the mean of f^2 over its steps is f_std^2 + f^2 (windows are equally
+        # long). Steps of opposite sign cancel in the window means; they do not here.
+        if all("f_std" in r for r in train):
+            rms = statistics.fmean(r["f_std"] ** 2 + r["f"] ** 2 for r in train) ** 0.5
+            rms_f = f"{rms:.2e}"
+        else:
+            rms_f = "-"
         # L_f = f * CE(pseudo, B) against the supervised loss it is added to.
         with_losses = [r for r in train if "loss_f" in r and "loss_s" in r]
         if with_losses:
@@ -178,7 +187,8 @@ def feedback_table(runs):
         loss_c = f"{statistics.fmean(late_c):.3f}" if late_c else "-"
         mask = statistics.fmean(r.get("mask_rate", 0.0) for r in train)
         speed = statistics.median(r["labeled_images_per_s"] for r in train)
-        print(f"| {name} | {len(train)} | {mean_f:.2e} | {abs_f:.2e} | {100 * positive:.0f} % |"
+        print(f"| {name} | {len(train)} | {mean_f:.2e} | {abs_f:.2e} | {rms_f} |"
+              f" {100 * positive:.0f} % |"
               f" {term} | {mean_raw} | {raw_positive} | {loss_c} | {mask:.4f} | {speed:.1f} |")
 
 
