@@ -22,6 +22,7 @@ The paper's claim holds on a pair at a step when Meta's mean class accuracy is h
 std lower than the control's; nothing here decides significance, it only lays the numbers out.
 
 Usage: compare_runs.py --pair SL_DIR META_DIR [--pair SL_DIR META_DIR ...] [--net base]
+                       [--labels CONTROL RUN]   (names for the columns; default SL Meta)
        compare_runs.py --meta META_DIR [--meta META_DIR ...]   (table 3 only, no control needed)
 Only the Python standard library.
 """
@@ -79,6 +80,9 @@ def main():
                         metavar=("SL_DIR", "META_DIR"), help="a control run and its Meta run")
     parser.add_argument("--meta", action="append", default=[], metavar="META_DIR",
                         help="a Meta run without a control: only its feedback statistics")
+    # The control need not be SL: an f = 0 Meta run against its exact-f twin is the ablation.
+    parser.add_argument("--labels", nargs=2, default=["SL", "Meta"], metavar=("CONTROL", "RUN"),
+                        help="the names the tables give the two runs of a pair (default: SL Meta)")
     parser.add_argument("--net", choices=["base", "adaptation"],
                         help="which of the Meta run's networks to compare with the control"
                              " (default: base)")
@@ -91,6 +95,8 @@ def main():
         # The feedback table has no network column; a --net here would be silently ignored.
         if args.net is not None:
             parser.error("--net picks the network compared in --pair tables; --meta has none")
+        if args.labels != parser.get_default("labels"):
+            parser.error("--labels names the runs of --pair tables; --meta has none")
         feedback_table([(run_name(d), read_records(d)) for d in args.meta])
         return
 
@@ -111,7 +117,9 @@ def main():
     if not pairs:
         sys.exit("no pair has an evaluation step in common")
 
-    print("| pair | step | SL overall / mean / std | Meta overall / mean / std | Meta - SL |")
+    control, run = args.labels
+    print(f"| pair | step | {control} overall / mean / std | {run} overall / mean / std |"
+          f" {run} - {control} |")
     print("|---|---|---|---|---|")
     deltas = {}
     for name, sl, meta, steps, _ in pairs:
@@ -122,8 +130,8 @@ def main():
             print(f"| {name} | {step} | {fmt(a)} | {fmt(b)} | {signed(d)} |")
 
     print()
-    print("| step | pairs | mean of Meta - SL (overall / mean / std) | its standard error |"
-          " pairs with higher mean | with lower std | with both |")
+    print(f"| step | pairs | mean of {run} - {control} (overall / mean / std) |"
+          " its standard error | pairs with higher mean | with lower std | with both |")
     print("|---|---|---|---|---|---|---|")
     for step in sorted(deltas):
         ds = deltas[step]
