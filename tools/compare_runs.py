@@ -81,7 +81,7 @@ def main():
     parser.add_argument("--meta", action="append", default=[], metavar="META_DIR",
                         help="a Meta run without a control: only its feedback statistics")
     # The control need not be SL: an f = 0 Meta run against its exact-f twin is the ablation.
-    parser.add_argument("--labels", nargs=2, default=["SL", "Meta"], metavar=("CONTROL", "RUN"),
+    parser.add_argument("--labels", nargs=2, metavar=("CONTROL", "RUN"),
                         help="the names the tables give the two runs of a pair (default: SL Meta)")
     parser.add_argument("--net", choices=["base", "adaptation"],
                         help="which of the Meta run's networks to compare with the control"
@@ -95,7 +95,7 @@ def main():
         # The feedback table has no network column; a --net here would be silently ignored.
         if args.net is not None:
             parser.error("--net picks the network compared in --pair tables; --meta has none")
-        if args.labels != parser.get_default("labels"):
+        if args.labels is not None:
             parser.error("--labels names the runs of --pair tables; --meta has none")
         feedback_table([(run_name(d), read_records(d)) for d in args.meta])
         return
@@ -117,7 +117,7 @@ def main():
     if not pairs:
         sys.exit("no pair has an evaluation step in common")
 
-    control, run = args.labels
+    control, run = args.labels or ("SL", "Meta")
     print(f"| pair | step | {control} overall / mean / std | {run} overall / mean / std |"
           f" {run} - {control} |")
     print("|---|---|---|---|---|")
@@ -196,8 +196,8 @@ def feedback_table(runs):
         mask = statistics.fmean(r.get("mask_rate", 0.0) for r in train)
         speed = statistics.median(r["labeled_images_per_s"] for r in train)
         print(f"| {name} | {len(train)} | {mean_f:.2e} | {abs_f:.2e} | {rms_f} |"
-              f" {100 * positive:.0f} % |"
-              f" {term} | {mean_raw} | {raw_positive} | {loss_c} | {mask:.4f} | {speed:.1f} |")
+              f" {100 * positive:.0f} % | {term} | {mean_raw} | {raw_positive} | {loss_c} |"
+              f" {mask:.4f} | {speed:.1f} |")
 
 
 if __name__ == "__main__":
