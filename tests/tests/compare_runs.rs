@@ -96,13 +96,21 @@ fn two_pairs(root: &Path) -> [String; 4] {
     [sl("sl-s1"), meta1, sl("sl-s2"), meta2]
 }
 
-#[test]
-fn pair_tables_hold_the_hand_worked_differences() {
+/// The two pairs in a fresh folder, or None (after saying why) where python3 is missing.
+fn fixture() -> Option<(tempfile::TempDir, [String; 4])> {
     if !python_available() {
-        return;
+        return None;
     }
     let dir = tempfile::tempdir().unwrap();
-    let [sl1, meta1, sl2, meta2] = two_pairs(dir.path());
+    let runs = two_pairs(dir.path());
+    Some((dir, runs))
+}
+
+#[test]
+fn pair_tables_hold_the_hand_worked_differences() {
+    let Some((_dir, [sl1, meta1, sl2, meta2])) = fixture() else {
+        return;
+    };
     let out = stdout(&run(&["--pair", &sl1, &meta1, "--pair", &sl2, &meta2]));
 
     assert!(out.contains("| SL overall / mean / std | Meta overall / mean / std | Meta - SL |"));
@@ -122,11 +130,9 @@ fn pair_tables_hold_the_hand_worked_differences() {
 
 #[test]
 fn feedback_table_takes_rms_over_steps_not_windows() {
-    if !python_available() {
+    let Some((_dir, [_, meta1, _, _])) = fixture() else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let [_, meta1, _, _] = two_pairs(dir.path());
+    };
     let out = stdout(&run(&["--meta", &meta1]));
     // Windows (f, f_std) = (0.01, 0.02) and (-0.03, 0): mean f -0.01, mean |f| 0.02,
     // rms per step sqrt(((0.02^2 + 0.01^2) + 0.03^2) / 2) = sqrt(7e-4) = 2.65e-2,
@@ -157,11 +163,9 @@ fn feedback_table_takes_rms_over_steps_not_windows() {
 
 #[test]
 fn labels_and_net_choose_what_the_pair_tables_show() {
-    if !python_available() {
+    let Some((_dir, [sl1, meta1, _, _])) = fixture() else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let [sl1, meta1, _, _] = two_pairs(dir.path());
+    };
     let out = stdout(&run(&[
         "--pair",
         &sl1,
@@ -181,11 +185,9 @@ fn labels_and_net_choose_what_the_pair_tables_show() {
 
 #[test]
 fn a_torn_last_line_is_ignored_and_a_broken_line_is_named() {
-    if !python_available() {
+    let Some((dir, [sl1, meta1, _, _])) = fixture() else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let [sl1, meta1, _, _] = two_pairs(dir.path());
+    };
     let log = Path::new(&meta1).join("metrics.jsonl");
     let whole = std::fs::read_to_string(&log).unwrap();
 
@@ -214,11 +216,9 @@ fn a_torn_last_line_is_ignored_and_a_broken_line_is_named() {
 
 #[test]
 fn flags_that_would_be_ignored_are_refused() {
-    if !python_available() {
+    let Some((_dir, [sl1, meta1, _, _])) = fixture() else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let [sl1, meta1, _, _] = two_pairs(dir.path());
+    };
     for args in [
         vec!["--meta", &meta1, "--net", "base"],
         vec!["--meta", &meta1, "--labels", "A", "B"],
@@ -237,11 +237,9 @@ fn flags_that_would_be_ignored_are_refused() {
 
 #[test]
 fn pairs_without_a_common_step_are_skipped_with_a_reason() {
-    if !python_available() {
+    let Some((dir, [sl1, meta1, _, _])) = fixture() else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let [sl1, meta1, _, _] = two_pairs(dir.path());
+    };
     let cut_short = write_run(dir.path(), "cut", &[eval(200, "base", 0.5, 0.5, 0.1)]);
     let output = run(&["--pair", &sl1, &meta1, "--pair", &sl1, &cut_short]);
     assert!(stdout(&output).contains("| 100 | 1 |"));
