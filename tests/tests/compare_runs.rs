@@ -1,8 +1,8 @@
-//! `tools/compare_runs.py` computes every paired figure in docs/RESULTS_META.md, so its
-//! arithmetic is checked here on generated run folders whose answers are worked out by hand:
-//! paired differences, their mean and standard error, the claim counts, the feedback table
-//! (rms f per step from window means and stds), and its handling of broken logs and of flag
-//! combinations it refuses.
+//! `tools/compare_runs.py` computes the paired figures of docs/RESULTS_META.md and
+//! docs/RESULTS_FEEDBACK.md, so its arithmetic is checked here on generated run folders whose
+//! answers are worked out by hand: paired differences, their mean and standard error, the
+//! claim counts, the feedback table (rms f per step from window means and stds), and its
+//! handling of broken logs and of flag combinations it refuses.
 //!
 //! The script needs only Python's standard library; `.ci/run` installs python3. Where no
 //! python3 is on PATH the tests print why and skip, so a fresh clone's `cargo test` passes.
