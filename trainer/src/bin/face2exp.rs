@@ -160,6 +160,11 @@ struct TrainArgs {
     /// L_s + L_c alone; everything else, every random draw included, stays as without it.
     #[arg(long)]
     zero_feedback: bool,
+    /// Meta-Face2Exp: subtract a moving average of f from f, decaying by this factor per step
+    /// (in [0, 1); MPL-pytorch, which the official code builds on, has it commented out with
+    /// 0.99). Only f's deviations from its recent mean then reach B, not a steady sign.
+    #[arg(long, value_name = "DECAY")]
+    feedback_baseline_decay: Option<f64>,
     /// Central fraction of each unlabeled image kept (LFW: about 0.5).
     #[arg(long)]
     unlabeled_center_crop: Option<f32>,
@@ -211,6 +216,7 @@ impl TrainArgs {
         set!(self.lambda_u => meta.lambda_u);
         set!(self.uda_steps => meta.uda_steps);
         set!(self.finetune_steps => meta.finetune_steps);
+        set!(self.feedback_baseline_decay.map(Some) => meta.feedback_baseline_decay);
         set!(self.unlabeled_center_crop => unlabeled_center_crop);
         if let Some(w) = self.warmup_steps {
             c.schedule.warmup_steps = w;
@@ -382,6 +388,13 @@ mod tests {
     fn zero_feedback_flag_sets_the_ablation_and_defaults_to_off() {
         assert!(!train_config(&[]).meta.zero_feedback);
         assert!(train_config(&["--zero-feedback"]).meta.zero_feedback);
+    }
+
+    #[test]
+    fn baseline_flag_sets_the_decay_and_defaults_to_none() {
+        assert_eq!(train_config(&[]).meta.feedback_baseline_decay, None);
+        let c = train_config(&["--feedback-baseline-decay", "0.99"]);
+        assert_eq!(c.meta.feedback_baseline_decay, Some(0.99));
     }
 
     #[test]

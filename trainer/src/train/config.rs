@@ -237,6 +237,14 @@ impl TrainConfig {
                 "--method meta needs unlabeled face data: pass --unlabeled KIND:PATH"
             );
             anyhow::ensure!(self.meta.mu > 0, "meta.mu must be positive");
+            if let Some(decay) = self.meta.feedback_baseline_decay {
+                // At 1 the average never moves from 0; outside [0, 1] it diverges or flips sign.
+                anyhow::ensure!(
+                    (0.0..1.0).contains(&decay),
+                    "--feedback-baseline-decay (meta.feedback_baseline_decay) must be in [0, 1), \
+                     got {decay}"
+                );
+            }
         }
         anyhow::ensure!(
             !self.model.freeze_batch_norm || self.model.init.is_some(),
@@ -284,5 +292,24 @@ mod tests {
         assert!(message.contains("--init"), "{message}");
         config.model.init = Some("weights/face2exp-base.safetensors".into());
         config.validate().unwrap();
+    }
+
+    #[test]
+    fn feedback_baseline_decay_must_be_below_one() {
+        let mut config = TrainConfig {
+            method: Method::Meta,
+            labeled: "imagefolder:/data/train".into(),
+            unlabeled: Some("folder:/lfw".into()),
+            ..TrainConfig::default()
+        };
+        for decay in [1.0, -0.1, f64::NAN] {
+            config.meta.feedback_baseline_decay = Some(decay);
+            let message = config.validate().unwrap_err().to_string();
+            assert!(message.contains("--feedback-baseline-decay"), "{message}");
+        }
+        for decay in [0.0, 0.99] {
+            config.meta.feedback_baseline_decay = Some(decay);
+            config.validate().unwrap();
+        }
     }
 }

@@ -31,6 +31,17 @@ pub struct MetaState {
     pub feedback_baseline: f64,
 }
 
+impl MetaState {
+    /// f with its moving average subtracted, as in MPL-pytorch's (commented-out) baseline
+    /// (`moving_dot_product = decay * moving_dot_product + (1 - decay) * dot_product`, then
+    /// `dot_product -= moving_dot_product`): the average includes this step's raw f, so a
+    /// constant f fades geometrically (f_n = f * decay^n) and only f's changes reach B.
+    pub fn subtract_feedback_baseline(&mut self, decay: f64, raw_f: f64) -> f64 {
+        self.feedback_baseline = decay * self.feedback_baseline + (1.0 - decay) * raw_f;
+        raw_f - self.feedback_baseline
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 pub fn step(
     base: &mut Network,
@@ -145,11 +156,10 @@ pub fn step(
             rates.lr_adaptation * dot
         }
     };
-    let mut f = raw_f;
-    if let Some(decay) = cfg.feedback_baseline_decay {
-        state.feedback_baseline = decay * state.feedback_baseline + (1.0 - decay) * raw_f;
-        f -= state.feedback_baseline;
-    }
+    let mut f = match cfg.feedback_baseline_decay {
+        Some(decay) => state.subtract_feedback_baseline(decay, raw_f),
+        None => raw_f,
+    };
     if cfg.zero_feedback {
         f = 0.0;
     }
@@ -175,4 +185,32 @@ pub fn step(
     record.add("lr", rates.lr_base);
     record.add("lr_adaptation", rates.lr_adaptation);
     Ok(record)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MetaState;
+
+    #[test]
+    fn a_constant_feedback_fades_and_a_changing_one_passes() {
+        let mut state = MetaState::default();
+        // First step from an empty baseline: 1 - 0.01 * 1.
+        assert!((state.subtract_feedback_baseline(0.99, 1.0) - 0.99).abs() < 1e-12);
+        for _ in 0..999 {
+            state.subtract_feedback_baseline(0.99, 1.0);
+        }
+        // After 1,000 equal steps only 0.99^1000 = 4.3e-5 of f is left.
+        let f = state.subtract_feedback_baseline(0.99, 1.0);
+        assert!((f - 0.99f64.powi(1001)).abs() < 1e-9, "{f}");
+        // A step 2 below the average (-1 after a run of +1) passes almost whole: -1.98.
+        let f = state.subtract_feedback_baseline(0.99, -1.0);
+        assert!((f + 1.98).abs() < 1e-3, "{f}");
+    }
+
+    #[test]
+    fn decay_zero_subtracts_everything() {
+        let mut state = MetaState::default();
+        assert_eq!(state.subtract_feedback_baseline(0.0, 0.25), 0.0);
+        assert_eq!(state.feedback_baseline, 0.25);
+    }
 }
