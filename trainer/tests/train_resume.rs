@@ -182,3 +182,33 @@ fn feedback_changes_the_base_network_and_exports_evaluate() {
     assert!(with_f.join("best_base.safetensors").exists());
     assert!(with_f.join("curves.png").exists());
 }
+
+#[test]
+fn feedback_scale_multiplies_the_centred_f() {
+    let data = dataset();
+    let runs = tempfile::tempdir().unwrap();
+    let run = runs.path().join("scaled");
+    let mut cfg = config(data.path(), Method::Meta);
+    cfg.steps = 3;
+    cfg.meta.feedback_baseline_decay = Some(0.5);
+    cfg.meta.feedback_scale = 3.0;
+    train(cfg, &options(&run, false, None)).unwrap();
+
+    let records =
+        face2exp_trainer::train::metrics_log::read_records(&run.join("metrics.jsonl")).unwrap();
+    let mut baseline = 0.0;
+    let mut checked = 0;
+    for r in records.iter().filter(|r| r["kind"] == "train") {
+        let raw = r["f_raw"].as_f64().unwrap();
+        baseline = 0.5 * baseline + 0.5 * raw;
+        let expected = 3.0 * (raw - baseline);
+        let f = r["f"].as_f64().unwrap();
+        assert!(
+            (f - expected).abs() <= 1e-12 * expected.abs().max(1e-12),
+            "step {}: f {f}, expected 3 * ({raw} - {baseline}) = {expected}",
+            r["step"]
+        );
+        checked += 1;
+    }
+    assert_eq!(checked, 3);
+}

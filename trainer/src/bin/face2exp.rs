@@ -165,6 +165,13 @@ struct TrainArgs {
     /// 0.99). Only f's deviations from its recent mean then reach B, not a steady sign.
     #[arg(long, value_name = "DECAY")]
     feedback_baseline_decay: Option<f64>,
+    /// Meta-Face2Exp: multiply f (after the baseline) by this factor; 1, the default, is the
+    /// paper's f. f = eta_A * <g', d> is about 1 % of L_s at eta_A 1e-2 (docs/RESULTS_FEEDBACK.md),
+    /// so this sets L_f's weight apart from A's learning rate. Logged f is the scaled one.
+    /// Large factors destabilise B: 25 (with --feedback-baseline-decay 0.99) drove it to one
+    /// class within 200 steps there.
+    #[arg(long, value_name = "FACTOR")]
+    feedback_scale: Option<f64>,
     /// Central fraction of each unlabeled image kept (LFW: about 0.5).
     #[arg(long)]
     unlabeled_center_crop: Option<f32>,
@@ -217,6 +224,7 @@ impl TrainArgs {
         set!(self.uda_steps => meta.uda_steps);
         set!(self.finetune_steps => meta.finetune_steps);
         set!(self.feedback_baseline_decay.map(Some) => meta.feedback_baseline_decay);
+        set!(self.feedback_scale => meta.feedback_scale);
         set!(self.unlabeled_center_crop => unlabeled_center_crop);
         if let Some(w) = self.warmup_steps {
             c.schedule.warmup_steps = w;
@@ -395,6 +403,17 @@ mod tests {
         assert_eq!(train_config(&[]).meta.feedback_baseline_decay, None);
         let c = train_config(&["--feedback-baseline-decay", "0.99"]);
         assert_eq!(c.meta.feedback_baseline_decay, Some(0.99));
+    }
+
+    #[test]
+    fn scale_flag_sets_the_factor_and_defaults_to_one() {
+        assert_eq!(train_config(&[]).meta.feedback_scale, 1.0);
+        assert_eq!(
+            train_config(&["--feedback-scale", "25"])
+                .meta
+                .feedback_scale,
+            25.0
+        );
     }
 
     #[test]

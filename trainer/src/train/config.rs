@@ -87,6 +87,9 @@ pub struct MetaConfig {
     pub pseudo_view: PseudoView,
     /// Decay of a moving-average baseline subtracted from f (None: no baseline).
     pub feedback_baseline_decay: Option<f64>,
+    /// Factor on f after the baseline (1: the paper's f). f = eta_A * <g', d> is tiny next to
+    /// L_s at small eta_A; this makes L_f's weight a setting of its own, apart from A's rate.
+    pub feedback_scale: f64,
     /// Learning-rate schedule of the adaptation network A (B uses the run's `schedule`).
     pub adaptation_schedule: ScheduleConfig,
     /// Fine-tune B on the labeled data for this many steps after the meta phase.
@@ -107,6 +110,7 @@ impl Default for MetaConfig {
             feedback: Feedback::Official,
             pseudo_view: PseudoView::Strong,
             feedback_baseline_decay: None,
+            feedback_scale: 1.0,
             adaptation_schedule: ScheduleConfig {
                 lr: 1e-3,
                 ..ScheduleConfig::default()
@@ -245,6 +249,13 @@ impl TrainConfig {
                      got {decay}"
                 );
             }
+            let scale = self.meta.feedback_scale;
+            // A negative factor would train B toward the labels that hurt A; 0 is --zero-feedback.
+            anyhow::ensure!(
+                scale.is_finite() && scale > 0.0,
+                "--feedback-scale (meta.feedback_scale) must be a positive number, got {scale} \
+                 (to switch the feedback off, use --zero-feedback)"
+            );
         }
         anyhow::ensure!(
             !self.model.freeze_batch_norm || self.model.init.is_some(),
@@ -294,14 +305,18 @@ mod tests {
         config.validate().unwrap();
     }
 
-    #[test]
-    fn feedback_baseline_decay_must_be_below_one() {
-        let mut config = TrainConfig {
+    fn meta_config() -> TrainConfig {
+        TrainConfig {
             method: Method::Meta,
             labeled: "imagefolder:/data/train".into(),
             unlabeled: Some("folder:/lfw".into()),
             ..TrainConfig::default()
-        };
+        }
+    }
+
+    #[test]
+    fn feedback_baseline_decay_must_be_below_one() {
+        let mut config = meta_config();
         for decay in [1.0, -0.1, f64::NAN] {
             config.meta.feedback_baseline_decay = Some(decay);
             let message = config.validate().unwrap_err().to_string();
@@ -309,6 +324,20 @@ mod tests {
         }
         for decay in [0.0, 0.99] {
             config.meta.feedback_baseline_decay = Some(decay);
+            config.validate().unwrap();
+        }
+    }
+
+    #[test]
+    fn feedback_scale_must_be_positive_and_finite() {
+        let mut config = meta_config();
+        for scale in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            config.meta.feedback_scale = scale;
+            let message = config.validate().unwrap_err().to_string();
+            assert!(message.contains("--feedback-scale"), "{message}");
+        }
+        for scale in [1.0, 25.0, 1e-3] {
+            config.meta.feedback_scale = scale;
             config.validate().unwrap();
         }
     }

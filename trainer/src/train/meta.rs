@@ -156,10 +156,11 @@ pub fn step(
             rates.lr_adaptation * dot
         }
     };
-    let mut f = match cfg.feedback_baseline_decay {
+    let centred_f = match cfg.feedback_baseline_decay {
         Some(decay) => state.subtract_feedback_baseline(decay, raw_f),
         None => raw_f,
     };
+    let mut f = cfg.feedback_scale * centred_f;
     if cfg.zero_feedback {
         f = 0.0;
     }
