@@ -27,7 +27,9 @@ fn describes_one_member(key: &str) -> bool {
 
 /// Averages the weights files `inputs` (at least two, same network) and writes the result to
 /// `out` atomically, with the first file's metadata minus its per-file figures, plus
-/// `averaged_from` naming the members. Returns the written metadata.
+/// `averaged_from` naming the members. Where the members' descriptive keys (`method`, `data`,
+/// ...) disagree, the average records every distinct value, so a soup of supervised and
+/// Meta-Face2Exp checkpoints does not claim to be either alone. Returns the written metadata.
 pub fn average_weights(inputs: &[PathBuf], out: &Path) -> anyhow::Result<ModelMeta> {
     ensure!(
         inputs.len() >= 2,
@@ -36,6 +38,7 @@ pub fn average_weights(inputs: &[PathBuf], out: &Path) -> anyhow::Result<ModelMe
     );
     let (first_path, rest) = inputs.split_first().expect("two or more");
     let (first, meta) = export::read_weights(first_path, &Device::Cpu)?;
+    let mut member_extras = vec![meta.extra.clone()];
     // Running sums in f64, so the result does not depend on the order of the files.
     let mut sums: BTreeMap<String, (Vec<usize>, Vec<f64>)> = BTreeMap::new();
     for (name, tensor) in &first {
@@ -44,6 +47,7 @@ pub fn average_weights(inputs: &[PathBuf], out: &Path) -> anyhow::Result<ModelMe
     for path in rest {
         let (tensors, other) = export::read_weights(path, &Device::Cpu)?;
         check_same_network(first_path, &meta, path, &other)?;
+        member_extras.push(other.extra);
         add_into(&mut sums, first_path, path, &tensors)?;
     }
     let count = inputs.len() as f64;
@@ -58,7 +62,7 @@ pub fn average_weights(inputs: &[PathBuf], out: &Path) -> anyhow::Result<ModelMe
     // The average must still build the network its metadata names.
     export::model_from_tensors(first_path, &meta.config(), by_name, &Device::Cpu)?;
     let mut out_meta = meta;
-    out_meta.extra.retain(|key, _| !describes_one_member(key));
+    out_meta.extra = merged_descriptions(&member_extras);
     let members: Vec<String> = inputs
         .iter()
         .map(|p| {
@@ -71,6 +75,27 @@ pub fn average_weights(inputs: &[PathBuf], out: &Path) -> anyhow::Result<ModelMe
         .insert("averaged_from".into(), members.join(","));
     export::write_weights(out, &averaged, &out_meta)?;
     Ok(out_meta)
+}
+
+/// The members' header keys, minus those that describe one file: a key's value where every
+/// member that has it agrees, else its distinct values in member order joined by " | ".
+fn merged_descriptions(members: &[BTreeMap<String, String>]) -> BTreeMap<String, String> {
+    let mut values: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+    for extra in members {
+        for (key, value) in extra {
+            if describes_one_member(key) {
+                continue;
+            }
+            let seen = values.entry(key.clone()).or_default();
+            if !seen.contains(&value.as_str()) {
+                seen.push(value);
+            }
+        }
+    }
+    values
+        .into_iter()
+        .map(|(key, distinct)| (key, distinct.join(" | ")))
+        .collect()
 }
 
 fn to_f64(tensor: &Tensor) -> anyhow::Result<Vec<f64>> {

@@ -60,6 +60,28 @@ fn average_is_the_elementwise_mean_with_honest_metadata() -> anyhow::Result<()> 
 }
 
 #[test]
+fn an_average_of_different_methods_names_them_all() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let sl = write_member(dir.path(), "sl.safetensors", &CONFIG)?;
+    let meta_run = write_member(dir.path(), "meta.safetensors", &CONFIG)?;
+    let (tensors, mut meta) = read_weights(&meta_run, &Device::Cpu)?;
+    meta.extra.insert("method".into(), "meta".into());
+    meta.extra
+        .insert("data".into(), "labeled=fer unlabeled=lfw".into());
+    let tensors: Vec<(String, Tensor)> = tensors.into_iter().collect();
+    write_weights(&meta_run, &tensors, &meta)?;
+    let out = dir.path().join("soup.safetensors");
+    // The first member's method comes first; a key only some members have is kept.
+    let merged = average_weights(&[sl.clone(), meta_run.clone(), sl], &out)?;
+    assert_eq!(merged.extra["method"], "sl | meta");
+    assert_eq!(merged.extra["data"], "labeled=fer unlabeled=lfw");
+    assert_eq!(merged.extra["preprocess"], "resize-triangle");
+    assert!(!merged.extra.contains_key("steps"));
+    assert_eq!(read_weights(&out, &Device::Cpu)?.1.extra, merged.extra);
+    Ok(())
+}
+
+#[test]
 fn averaging_refuses_one_file_and_different_networks() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let a = write_member(dir.path(), "a.safetensors", &CONFIG)?;
