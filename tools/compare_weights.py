@@ -14,35 +14,8 @@ import math
 import os
 import sys
 
-import numpy as np
-import torch
-from PIL import Image
-
 sys.path.insert(0, os.path.dirname(__file__))
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "scripts"))
-from torch_eval import ALIASES, classes_and_stats, preprocess  # noqa: E402
-from bench_infer_torch import load_face2exp, read_safetensors  # noqa: E402
-
-
-def predictions(weights, root, hflip):
-    """Each image's predicted class and true class, in a fixed (sorted) order."""
-    model, size = load_face2exp(weights)
-    _, meta = read_safetensors(weights)
-    classes, mean, std = classes_and_stats(meta)
-    predicted, labels = [], []
-    for folder in sorted(os.listdir(root)):
-        label = classes.index(ALIASES.get(folder, folder))
-        names = sorted(os.listdir(os.path.join(root, folder)))
-        batch = [preprocess(Image.open(os.path.join(root, folder, n)).convert("RGB"), size,
-                            mean, std) for n in names]
-        x = torch.from_numpy(np.stack(batch))
-        with torch.inference_mode():
-            scores = model(x).softmax(1)
-            if hflip:
-                scores = scores + model(torch.flip(x, dims=[3])).softmax(1)
-        predicted += scores.argmax(1).tolist()
-        labels += [label] * len(names)
-    return np.array(predicted), np.array(labels)
+from torch_eval import predict_folder  # noqa: E402
 
 
 def main():
@@ -51,8 +24,8 @@ def main():
     if len(args) != 3:
         sys.exit(__doc__)
     old, new, root = args
-    old_pred, labels = predictions(old, root, hflip)
-    new_pred, _ = predictions(new, root, hflip)
+    old_pred, labels, _ = predict_folder(old, root, hflip)
+    new_pred, _, _ = predict_folder(new, root, hflip)
     old_right, new_right = old_pred == labels, new_pred == labels
     gained = int((new_right & ~old_right).sum())
     lost = int((old_right & ~new_right).sum())

@@ -41,14 +41,13 @@ def preprocess(img, size, mean, std):
     return x.transpose(2, 0, 1)
 
 
-def main():
-    args = [a for a in sys.argv[1:] if a != "--hflip"]
-    hflip = len(args) < len(sys.argv) - 1
-    weights, root = args[0], args[1]
+def predict_folder(weights, root, hflip=False):
+    """Each image's predicted and true class index, folders and files in sorted order (the
+    order is fixed so two files' predictions can be compared image by image)."""
     model, size = load_face2exp(weights)
     _, meta = read_safetensors(weights)
     classes, mean, std = classes_and_stats(meta)
-    confusion = np.zeros((len(classes), len(classes)), dtype=np.int64)
+    predicted, labels = [], []
     for folder in sorted(os.listdir(root)):
         label = classes.index(ALIASES.get(folder, folder))
         batch = []
@@ -60,8 +59,18 @@ def main():
             scores = model(x).softmax(1)
             if hflip:
                 scores = scores + model(torch.flip(x, dims=[3])).softmax(1)
-        for p in scores.argmax(1).tolist():
-            confusion[label, p] += 1
+        predicted += scores.argmax(1).tolist()
+        labels += [label] * len(batch)
+    return np.array(predicted), np.array(labels), classes
+
+
+def main():
+    args = [a for a in sys.argv[1:] if a != "--hflip"]
+    hflip = len(args) < len(sys.argv) - 1
+    weights, root = args[0], args[1]
+    predicted, labels, classes = predict_folder(weights, root, hflip)
+    confusion = np.zeros((len(classes), len(classes)), dtype=np.int64)
+    np.add.at(confusion, (labels, predicted), 1)
     per_class = confusion.diagonal() / confusion.sum(1)
     print(f"images {confusion.sum()}")
     print(f"overall {confusion.diagonal().sum() / confusion.sum():.4f}")
