@@ -26,10 +26,11 @@ fn describes_one_member(key: &str) -> bool {
 }
 
 /// Averages the weights files `inputs` (at least two, same network) and writes the result to
-/// `out` atomically, with the first file's metadata minus its per-file figures, plus
-/// `averaged_from` naming the members. Where the members' descriptive keys (`method`, `data`,
-/// ...) disagree, the average records every distinct value, so a soup of supervised and
-/// Meta-Face2Exp checkpoints does not claim to be either alone. Returns the written metadata.
+/// `out` atomically, with the network description they share, their other header keys minus
+/// the per-file figures, plus `averaged_from` naming the members. Where the members' descriptive
+/// keys (`method`, `data`, ...) disagree, the average records every distinct value, so a soup
+/// of supervised and Meta-Face2Exp checkpoints does not claim to be either alone. Returns the
+/// written metadata.
 pub fn average_weights(inputs: &[PathBuf], out: &Path) -> anyhow::Result<ModelMeta> {
     ensure!(
         inputs.len() >= 2,
