@@ -4,45 +4,15 @@
 
 mod common;
 
+use common::tiny_config as config;
+
 use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
-use face2exp_trainer::model::{Arch, Stem};
 use face2exp_trainer::train::checkpoint;
-use face2exp_trainer::train::config::ModelSpec;
 use face2exp_trainer::train::meta::MetaState;
 use face2exp_trainer::train::{train, Method, RunOptions, TrainConfig};
-
-fn config(data: &Path, method: Method) -> TrainConfig {
-    let mut c = TrainConfig {
-        method,
-        labeled: format!("imagefolder:{}", data.join("train").display()),
-        val: Some(format!("imagefolder:{}", data.join("train").display())),
-        unlabeled: Some(format!("folder:{}", data.join("faces").display())),
-        steps: 6,
-        batch_size: 7,
-        model: ModelSpec {
-            arch: Arch::Resnet18,
-            stem: Stem::Imagenet,
-            input_size: 32,
-            init: None,
-            freeze_batch_norm: false,
-        },
-        eval_every: 3,
-        checkpoint_every: 3,
-        log_every: 1,
-        workers: 2,
-        ..TrainConfig::default()
-    };
-    c.schedule.warmup_steps = 2;
-    c.schedule.lr = 0.05;
-    c.meta.mu = 2;
-    c.meta.uda_steps = 4;
-    c.meta.adaptation_schedule.warmup_steps = 2;
-    c.meta.adaptation_schedule.lr = 0.05;
-    c
-}
 
 fn dataset() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();

@@ -39,6 +39,9 @@ enum Command {
     Export(ExportArgs),
     /// Average several weights files of one network into one (a "model soup").
     Average(AverageArgs),
+    /// Measure how much of Meta-Face2Exp's feedback f is about B's pseudo labels and how much
+    /// is the noise of the labeled batch that judges A's step (docs/METHOD.md, "f's noise").
+    ProbeFeedback(ProbeArgs),
     /// Redraw a run folder's training curves (curves.png, val_curves.png).
     Plot {
         /// The run folder.
@@ -269,6 +272,39 @@ struct EvalArgs {
     tta: Tta,
 }
 
+/// From a Meta-Face2Exp checkpoint, A takes U steps on U batches of B's pseudo labels (each
+/// from the checkpointed state) and the exact f of each step is computed on the same K labeled
+/// batches. The U x K table's variance is split into the pseudo-label batch (what B can learn
+/// from), the labeled batch and their interaction. Reads the run folder, writes nothing there.
+#[derive(Args)]
+struct ProbeArgs {
+    /// A `--method meta` run folder with a checkpoint.safetensors.
+    #[arg(long)]
+    run: PathBuf,
+    /// U: pseudo-label batches (of batch_size x mu unlabeled images each).
+    #[arg(long, default_value_t = 24)]
+    pseudo_batches: usize,
+    /// K: labeled batches (of batch_size images each) judging every step.
+    #[arg(long, default_value_t = 16)]
+    labeled_batches: usize,
+    /// A's learning rate for the probe steps [default: the run's peak adaptation lr].
+    #[arg(long)]
+    lr_adaptation: Option<f64>,
+    /// Device to probe on [default: the run's].
+    #[arg(long)]
+    device: Option<String>,
+    /// Also probe each pseudo-label batch with this fraction of B's labels moved to another
+    /// class (comma-separated list): does f rank B's own labels above corrupted ones?
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    corrupt: Vec<f64>,
+    /// Seed for the probe's image sample and augmentations.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Also write the table and its variance split as one JSON object here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum Which {
     /// The weights at the run's last checkpoint (EMA weights when the run kept an EMA).
@@ -369,6 +405,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 args.out.display(),
                 args.weights.len()
             );
+            Ok(())
+        }
+        Command::ProbeFeedback(args) => {
+            use face2exp_trainer::train::feedback_probe::{self, ProbeOptions};
+            let table = feedback_probe::probe(&ProbeOptions {
+                run: args.run.clone(),
+                pseudo_batches: args.pseudo_batches,
+                labeled_batches: args.labeled_batches,
+                lr_adaptation: args.lr_adaptation,
+                device: args.device,
+                corrupt: args.corrupt,
+                seed: args.seed,
+                progress: true,
+            })?;
+            let report = feedback_probe::ProbeReport::new(table)?;
+            println!("{}", report.text());
+            if let Some(path) = &args.json {
+                let json = serde_json::to_string(&report)?;
+                face2exp_trainer::atomic::write_atomically(path, json.as_bytes())?;
+                eprintln!("wrote {}", path.display());
+            }
             Ok(())
         }
         Command::Plot { run } => {

@@ -141,20 +141,7 @@ pub fn step(
     let loss_l_after = cross_entropy(&a_l_new, &y, 0.0)?;
     let raw_f = match loss_l_before {
         Some(before) => (before.to_scalar::<f32>()? - loss_l_after.to_scalar::<f32>()?) as f64,
-        None => {
-            // f = eta_A * <grad CE(y, A(x_l; theta')), d> where theta' = theta - eta_A * d is
-            // the update A's optimizer applied (d = g_u for plain SGD; with momentum, the
-            // momentum direction actually applied).
-            let grads_new = loss_l_after.backward()?;
-            let params = adaptation.optimizer.params();
-            let mut dot = 0f64;
-            for (index, direction) in &applied {
-                if let Some(g) = grads_new.get(params[*index].1.as_tensor()) {
-                    dot += (g * direction)?.sum_all()?.to_scalar::<f32>()? as f64;
-                }
-            }
-            rates.lr_adaptation * dot
-        }
+        None => exact_feedback(adaptation, &applied, &loss_l_after, rates.lr_adaptation)?,
     };
     let centred_f = match cfg.feedback_baseline_decay {
         Some(decay) => state.subtract_feedback_baseline(decay, raw_f),
@@ -186,6 +173,43 @@ pub fn step(
     record.add("lr", rates.lr_base);
     record.add("lr_adaptation", rates.lr_adaptation);
     Ok(record)
+}
+
+/// The paper's f = eta_A * <grad CE(y, A(x_l; theta')), d>, where theta' = theta - eta_A * d
+/// is the update A's optimizer applied (`applied`, from [`Sgd::step_with_directions`]: d = g_u
+/// for plain SGD; with momentum, the momentum direction actually applied) and `loss_l_after`
+/// is A's labeled loss at theta'.
+///
+/// [`Sgd::step_with_directions`]: super::optim::Sgd::step_with_directions
+pub fn exact_feedback(
+    adaptation: &Network,
+    applied: &[(usize, Tensor)],
+    loss_l_after: &Tensor,
+    lr_adaptation: f64,
+) -> candle_core::Result<f64> {
+    let [f] = feedback_dots(adaptation, [applied], loss_l_after, lr_adaptation)?;
+    Ok(f)
+}
+
+/// [`exact_feedback`] for several directions (per parameter index) with one backward pass.
+pub fn feedback_dots<const N: usize>(
+    adaptation: &Network,
+    directions: [&[(usize, Tensor)]; N],
+    loss_l_after: &Tensor,
+    lr_adaptation: f64,
+) -> candle_core::Result<[f64; N]> {
+    let grads_new = loss_l_after.backward()?;
+    let params = adaptation.optimizer.params();
+    let mut dots = [0f64; N];
+    for (dot, direction) in dots.iter_mut().zip(directions) {
+        for (index, d) in direction {
+            if let Some(g) = grads_new.get(params[*index].1.as_tensor()) {
+                *dot += (g * d)?.sum_all()?.to_scalar::<f32>()? as f64;
+            }
+        }
+        *dot *= lr_adaptation;
+    }
+    Ok(dots)
 }
 
 #[cfg(test)]

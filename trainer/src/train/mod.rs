@@ -4,6 +4,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod device;
+pub mod feedback_probe;
 pub mod losses;
 pub mod meta;
 pub mod metrics_log;

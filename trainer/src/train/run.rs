@@ -362,11 +362,7 @@ impl RunData {
                 subset_path.display()
             );
         }
-        let preload_labeled = data::PreloadOptions {
-            max_short_side: config.model.input_size as u32,
-            center_crop: 1.0,
-            progress: options.progress,
-        };
+        let (preload_labeled, preload_unlabeled) = preload_options(config, options.progress);
         let (labeled, _) = data::preload(&labeled, &preload_labeled)?;
         let val = match &config.val {
             Some(v) => Some(data::preload(&data::load_dataset(&v.parse()?)?, &preload_labeled)?.0),
@@ -374,11 +370,7 @@ impl RunData {
         };
         let unlabeled = match (&config.unlabeled, config.method) {
             (Some(u), Method::Meta) => {
-                let options = data::PreloadOptions {
-                    center_crop: config.unlabeled_center_crop,
-                    ..preload_labeled.clone()
-                };
-                Some(data::preload(&data::load_dataset(&u.parse()?)?, &options)?.0)
+                Some(data::preload(&data::load_dataset(&u.parse()?)?, &preload_unlabeled)?.0)
             }
             _ => None,
         };
@@ -392,7 +384,26 @@ impl RunData {
     }
 }
 
-fn loader_config(config: &TrainConfig, batch_size: usize, stream: u64) -> LoaderConfig {
+/// How a run preloads its labeled (and validation) images and its unlabeled ones: shrunk to
+/// the input size, the unlabeled centre-cropped to the face first.
+pub(crate) fn preload_options(
+    config: &TrainConfig,
+    progress: bool,
+) -> (data::PreloadOptions, data::PreloadOptions) {
+    let labeled = data::PreloadOptions {
+        max_short_side: config.model.input_size as u32,
+        center_crop: 1.0,
+        progress,
+    };
+    let unlabeled = data::PreloadOptions {
+        center_crop: config.unlabeled_center_crop,
+        ..labeled.clone()
+    };
+    (labeled, unlabeled)
+}
+
+/// The loader settings of a run; `stream` separates the seeds of its loaders.
+pub(crate) fn loader_config(config: &TrainConfig, batch_size: usize, stream: u64) -> LoaderConfig {
     LoaderConfig {
         batch_size,
         input_size: config.model.input_size as u32,

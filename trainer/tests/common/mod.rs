@@ -5,6 +5,9 @@
 
 use std::path::Path;
 
+use face2exp_trainer::model::{Arch, Stem};
+use face2exp_trainer::train::config::ModelSpec;
+use face2exp_trainer::train::{Method, TrainConfig};
 use image::{Rgb, RgbImage};
 
 pub const CLASS_FOLDERS: [&str; 7] = [
@@ -41,4 +44,36 @@ pub fn write_unlabeled(dir: &Path, count: usize, size: u32) {
         });
         img.save(folder.join(format!("face_{i:03}.jpg"))).unwrap();
     }
+}
+
+/// A Meta-Face2Exp or SL run of 6 steps on `data/train` (+ `data/faces`), checkpointing
+/// and evaluating every 3 steps: ResNet-18 at 32 px, batch 7, mu 2.
+pub fn tiny_config(data: &Path, method: Method) -> TrainConfig {
+    let mut c = TrainConfig {
+        method,
+        labeled: format!("imagefolder:{}", data.join("train").display()),
+        val: Some(format!("imagefolder:{}", data.join("train").display())),
+        unlabeled: Some(format!("folder:{}", data.join("faces").display())),
+        steps: 6,
+        batch_size: 7,
+        model: ModelSpec {
+            arch: Arch::Resnet18,
+            stem: Stem::Imagenet,
+            input_size: 32,
+            init: None,
+            freeze_batch_norm: false,
+        },
+        eval_every: 3,
+        checkpoint_every: 3,
+        log_every: 1,
+        workers: 2,
+        ..TrainConfig::default()
+    };
+    c.schedule.warmup_steps = 2;
+    c.schedule.lr = 0.05;
+    c.meta.mu = 2;
+    c.meta.uda_steps = 4;
+    c.meta.adaptation_schedule.warmup_steps = 2;
+    c.meta.adaptation_schedule.lr = 0.05;
+    c
 }

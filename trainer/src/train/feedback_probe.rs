@@ -1,0 +1,388 @@
+//! How much of the circuit feedback f is about B's pseudo labels, and how much is about which
+//! labeled batch happened to judge A's step (`face2exp probe-feedback`).
+//!
+//! Training sees one f per step: A takes one step on one batch of B's pseudo labels, and one
+//! labeled batch judges it. B can only learn from the part of f that says whether *those pseudo
+//! labels* helped, which is f averaged over labeled batches. The probe loads a Meta-Face2Exp
+//! checkpoint and, for each of U pseudo-label batches, takes A's step from the checkpointed
+//! state and computes the exact f against the same K labeled batches, then puts A back. The
+//! U x K table splits f's variance (two-way random effects, one value per cell) into the
+//! pseudo-label batch (signal for B), the labeled batch, and their interaction (noise).
+//!
+//! Whether f tells good pseudo labels from bad ones is tested directly: each pseudo-label batch
+//! is also given with a fraction of B's labels replaced by other classes (`corrupt`), and A's
+//! step on those labels is judged by the same labeled batches.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::bail;
+use candle_core::{Tensor, D};
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+
+use super::checkpoint;
+use super::config::{Method, PseudoView, TrainConfig};
+use super::device::parse_device;
+use super::losses::cross_entropy;
+use super::meta::feedback_dots;
+use super::network::Network;
+use super::run::{loader_config, preload_options, CHECKPOINT_FILE, CONFIG_FILE, SUBSET_FILE};
+use crate::data::{self, Dataset, LabeledBatch, LabeledLoader, UnlabeledLoader};
+use crate::model::{BnMode, ResNetConfig};
+pub use variance::{decompose, CorruptionEffect, FeedbackVariance};
+
+mod variance;
+
+#[derive(Clone, Debug)]
+pub struct ProbeOptions {
+    /// A Meta-Face2Exp run folder (its config.toml and checkpoint.safetensors).
+    pub run: PathBuf,
+    /// U: pseudo-label batches, each one step of A from the checkpoint.
+    pub pseudo_batches: usize,
+    /// K: labeled batches, the same ones judge every pseudo-label step.
+    pub labeled_batches: usize,
+    /// A's learning rate for the probe step; `None` takes the run's peak (a finished cosine
+    /// run ends at 0). f scales with it; the variance shares do not, to first order.
+    pub lr_adaptation: Option<f64>,
+    /// Overrides the run's device (e.g. probe a CUDA run on `cpu`).
+    pub device: Option<String>,
+    /// Fractions of B's pseudo labels to replace by another class, each probed on the same
+    /// batches as B's own labels (which are always probed, as fraction 0).
+    pub corrupt: Vec<f64>,
+    /// Picks the probe's images and augmentations; the run's own seed is not reused.
+    pub seed: u64,
+    pub progress: bool,
+}
+
+/// The probe's f values, one table per corruption level, the first for B's own labels.
+#[derive(Clone, Debug, Serialize)]
+pub struct FeedbackTable {
+    pub step: u64,
+    pub lr_adaptation: f64,
+    pub levels: Vec<LevelTable>,
+}
+
+/// f for every (pseudo-label batch u, labeled batch k) at one corruption level: `applied[u][k]`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct LevelTable {
+    /// Fraction of B's pseudo labels replaced by another class (0: B's own labels).
+    pub corrupted: f64,
+    /// f along the update A's optimizer applied, as `--feedback exact` trains with: with
+    /// momentum it carries A's earlier steps (the checkpointed buffer), the same for every u.
+    pub applied: Vec<Vec<f64>>,
+    /// f along the pseudo-label gradient g_u alone, the paper's formula: only this step's
+    /// pseudo labels, judged at the same new weights.
+    pub gradient: Vec<Vec<f64>>,
+}
+
+/// Runs the probe on a Meta-Face2Exp run folder's checkpoint.
+pub fn probe(options: &ProbeOptions) -> anyhow::Result<FeedbackTable> {
+    let run = &options.run;
+    let config = TrainConfig::from_toml_file(&run.join(CONFIG_FILE))?;
+    if config.method != Method::Meta {
+        bail!(
+            "{}: a `{:?}` run has no adaptation network to probe; pass a `--method meta` run",
+            run.display(),
+            config.method
+        );
+    }
+    let Some(unlabeled_spec) = &config.unlabeled else {
+        bail!(
+            "{}: the run's config names no unlabeled data",
+            run.display()
+        );
+    };
+    if options.pseudo_batches < 2 || options.labeled_batches < 2 {
+        bail!("the probe needs at least 2 pseudo-label batches and 2 labeled batches");
+    }
+    if let Some(bad) = options.corrupt.iter().find(|c| !(0.0..=1.0).contains(*c)) {
+        bail!("--corrupt {bad}: a fraction of the pseudo labels must lie in [0, 1]");
+    }
+    let device = parse_device(options.device.as_deref().unwrap_or(&config.device))?;
+    let (tensors, metadata) = checkpoint::load(&run.join(CHECKPOINT_FILE), &device)?;
+    let step = metadata
+        .get("step")
+        .and_then(|s| s.parse::<u64>().ok())
+        .unwrap_or(0);
+
+    // Only the images the probe uses are decoded: a random sample of each dataset.
+    let batch = config.batch_size;
+    let unlabeled_batch = batch * config.meta.mu;
+    let (preload_labeled, preload_unlabeled) = preload_options(&config, options.progress);
+    let labeled_all = labeled_set(&config, run)?;
+    // K judging batches, then one batch per pseudo-label step to share B's BatchNorm batch
+    // with the unlabeled images, as B's forward in training does.
+    let labeled_count = (options.labeled_batches + options.pseudo_batches) * batch;
+    let labeled = sample(&labeled_all, labeled_count, options.seed)?;
+    let unlabeled_all = data::load_dataset(&unlabeled_spec.parse()?)?;
+    let unlabeled = sample(
+        &unlabeled_all,
+        options.pseudo_batches * unlabeled_batch,
+        options.seed ^ 1,
+    )?;
+    let (labeled, _) = data::preload(&labeled, &preload_labeled)?;
+    let (unlabeled, _) = data::preload(&unlabeled, &preload_unlabeled)?;
+    let mut labeled_loader = LabeledLoader::new(
+        labeled,
+        &probe_loader(&config, batch, options.seed, 0),
+        false,
+        0,
+    )?;
+    let mut unlabeled_loader = UnlabeledLoader::new(
+        unlabeled,
+        &probe_loader(&config, unlabeled_batch, options.seed, 1),
+        0,
+    )?;
+    let judges: Vec<LabeledBatch> = (0..options.labeled_batches)
+        .map(|_| labeled_loader.next_batch())
+        .collect::<anyhow::Result<_>>()?;
+    let judges: Vec<(Tensor, Tensor)> = judges
+        .iter()
+        .map(|b| Ok((b.to_tensor(&device)?, b.labels_tensor(&device)?)))
+        .collect::<anyhow::Result<_>>()?;
+
+    let net_config = ResNetConfig {
+        arch: config.model.arch,
+        stem: config.model.stem,
+        num_classes: labeled_all.num_classes,
+        input_size: config.model.input_size,
+    };
+    let network = |role, schedule, ema_decay| {
+        // No init file: every weight comes from the checkpoint.
+        Network::new(
+            role,
+            &net_config,
+            None,
+            &device,
+            config.sgd.clone(),
+            schedule,
+            ema_decay,
+            config.seed,
+        )
+    };
+    // As in training: only B keeps an EMA.
+    let mut base = network("base", config.schedule.clone(), config.ema_decay)?;
+    let adaptation_schedule = config.meta.adaptation_schedule.clone();
+    let mut adaptation = network("adaptation", adaptation_schedule, None)?;
+    base.restore(&tensors)?;
+    let lr = options
+        .lr_adaptation
+        .unwrap_or(config.meta.adaptation_schedule.lr);
+
+    let num_classes = net_config.num_classes;
+    let fractions: Vec<f64> = std::iter::once(0.0)
+        .chain(options.corrupt.iter().copied())
+        .collect();
+    let mut levels: Vec<LevelTable> = fractions
+        .iter()
+        .map(|&corrupted| LevelTable {
+            corrupted,
+            applied: Vec::new(),
+            gradient: Vec::new(),
+        })
+        .collect();
+    let bar = progress(options.progress, options.pseudo_batches);
+    for u in 0..options.pseudo_batches {
+        let companion = labeled_loader.next_batch()?;
+        let pseudo = unlabeled_loader.next_batch()?;
+        let x_l = companion.to_tensor(&device)?;
+        let x_uw = pseudo.to_tensor(&device)?;
+        let x_us = pseudo.strong_tensor(&device)?;
+        let (n_l, n_u) = (x_l.dim(0)?, x_uw.dim(0)?);
+        let b_logits = base
+            .model
+            .forward_with(
+                &Tensor::cat(&[&x_l, &x_uw, &x_us], 0)?,
+                BnMode::TrainNoStatsUpdate,
+            )?
+            .detach();
+        let hard_pseudo: Vec<u32> = match config.meta.pseudo_view {
+            PseudoView::Strong => b_logits.narrow(0, n_l + n_u, n_u)?,
+            PseudoView::Weak => b_logits.narrow(0, n_l, n_u)?,
+        }
+        .argmax(D::Minus1)?
+        .to_vec1()?;
+        for (level, table) in levels.iter_mut().enumerate() {
+            let seed = options.seed ^ ((u as u64) << 32 | level as u64);
+            let labels = corrupt(&hard_pseudo, table.corrupted, num_classes, seed);
+            let labels = Tensor::from_vec(labels, n_u, &device)?;
+            // A's step from the checkpoint (momentum included), as training takes it.
+            adaptation.restore(&tensors)?;
+            let [applied, gradient] = judged_step(
+                &mut adaptation,
+                &x_us,
+                &labels,
+                &judges,
+                lr,
+                config.label_smoothing,
+            )?;
+            table.applied.push(applied);
+            table.gradient.push(gradient);
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok(FeedbackTable {
+        step,
+        lr_adaptation: lr,
+        levels,
+    })
+}
+
+/// A's step on `labels` for `x_us`, then f along the applied update and along the
+/// pseudo-label gradient for every judging batch.
+fn judged_step(
+    adaptation: &mut Network,
+    x_us: &Tensor,
+    labels: &Tensor,
+    judges: &[(Tensor, Tensor)],
+    lr: f64,
+    label_smoothing: f64,
+) -> anyhow::Result<[Vec<f64>; 2]> {
+    let a_us = adaptation
+        .model
+        .forward_with(x_us, BnMode::TrainNoStatsUpdate)?;
+    let grads_u = cross_entropy(&a_us, labels, label_smoothing)?.backward()?;
+    let pseudo_gradient: Vec<(usize, Tensor)> = adaptation
+        .optimizer
+        .params()
+        .iter()
+        .enumerate()
+        .filter_map(|(i, (_, v))| grads_u.get(v.as_tensor()).map(|g| (i, g.detach())))
+        .collect();
+    let applied = adaptation.optimizer.step_with_directions(&grads_u, lr)?;
+    let mut rows = [
+        Vec::with_capacity(judges.len()),
+        Vec::with_capacity(judges.len()),
+    ];
+    for (x, y) in judges {
+        let a_l = adaptation
+            .model
+            .forward_with(x, BnMode::TrainNoStatsUpdate)?;
+        let loss_l = cross_entropy(&a_l, y, 0.0)?;
+        let dots = feedback_dots(adaptation, [&applied, &pseudo_gradient], &loss_l, lr)?;
+        for (row, f) in rows.iter_mut().zip(dots) {
+            row.push(f);
+        }
+    }
+    Ok(rows)
+}
+
+/// `labels` with round(`fraction` x n) of them, chosen with `seed`, moved to another class
+/// (uniform over the other `classes - 1`).
+pub fn corrupt(labels: &[u32], fraction: f64, classes: usize, seed: u64) -> Vec<u32> {
+    let mut out = labels.to_vec();
+    let count = (fraction * labels.len() as f64).round() as usize;
+    if count == 0 || classes < 2 {
+        return out;
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut positions: Vec<usize> = (0..labels.len()).collect();
+    positions.shuffle(&mut rng);
+    for &i in &positions[..count.min(labels.len())] {
+        let shift = rand::Rng::gen_range(&mut rng, 1..classes as u32);
+        out[i] = (out[i] + shift) % classes as u32;
+    }
+    out
+}
+
+/// The run's labeled training images: its listed subset when it trained on one.
+fn labeled_set(config: &TrainConfig, run: &Path) -> anyhow::Result<Dataset> {
+    let full = data::load_dataset(&config.labeled.parse()?)?;
+    let list = run.join(SUBSET_FILE);
+    if list.exists() {
+        data::subset::read_list(&list, &full)
+    } else {
+        Ok(full)
+    }
+}
+
+/// `count` distinct items of `dataset`, drawn with `seed`.
+fn sample(dataset: &Dataset, count: usize, seed: u64) -> anyhow::Result<Dataset> {
+    if dataset.len() < count {
+        bail!(
+            "{}: the probe needs {count} images, the dataset has {}",
+            dataset.name,
+            dataset.len()
+        );
+    }
+    let mut indices: Vec<usize> = (0..dataset.len()).collect();
+    indices.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
+    indices.truncate(count);
+    indices.sort_unstable();
+    Ok(dataset.select(format!("{} (probe sample)", dataset.name), &indices))
+}
+
+fn probe_loader(config: &TrainConfig, batch: usize, seed: u64, stream: u64) -> data::LoaderConfig {
+    data::LoaderConfig {
+        seed: seed.wrapping_mul(1_000_003).wrapping_add(stream),
+        ..loader_config(config, batch, stream)
+    }
+}
+
+fn progress(show: bool, len: usize) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len as u64);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "probe [{elapsed_precise}] {wide_bar} {pos}/{len} pseudo-label steps (eta {eta})",
+        )
+        .expect("static progress template"),
+    );
+    bar
+}
+
+/// A probe's variance splits (B's own labels) and its corruption comparisons.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProbeReport {
+    pub table: FeedbackTable,
+    pub applied: FeedbackVariance,
+    pub gradient: FeedbackVariance,
+    pub corruption: Vec<CorruptionEffect>,
+}
+
+impl ProbeReport {
+    pub fn new(table: FeedbackTable) -> anyhow::Result<Self> {
+        let clean = &table.levels[0];
+        let corruption = table.levels[1..]
+            .iter()
+            .map(|level| CorruptionEffect::between(clean, level))
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Self {
+            applied: decompose(&clean.applied)?,
+            gradient: decompose(&clean.gradient)?,
+            corruption,
+            table,
+        })
+    }
+
+    pub fn text(&self) -> String {
+        let head = |what: &str| {
+            format!(
+                "f along {what}, step {}, lr_A {}",
+                self.table.step, self.table.lr_adaptation
+            )
+        };
+        let clean = &self.table.levels[0];
+        let mut out = format!(
+            "{}\n\n{}",
+            self.applied
+                .table(&head("the applied update (as training)"), &clean.applied),
+            self.gradient
+                .table(&head("the pseudo-label gradient"), &clean.gradient)
+        );
+        if !self.corruption.is_empty() {
+            out += "\n\n";
+            out += &CorruptionEffect::table(&self.corruption);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,124 @@
+use super::{corrupt, decompose, CorruptionEffect, LevelTable};
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() < 1e-12
+}
+
+#[test]
+fn an_additive_table_splits_into_its_row_and_column_effects() {
+    // f = 1 + a_u + b_k with a = (-1, 0, 1), b = (-0.5, 0.5) and no interaction: the
+    // components are the sample variances of a (1) and b (0.5), the residual is 0.
+    let a = [-1.0, 0.0, 1.0];
+    let b = [-0.5, 0.5];
+    let table: Vec<Vec<f64>> = a
+        .iter()
+        .map(|a| b.iter().map(|b| 1.0 + a + b).collect())
+        .collect();
+    let split = decompose(&table).unwrap();
+    assert!(close(split.mean, 1.0), "{split:?}");
+    assert!(close(split.pseudo_sd, 1.0), "{split:?}");
+    assert!(close(split.labeled_sd, 0.5f64.sqrt()), "{split:?}");
+    assert!(close(split.residual_sd, 0.0), "{split:?}");
+    assert!(close(split.pseudo_share, 2.0 / 3.0), "{split:?}");
+    assert!(close(split.labeled_share, 1.0 / 3.0), "{split:?}");
+    assert!(split.pseudo_f_statistic.is_infinite());
+    // Row 0 is (-0.5, 0.5) around a mean of 0: one value of six disagrees in sign.
+    assert!(close(split.sign_agreement, 5.0 / 6.0), "{split:?}");
+}
+
+#[test]
+fn a_latin_square_is_all_residual() {
+    // Every row and column holds the same values, so neither batch matters on average.
+    let base = [1.0, -1.0, 2.0, -2.0];
+    let table: Vec<Vec<f64>> = (0..4)
+        .map(|shift| (0..4).map(|j| base[(j + shift) % 4]).collect())
+        .collect();
+    let split = decompose(&table).unwrap();
+    assert!(close(split.pseudo_share, 0.0), "{split:?}");
+    assert!(close(split.labeled_share, 0.0), "{split:?}");
+    assert!(close(split.residual_share, 1.0), "{split:?}");
+    assert!(close(split.pseudo_f_statistic, 0.0), "{split:?}");
+    // Single values have the total variance: sum of squares 40 over 15.
+    assert!(close(split.total_sd, (40.0f64 / 15.0).sqrt()), "{split:?}");
+}
+
+#[test]
+fn pseudo_label_noise_shows_as_a_large_f_statistic() {
+    // Rows differ by 1 per step, labeled batches add a small interaction.
+    let table: Vec<Vec<f64>> = (0..5)
+        .map(|u| {
+            (0..6)
+                .map(|k| u as f64 + 0.01 * ((u * 7 + k * 3) % 5) as f64)
+                .collect()
+        })
+        .collect();
+    let split = decompose(&table).unwrap();
+    assert!(split.pseudo_share > 0.99, "{split:?}");
+    assert!(split.pseudo_f_statistic > 1e3, "{split:?}");
+}
+
+#[test]
+fn a_constant_table_has_no_variance_and_no_nan() {
+    let split = decompose(&vec![vec![0.25; 3]; 4]).unwrap();
+    assert_eq!(split.mean, 0.25);
+    for v in [
+        split.pseudo_share,
+        split.labeled_share,
+        split.residual_share,
+    ] {
+        assert_eq!(v, 0.0);
+    }
+    assert_eq!(split.pseudo_f_statistic, 0.0);
+    assert_eq!(split.total_sd, 0.0);
+}
+
+#[test]
+fn tables_it_cannot_split_are_errors() {
+    let err = decompose(&[vec![1.0, 2.0]]).unwrap_err().to_string();
+    assert!(err.contains("2 x 2"), "{err}");
+    let err = decompose(&[vec![1.0, 2.0], vec![1.0]])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("same 2"), "{err}");
+    let err = decompose(&[vec![1.0, f64::NAN], vec![1.0, 2.0]])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("non-finite"), "{err}");
+}
+
+#[test]
+fn corruption_moves_exactly_the_asked_fraction_to_other_classes() {
+    let labels: Vec<u32> = (0..40).map(|i| i % 7).collect();
+    assert_eq!(corrupt(&labels, 0.0, 7, 3), labels);
+    for (fraction, moved) in [(0.25, 10), (0.5, 20), (1.0, 40)] {
+        let out = corrupt(&labels, fraction, 7, 3);
+        let changed = labels.iter().zip(&out).filter(|(a, b)| a != b).count();
+        assert_eq!(changed, moved, "fraction {fraction}");
+        assert!(out.iter().all(|l| *l < 7));
+        assert_eq!(out, corrupt(&labels, fraction, 7, 3), "seeded");
+    }
+    assert_ne!(corrupt(&labels, 0.5, 7, 3), corrupt(&labels, 0.5, 7, 4));
+}
+
+#[test]
+fn a_corruption_that_lowers_every_f_is_ranked_below_throughout() {
+    let level = |corrupted: f64, shift: f64| LevelTable {
+        corrupted,
+        applied: (0..3)
+            .map(|u| (0..4).map(|k| (u * 4 + k) as f64 - shift).collect())
+            .collect(),
+        gradient: vec![vec![1.0, 2.0], vec![3.0, 4.0], vec![5.0, 6.0]],
+    };
+    let effect = CorruptionEffect::between(&level(0.0, 0.0), &level(1.0, 0.5)).unwrap();
+    assert_eq!(effect.corrupted, 1.0);
+    assert!(close(effect.applied.clean_minus_corrupted, 0.5));
+    assert!(close(effect.applied.standard_error, 0.0));
+    assert_eq!(effect.applied.single_ranks_clean_higher, 1.0);
+    assert_eq!(effect.applied.average_ranks_clean_higher, 1.0);
+    assert!(close(effect.applied.mean, 5.5 - 0.5));
+    // Equal tables: neither is higher anywhere.
+    assert_eq!(effect.gradient.single_ranks_clean_higher, 0.0);
+    assert!(close(effect.gradient.clean_minus_corrupted, 0.0));
+    let text = CorruptionEffect::table(&[effect]);
+    assert!(text.contains("100 % applied"), "{text}");
+}

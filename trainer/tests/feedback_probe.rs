@@ -1,0 +1,98 @@
+//! `face2exp probe-feedback` on a tiny generated Meta-Face2Exp run: it reads the checkpoint
+//! without changing it, gives the same table twice, scales with A's learning rate as the exact
+//! f must, and refuses a supervised run.
+
+mod common;
+
+use std::path::Path;
+
+use face2exp_trainer::train::feedback_probe::{probe, ProbeOptions, ProbeReport};
+use face2exp_trainer::train::{train, Method, RunOptions};
+
+fn trained_run(data: &Path, out: &Path, method: Method) {
+    common::write_imagefolder(&data.join("train"), 4, 40);
+    common::write_unlabeled(&data.join("faces"), 28, 64);
+    let mut config = common::tiny_config(data, method);
+    config.steps = 3;
+    let options = RunOptions {
+        out: out.to_path_buf(),
+        resume: false,
+        stop_after: None,
+        progress: false,
+    };
+    train(config, &options).unwrap();
+}
+
+fn options(run: &Path, lr_adaptation: Option<f64>) -> ProbeOptions {
+    ProbeOptions {
+        run: run.to_path_buf(),
+        // 7 labeled images per batch: (2 + 2) x 7 = all 28; 2 x 14 unlabeled = all 28.
+        pseudo_batches: 2,
+        labeled_batches: 2,
+        lr_adaptation,
+        device: None,
+        corrupt: vec![1.0],
+        seed: 5,
+        progress: false,
+    }
+}
+
+#[test]
+fn the_probe_reads_a_meta_checkpoint_and_measures_the_exact_feedback() {
+    let data = tempfile::tempdir().unwrap();
+    let run = data.path().join("run");
+    trained_run(data.path(), &run, Method::Meta);
+    let checkpoint = std::fs::read(run.join("checkpoint.safetensors")).unwrap();
+
+    let first = probe(&options(&run, None)).unwrap();
+    assert_eq!(first.step, 3);
+    assert_eq!(first.lr_adaptation, 0.05, "the run's peak adaptation lr");
+    let fractions: Vec<f64> = first.levels.iter().map(|l| l.corrupted).collect();
+    assert_eq!(
+        fractions,
+        [0.0, 1.0],
+        "B's own labels first, then the corrupted ones"
+    );
+    for level in &first.levels {
+        for table in [&level.applied, &level.gradient] {
+            assert_eq!(table.len(), 2);
+            assert!(table.iter().all(|row| row.len() == 2));
+            assert!(table.iter().flatten().all(|f| f.is_finite() && *f != 0.0));
+        }
+        // A's momentum from three training steps makes the applied update differ from g_u.
+        assert_ne!(level.applied, level.gradient);
+    }
+    // Other labels, another step of A, another f.
+    assert_ne!(first.levels[0].gradient, first.levels[1].gradient);
+
+    // A is put back after every probe step and the run folder is only read.
+    let second = probe(&options(&run, None)).unwrap();
+    assert_eq!(first.levels, second.levels);
+    assert_eq!(
+        checkpoint,
+        std::fs::read(run.join("checkpoint.safetensors")).unwrap()
+    );
+
+    // f = lr <grad CE_l(theta - lr d), d> is lr times a dot product that settles as lr -> 0.
+    let small = probe(&options(&run, Some(1e-5))).unwrap();
+    let double = probe(&options(&run, Some(2e-5))).unwrap();
+    let (small, double) = (&small.levels[0].applied, &double.levels[0].applied);
+    for (a, b) in small.iter().flatten().zip(double.iter().flatten()) {
+        assert!((b / a - 2.0).abs() < 0.02, "f(2e-5) / f(1e-5) = {}", b / a);
+    }
+
+    let report = ProbeReport::new(first).unwrap();
+    assert!(report.text().contains("pseudo-label batch"));
+    let json = serde_json::to_value(&report).unwrap();
+    assert!(json["applied"]["pseudo_share"].is_number(), "{json}");
+    assert_eq!(json["corruption"][0]["corrupted"], 1.0, "{json}");
+}
+
+#[test]
+fn a_supervised_run_is_refused_with_the_reason() {
+    let data = tempfile::tempdir().unwrap();
+    let run = data.path().join("run");
+    trained_run(data.path(), &run, Method::Sl);
+    let err = probe(&options(&run, None)).unwrap_err().to_string();
+    assert!(err.contains("--method meta"), "{err}");
+}
