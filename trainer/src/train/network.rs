@@ -166,11 +166,15 @@ impl Network {
             var.set(&t.to_device(var.device())?)?;
         }
         let device = self.model_device();
+        // Own copies: the optimizer and the EMA update their tensors in place, and sharing
+        // storage with `tensors` would change the caller's map with every step, so a second
+        // restore from it (as `face2exp probe-feedback` does per probe step) would not
+        // restore the momentum.
         let strip = |prefix: &str| -> candle_core::Result<HashMap<String, Tensor>> {
             tensors
                 .iter()
                 .filter_map(|(k, t)| k.strip_prefix(prefix).map(|n| (n.to_string(), t)))
-                .map(|(n, t)| Ok((n, t.to_device(&device)?)))
+                .map(|(n, t)| Ok((n, t.to_device(&device)?.copy()?)))
                 .collect()
         };
         let momentum = strip(&format!("{}.momentum.", self.role))?;
@@ -261,4 +265,94 @@ fn normal(rng: &mut ChaCha8Rng) -> f64 {
     let u1: f64 = rng.gen_range(f64::EPSILON..1.0);
     let u2: f64 = rng.gen::<f64>();
     (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use candle_core::{Device, Tensor};
+
+    use super::{all_vars, Network};
+    use crate::model::{Arch, BnMode, ResNetConfig, Stem};
+    use crate::train::losses::cross_entropy;
+    use crate::train::optim::SgdConfig;
+    use crate::train::schedule::ScheduleConfig;
+
+    fn sgd_step(net: &mut Network, seed: u64) {
+        // candle's CPU generator cannot be seeded: the same `seed` must give the same batch.
+        let values: Vec<f32> = (0..4 * 3 * 32 * 32)
+            .map(|i| ((i as u64 * 7919 + seed * 104_729) % 1000) as f32 / 500.0 - 1.0)
+            .collect();
+        let x = Tensor::from_vec(values, (4, 3, 32, 32), &Device::Cpu).unwrap();
+        let y = Tensor::new(&[0u32, 1, 2, 3], &Device::Cpu).unwrap();
+        let logits = net.model.forward_with(&x, BnMode::Train).unwrap();
+        let grads = cross_entropy(&logits, &y, 0.0).unwrap().backward().unwrap();
+        net.optimizer.step(&grads, 0.1).unwrap();
+        net.update_ema().unwrap();
+    }
+
+    fn snapshot(net: &Network) -> HashMap<String, Vec<f32>> {
+        let mut tensors = HashMap::new();
+        net.checkpoint_tensors(&mut tensors);
+        tensors
+            .into_iter()
+            .map(|(k, t)| (k, t.flatten_all().unwrap().to_vec1().unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn restoring_the_same_tensors_twice_restores_momentum_and_ema_both_times() {
+        let config = ResNetConfig {
+            arch: Arch::Resnet18,
+            stem: Stem::Imagenet,
+            num_classes: 7,
+            input_size: 32,
+        };
+        let sgd = SgdConfig {
+            momentum: 0.9,
+            nesterov: true,
+            weight_decay: 5e-4,
+        };
+        let schedule = ScheduleConfig::default();
+        let mut net = Network::new(
+            "base",
+            &config,
+            None,
+            &Device::Cpu,
+            sgd,
+            schedule,
+            Some(0.9),
+            3,
+        )
+        .unwrap();
+        sgd_step(&mut net, 1);
+        let mut saved = HashMap::new();
+        net.checkpoint_tensors(&mut saved);
+        let saved: HashMap<String, Tensor> = saved
+            .into_iter()
+            .map(|(k, t)| (k, t.copy().unwrap()))
+            .collect();
+        let before = snapshot(&net);
+        assert!(before.keys().any(|k| k.contains(".momentum.")));
+        assert!(before.keys().any(|k| k.contains(".ema.")));
+
+        net.restore(&saved).unwrap();
+        sgd_step(&mut net, 2);
+        let first = snapshot(&net);
+        net.restore(&saved).unwrap();
+        assert_eq!(
+            snapshot(&net),
+            before,
+            "the second restore is the saved state"
+        );
+        sgd_step(&mut net, 2);
+        assert_eq!(
+            snapshot(&net),
+            first,
+            "and the same step from it gives the same state"
+        );
+        assert_ne!(first, before);
+        assert!(!all_vars(&net.varmap).is_empty());
+    }
 }
