@@ -13,30 +13,22 @@ import argparse
 import os
 import sys
 
-import numpy as np
 import torch
-from PIL import Image
 
 sys.path.insert(0, os.path.dirname(__file__))
-from torch_eval import ALIASES, classes_and_stats, preprocess  # noqa: E402
-from bench_infer_torch import load_face2exp, read_safetensors  # noqa: E402
+from torch_eval import class_folder_batches  # noqa: E402
 
 TEMPERATURES = (0.5, 1.0, 1.5, 2.0, 3.0, 5.0)
 
 
 def logits_and_labels(weights, root, limit=None):
-    model, size = load_face2exp(weights)
-    _, meta = read_safetensors(weights)
-    classes, mean, std = classes_and_stats(meta)
+    batches = class_folder_batches(weights, root, limit)
+    model, _ = next(batches)
     outputs, labels = [], []
-    for folder in sorted(os.listdir(root)):
-        label = classes.index(ALIASES.get(folder, folder))
-        names = sorted(os.listdir(os.path.join(root, folder)))[:limit]
-        batch = [preprocess(Image.open(os.path.join(root, folder, n)).convert("RGB"), size, mean,
-                            std) for n in names]
+    for label, x in batches:
         with torch.inference_mode():
-            outputs.append(model(torch.from_numpy(np.stack(batch))))
-        labels += [label] * len(batch)
+            outputs.append(model(x))
+        labels += [label] * len(x)
     return torch.cat(outputs), torch.tensor(labels)
 
 

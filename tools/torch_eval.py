@@ -41,26 +41,35 @@ def preprocess(img, size, mean, std):
     return x.transpose(2, 0, 1)
 
 
-def predict_folder(weights, root, hflip=False):
-    """Each image's predicted and true class index, folders and files in sorted order (the
-    order is fixed so two files' predictions can be compared image by image)."""
+def class_folder_batches(weights, root, limit=None):
+    """The network of `weights` and its class names, then one (class index, input tensor) per
+    class folder of `root`, folders and files in sorted order (the order is fixed so two
+    files' predictions can be compared image by image); `limit` takes the first images of
+    each folder."""
     model, size = load_face2exp(weights)
     _, meta = read_safetensors(weights)
     classes, mean, std = classes_and_stats(meta)
-    predicted, labels = [], []
+    yield model, classes
     for folder in sorted(os.listdir(root)):
         label = classes.index(ALIASES.get(folder, folder))
-        batch = []
-        for name in sorted(os.listdir(os.path.join(root, folder))):
-            img = Image.open(os.path.join(root, folder, name)).convert("RGB")
-            batch.append(preprocess(img, size, mean, std))
-        x = torch.from_numpy(np.stack(batch))
+        names = sorted(os.listdir(os.path.join(root, folder)))[:limit]
+        batch = [preprocess(Image.open(os.path.join(root, folder, name)).convert("RGB"), size,
+                            mean, std) for name in names]
+        yield label, torch.from_numpy(np.stack(batch))
+
+
+def predict_folder(weights, root, hflip=False):
+    """Each image's predicted and true class index, in class_folder_batches' order."""
+    batches = class_folder_batches(weights, root)
+    model, classes = next(batches)
+    predicted, labels = [], []
+    for label, x in batches:
         with torch.inference_mode():
             scores = model(x).softmax(1)
             if hflip:
                 scores = scores + model(torch.flip(x, dims=[3])).softmax(1)
         predicted += scores.argmax(1).tolist()
-        labels += [label] * len(batch)
+        labels += [label] * len(x)
     return np.array(predicted), np.array(labels), classes
 
 
