@@ -9,8 +9,8 @@ use std::path::Path;
 use face2exp_trainer::train::feedback_probe::{probe, ProbeOptions, ProbeReport};
 use face2exp_trainer::train::{train, Method, RunOptions};
 
-fn trained_run(data: &Path, out: &Path, method: Method) {
-    common::write_imagefolder(&data.join("train"), 4, 40);
+fn trained_run(data: &Path, out: &Path, method: Method, per_class: usize) {
+    common::write_imagefolder(&data.join("train"), per_class, 40);
     common::write_unlabeled(&data.join("faces"), 28, 64);
     let mut config = common::tiny_config(data, method);
     config.steps = 3;
@@ -32,6 +32,8 @@ fn options(run: &Path, lr_adaptation: Option<f64>) -> ProbeOptions {
         lr_adaptation,
         device: None,
         corrupt: vec![1.0],
+        pseudo_data: None,
+        pseudo_center_crop: None,
         seed: 5,
         progress: false,
     }
@@ -41,7 +43,7 @@ fn options(run: &Path, lr_adaptation: Option<f64>) -> ProbeOptions {
 fn the_probe_reads_a_meta_checkpoint_and_measures_the_exact_feedback() {
     let data = tempfile::tempdir().unwrap();
     let run = data.path().join("run");
-    trained_run(data.path(), &run, Method::Meta);
+    trained_run(data.path(), &run, Method::Meta, 4);
     let checkpoint = std::fs::read(run.join("checkpoint.safetensors")).unwrap();
 
     let first = probe(&options(&run, None)).unwrap();
@@ -81,7 +83,10 @@ fn the_probe_reads_a_meta_checkpoint_and_measures_the_exact_feedback() {
         assert!((b / a - 2.0).abs() < 0.02, "f(2e-5) / f(1e-5) = {}", b / a);
     }
 
+    // The run's unlabeled faces carry no labels: no pseudo-label accuracy.
+    assert!(first.pseudo_accuracy.is_empty());
     let report = ProbeReport::new(first).unwrap();
+    assert!(report.accuracy_link.is_none());
     assert!(report.text().contains("pseudo-label batch"));
     let json = serde_json::to_value(&report).unwrap();
     assert!(json["applied"]["pseudo_share"].is_number(), "{json}");
@@ -92,7 +97,35 @@ fn the_probe_reads_a_meta_checkpoint_and_measures_the_exact_feedback() {
 fn a_supervised_run_is_refused_with_the_reason() {
     let data = tempfile::tempdir().unwrap();
     let run = data.path().join("run");
-    trained_run(data.path(), &run, Method::Sl);
+    trained_run(data.path(), &run, Method::Sl, 4);
     let err = probe(&options(&run, None)).unwrap_err().to_string();
     assert!(err.contains("--method meta"), "{err}");
+}
+
+#[test]
+fn labeled_images_in_the_pseudo_label_role_give_b_s_accuracy_per_batch() {
+    let data = tempfile::tempdir().unwrap();
+    let run = data.path().join("run");
+    trained_run(data.path(), &run, Method::Meta, 6);
+    let mut with_labels = options(&run, None);
+    // The 42 labeled images: 2 + 3 judging and companion batches of 7, and 3 batches of 14
+    // as pseudo-label images (a correlation needs 3 or more).
+    with_labels.pseudo_batches = 3;
+    with_labels.pseudo_data = Some(format!(
+        "imagefolder:{}",
+        data.path().join("train").display()
+    ));
+    let table = probe(&with_labels).unwrap();
+    assert_eq!(table.pseudo_accuracy.len(), 3);
+    for a in &table.pseudo_accuracy {
+        assert!((0.0..=1.0).contains(a), "{a}");
+        assert!(
+            ((a * 14.0).round() - a * 14.0).abs() < 1e-9,
+            "{a} is not k / 14"
+        );
+    }
+    let report = ProbeReport::new(table).unwrap();
+    let link = report.accuracy_link.as_ref().expect("an accuracy link");
+    assert!(link.applied_mean_r.abs() <= 1.0);
+    assert!(report.text().contains("B's pseudo labels are right on"));
 }

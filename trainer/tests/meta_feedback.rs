@@ -43,6 +43,7 @@ fn batches() -> (LabeledBatch, UnlabeledBatch) {
         strong: images(6, 0.8),
         n: 6,
         size: SIZE,
+        known_labels: None,
     };
     (labeled, unlabeled)
 }

@@ -297,6 +297,14 @@ struct ProbeArgs {
     /// class (comma-separated list): does f rank B's own labels above corrupted ones?
     #[arg(long, value_delimiter = ',', default_value = "1")]
     corrupt: Vec<f64>,
+    /// Pseudo-label images from this data spec instead of the run's unlabeled data. Labeled
+    /// data (e.g. imagefolder:../shared/data/fer2013/val) adds how f follows the share of B's
+    /// labels that are right, batch by batch.
+    #[arg(long)]
+    pseudo_data: Option<String>,
+    /// Centre crop of those images [default: 1.0 for --pseudo-data, else the run's].
+    #[arg(long)]
+    pseudo_center_crop: Option<f32>,
     /// Seed for the probe's image sample and augmentations.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -416,6 +424,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 lr_adaptation: args.lr_adaptation,
                 device: args.device,
                 corrupt: args.corrupt,
+                pseudo_data: args.pseudo_data,
+                pseudo_center_crop: args.pseudo_center_crop,
                 seed: args.seed,
                 progress: true,
             })?;

@@ -107,6 +107,9 @@ pub struct UnlabeledBatch {
     pub strong: Vec<f32>,
     pub n: usize,
     pub size: usize,
+    /// The images' class indices when the dataset has them (labeled data in the unlabeled
+    /// role, e.g. to measure pseudo-label accuracy); training never reads them.
+    pub known_labels: Option<Vec<u32>>,
 }
 
 impl UnlabeledBatch {
@@ -343,10 +346,18 @@ impl UnlabeledLoader {
                 let mut weak = vec![0.0; indices.len() * plane];
                 let mut strong = vec![0.0; indices.len() * plane];
                 let outputs = weak.chunks_mut(plane).zip(strong.chunks_mut(plane));
+                let mut known_labels = Some(Vec::with_capacity(indices.len()));
                 for (i, (&index, (weak_out, strong_out))) in indices.iter().zip(outputs).enumerate()
                 {
-                    let (image, _) =
+                    let (image, used) =
                         decode_or_substitute(&dataset, index, cfg.center_crop, &skipped_in)?;
+                    known_labels = match (known_labels, dataset.items[used].label) {
+                        (Some(mut labels), Some(label)) => {
+                            labels.push(label.index() as u32);
+                            Some(labels)
+                        }
+                        _ => None,
+                    };
                     let mut rng = rng_for(&[cfg.seed, WEAK_STREAM, b, i as u64]);
                     to_chw(
                         &weak_view(&image, cfg.input_size, &mut rng),
@@ -369,6 +380,7 @@ impl UnlabeledLoader {
                     strong,
                     n: indices.len(),
                     size,
+                    known_labels,
                 })
             },
         );

@@ -32,7 +32,7 @@ use super::network::Network;
 use super::run::{loader_config, preload_options, CHECKPOINT_FILE, CONFIG_FILE, SUBSET_FILE};
 use crate::data::{self, Dataset, LabeledBatch, LabeledLoader, UnlabeledLoader};
 use crate::model::{BnMode, ResNetConfig};
-pub use variance::{decompose, CorruptionEffect, FeedbackVariance};
+pub use variance::{decompose, pearson, AccuracyLink, CorruptionEffect, FeedbackVariance};
 
 mod variance;
 
@@ -52,6 +52,13 @@ pub struct ProbeOptions {
     /// Fractions of B's pseudo labels to replace by another class, each probed on the same
     /// batches as B's own labels (which are always probed, as fraction 0).
     pub corrupt: Vec<f64>,
+    /// Takes the pseudo-label images from this data spec instead of the run's unlabeled data.
+    /// When it is labeled (e.g. FER2013 val), the probe records how many of B's labels are
+    /// right in each batch and how f follows that.
+    pub pseudo_data: Option<String>,
+    /// Centre crop of the pseudo-label images; `None`: the run's unlabeled crop for the run's
+    /// data, 1.0 (none) for `pseudo_data`, which is expected to hold face crops.
+    pub pseudo_center_crop: Option<f32>,
     /// Picks the probe's images and augmentations; the run's own seed is not reused.
     pub seed: u64,
     pub progress: bool,
@@ -63,6 +70,9 @@ pub struct FeedbackTable {
     pub step: u64,
     pub lr_adaptation: f64,
     pub levels: Vec<LevelTable>,
+    /// Per pseudo-label batch, the fraction of B's labels that are right (only when the
+    /// pseudo-label images are labeled; empty otherwise).
+    pub pseudo_accuracy: Vec<f64>,
 }
 
 /// f for every (pseudo-label batch u, labeled batch k) at one corruption level: `applied[u][k]`.
@@ -89,11 +99,13 @@ pub fn probe(options: &ProbeOptions) -> anyhow::Result<FeedbackTable> {
             config.method
         );
     }
-    let Some(unlabeled_spec) = &config.unlabeled else {
-        bail!(
+    let (unlabeled_spec, default_crop) = match (&options.pseudo_data, &config.unlabeled) {
+        (Some(spec), _) => (spec, 1.0),
+        (None, Some(spec)) => (spec, config.unlabeled_center_crop),
+        (None, None) => bail!(
             "{}: the run's config names no unlabeled data",
             run.display()
-        );
+        ),
     };
     if options.pseudo_batches < 2 || options.labeled_batches < 2 {
         bail!("the probe needs at least 2 pseudo-label batches and 2 labeled batches");
@@ -111,7 +123,8 @@ pub fn probe(options: &ProbeOptions) -> anyhow::Result<FeedbackTable> {
     // Only the images the probe uses are decoded: a random sample of each dataset.
     let batch = config.batch_size;
     let unlabeled_batch = batch * config.meta.mu;
-    let (preload_labeled, preload_unlabeled) = preload_options(&config, options.progress);
+    let (preload_labeled, mut preload_unlabeled) = preload_options(&config, options.progress);
+    preload_unlabeled.center_crop = options.pseudo_center_crop.unwrap_or(default_crop);
     let labeled_all = labeled_set(&config, run)?;
     // K judging batches, then one batch per pseudo-label step to share B's BatchNorm batch
     // with the unlabeled images, as B's forward in training does.
@@ -184,6 +197,7 @@ pub fn probe(options: &ProbeOptions) -> anyhow::Result<FeedbackTable> {
             gradient: Vec::new(),
         })
         .collect();
+    let mut pseudo_accuracy = Vec::new();
     let bar = progress(options.progress, options.pseudo_batches);
     for u in 0..options.pseudo_batches {
         let companion = labeled_loader.next_batch()?;
@@ -205,6 +219,14 @@ pub fn probe(options: &ProbeOptions) -> anyhow::Result<FeedbackTable> {
         }
         .argmax(D::Minus1)?
         .to_vec1()?;
+        if let Some(truth) = &pseudo.known_labels {
+            let right = hard_pseudo
+                .iter()
+                .zip(truth)
+                .filter(|(a, b)| a == b)
+                .count();
+            pseudo_accuracy.push(right as f64 / truth.len() as f64);
+        }
         for (level, table) in levels.iter_mut().enumerate() {
             let seed = options.seed ^ ((u as u64) << 32 | level as u64);
             let labels = corrupt(&hard_pseudo, table.corrupted, num_classes, seed);
@@ -229,6 +251,7 @@ pub fn probe(options: &ProbeOptions) -> anyhow::Result<FeedbackTable> {
         step,
         lr_adaptation: lr,
         levels,
+        pseudo_accuracy,
     })
 }
 
@@ -344,6 +367,8 @@ pub struct ProbeReport {
     pub applied: FeedbackVariance,
     pub gradient: FeedbackVariance,
     pub corruption: Vec<CorruptionEffect>,
+    /// How f follows the accuracy of B's labels, when the pseudo-label images are labeled.
+    pub accuracy_link: Option<AccuracyLink>,
 }
 
 impl ProbeReport {
@@ -353,10 +378,16 @@ impl ProbeReport {
             .iter()
             .map(|level| CorruptionEffect::between(clean, level))
             .collect::<anyhow::Result<_>>()?;
+        let accuracy_link = if table.pseudo_accuracy.is_empty() {
+            None
+        } else {
+            Some(AccuracyLink::new(&table.pseudo_accuracy, clean)?)
+        };
         Ok(Self {
             applied: decompose(&clean.applied)?,
             gradient: decompose(&clean.gradient)?,
             corruption,
+            accuracy_link,
             table,
         })
     }
@@ -379,6 +410,10 @@ impl ProbeReport {
         if !self.corruption.is_empty() {
             out += "\n\n";
             out += &CorruptionEffect::table(&self.corruption);
+        }
+        if let Some(link) = &self.accuracy_link {
+            out += "\n\n";
+            out += &link.text();
         }
         out
     }

@@ -122,3 +122,36 @@ fn a_corruption_that_lowers_every_f_is_ranked_below_throughout() {
     let text = CorruptionEffect::table(&[effect]);
     assert!(text.contains("100 % applied"), "{text}");
 }
+
+#[test]
+fn pearson_is_one_for_a_line_minus_one_for_its_mirror_and_zero_for_a_constant() {
+    use super::pearson;
+    let x = [1.0, 2.0, 3.0, 4.0];
+    assert!(close(pearson(&x, &[3.0, 5.0, 7.0, 9.0]), 1.0));
+    assert!(close(pearson(&x, &[9.0, 7.0, 5.0, 3.0]), -1.0));
+    assert_eq!(pearson(&x, &[2.0; 4]), 0.0);
+}
+
+#[test]
+fn the_accuracy_link_follows_batch_accuracy_and_needs_one_per_batch() {
+    use super::AccuracyLink;
+    // f rises with accuracy in the applied table and falls with it along the gradient.
+    let accuracy = [0.4, 0.5, 0.6];
+    let level = LevelTable {
+        corrupted: 0.0,
+        applied: vec![vec![1.0, 1.2], vec![2.0, 2.2], vec![3.0, 3.2]],
+        gradient: vec![vec![3.0, 3.0], vec![2.0, 2.0], vec![1.0, 1.0]],
+    };
+    let link = AccuracyLink::new(&accuracy, &level).unwrap();
+    assert!(close(link.mean_accuracy, 0.5));
+    assert!(close(link.sd_accuracy, 0.1));
+    assert!(close(link.applied_mean_r, 1.0));
+    assert!(close(link.gradient_mean_r, -1.0));
+    assert!(close(link.gradient_single_r, -1.0));
+    // Single values carry the within-batch spread: below the batch means' r.
+    assert!(link.applied_single_r > 0.9 && link.applied_single_r < 1.0);
+    let err = AccuracyLink::new(&accuracy[..2], &level)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("one per batch"), "{err}");
+}

@@ -220,3 +220,85 @@ impl CorruptionEffect {
         out
     }
 }
+
+/// How f follows the share of B's pseudo labels that are right, batch by batch (labeled
+/// images in the pseudo-label role): does f rank B's labels by their natural quality?
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AccuracyLink {
+    pub mean_accuracy: f64,
+    pub sd_accuracy: f64,
+    /// Pearson correlation across pseudo-label batches of their accuracy with f averaged over
+    /// the labeled batches, and with single values of f (one labeled batch, as in training).
+    pub applied_mean_r: f64,
+    pub applied_single_r: f64,
+    pub gradient_mean_r: f64,
+    pub gradient_single_r: f64,
+}
+
+impl AccuracyLink {
+    pub fn new(accuracy: &[f64], clean: &super::LevelTable) -> anyhow::Result<Self> {
+        if accuracy.len() != clean.applied.len() || accuracy.len() < 3 {
+            bail!(
+                "{} pseudo-label accuracies for {} batches: need one per batch, 3 or more",
+                accuracy.len(),
+                clean.applied.len()
+            );
+        }
+        let row_means = |t: &[Vec<f64>]| -> Vec<f64> {
+            t.iter()
+                .map(|r| r.iter().sum::<f64>() / r.len() as f64)
+                .collect()
+        };
+        let single = |t: &[Vec<f64>]| -> (Vec<f64>, Vec<f64>) {
+            t.iter()
+                .zip(accuracy)
+                .flat_map(|(r, a)| r.iter().map(move |f| (*a, *f)))
+                .unzip()
+        };
+        let (acc_a, f_a) = single(&clean.applied);
+        let (acc_g, f_g) = single(&clean.gradient);
+        let n = accuracy.len() as f64;
+        let mean = accuracy.iter().sum::<f64>() / n;
+        let sd = (accuracy.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt();
+        Ok(Self {
+            mean_accuracy: mean,
+            sd_accuracy: sd,
+            applied_mean_r: pearson(accuracy, &row_means(&clean.applied)),
+            applied_single_r: pearson(&acc_a, &f_a),
+            gradient_mean_r: pearson(accuracy, &row_means(&clean.gradient)),
+            gradient_single_r: pearson(&acc_g, &f_g),
+        })
+    }
+
+    pub fn text(&self) -> String {
+        format!(
+            "B's pseudo labels are right on {:.1} % (sd {:.1} points across batches); \
+             correlation of f with that accuracy:\n\
+             along the applied update: {:+.2} (f averaged over labeled batches), {:+.2} (one f)\n\
+             along the pseudo-label gradient: {:+.2} (averaged), {:+.2} (one f)",
+            100.0 * self.mean_accuracy,
+            100.0 * self.sd_accuracy,
+            self.applied_mean_r,
+            self.applied_single_r,
+            self.gradient_mean_r,
+            self.gradient_single_r
+        )
+    }
+}
+
+/// Pearson's r; 0 when either side is constant.
+pub fn pearson(x: &[f64], y: &[f64]) -> f64 {
+    let n = x.len().min(y.len()) as f64;
+    let (mx, my) = (x.iter().sum::<f64>() / n, y.iter().sum::<f64>() / n);
+    let (mut sxy, mut sxx, mut syy) = (0.0, 0.0, 0.0);
+    for (a, b) in x.iter().zip(y) {
+        sxy += (a - mx) * (b - my);
+        sxx += (a - mx).powi(2);
+        syy += (b - my).powi(2);
+    }
+    if sxx > 0.0 && syy > 0.0 {
+        sxy / (sxx * syy).sqrt()
+    } else {
+        0.0
+    }
+}
