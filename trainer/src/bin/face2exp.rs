@@ -39,8 +39,9 @@ enum Command {
     Export(ExportArgs),
     /// Average several weights files of one network into one (a "model soup").
     Average(AverageArgs),
-    /// Measure how much of Meta-Face2Exp's feedback f is about B's pseudo labels and how much
-    /// is the noise of the labeled batch that judges A's step (docs/METHOD.md, "f's noise").
+    /// Measure how much of Meta-Face2Exp's feedback f is about B's pseudo labels, how much is
+    /// the noise of the labeled batch that judges A's step, and whether f prefers B's labels
+    /// to corrupted ones (docs/METHOD.md, "Measuring f"; results: docs/RESULTS_PROBE.md).
     ProbeFeedback(ProbeArgs),
     /// Redraw a run folder's training curves (curves.png, val_curves.png).
     Plot {
