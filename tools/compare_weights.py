@@ -1,5 +1,6 @@
 """Compare two face2exp weights files image by image on an image-folder dataset: how many
-predictions change, how many go from wrong to right and from right to wrong, and how many
+predictions change, how many go from wrong to right and from right to wrong, how many of
+OLD's errors NEW repeats exactly (the same wrong class), and how many
 standard deviations the net change is under a paired sign test (McNemar's, normal
 approximation). Val accuracy differences of a few images between two shipped candidates are
 only evidence when this number is well above 2.
@@ -34,6 +35,9 @@ def main():
     print(f"changed {int((old_pred != new_pred).sum())}")
     print(f"wrong_to_right {gained} right_to_wrong {lost} net {gained - lost:+d}")
     print(f"sign_test_z {z:+.2f}")
+    old_wrong = ~old_right
+    repeated = int((old_wrong & (new_pred == old_pred)).sum())
+    print(f"old_errors {int(old_wrong.sum())} repeated_by_new {repeated}")
 
 
 if __name__ == "__main__":
