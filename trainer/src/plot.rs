@@ -237,6 +237,16 @@ pub fn curves_png(
     title: &str,
     series: &[(&str, Vec<(f64, f64)>)],
 ) -> anyhow::Result<()> {
+    xy_png(path, title, "step", series)
+}
+
+/// [`curves_png`] with another x axis than training steps, named `x_label`.
+pub fn xy_png(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    series: &[(&str, Vec<(f64, f64)>)],
+) -> anyhow::Result<()> {
     let points = || {
         series
             .iter()
@@ -291,7 +301,7 @@ pub fn curves_png(
     }
     c.fill_rect(left, top, 2, bottom - top + 1, AXIS);
     c.fill_rect(left, bottom, right - left + 1, 2, AXIS);
-    c.text_centered((left + right) / 2, height - 40, "step", 2, AXIS);
+    c.text_centered((left + right) / 2, height - 40, x_label, 2, AXIS);
     for (index, (_, pts)) in series.iter().enumerate() {
         let color = PALETTE[index % PALETTE.len()];
         let mut previous = None;

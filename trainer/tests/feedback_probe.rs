@@ -88,6 +88,17 @@ fn the_probe_reads_a_meta_checkpoint_and_measures_the_exact_feedback() {
     let report = ProbeReport::new(first).unwrap();
     assert!(report.accuracy_link.is_none());
     assert!(report.text().contains("pseudo-label batch"));
+    // `--plot`'s data: fractions 0 and 1, each the mean of its table.
+    let curves = report.corruption_curves();
+    assert_eq!(curves.len(), 2);
+    let clean = &report.table.levels[0].applied;
+    let clean_mean = clean.iter().flatten().sum::<f64>() / 4.0;
+    assert_eq!(curves[0].1[0].0, 0.0);
+    assert!((curves[0].1[0].1 - clean_mean).abs() < 1e-12);
+    assert_eq!(curves[0].1[1].0, 1.0);
+    let png = data.path().join("corruption.png");
+    face2exp_trainer::plot::xy_png(&png, "f", "fraction corrupted", &curves).unwrap();
+    assert!(image::open(&png).is_ok(), "a readable PNG");
     let json = serde_json::to_value(&report).unwrap();
     assert!(json["applied"]["pseudo_share"].is_number(), "{json}");
     assert_eq!(json["corruption"][0]["corrupted"], 1.0, "{json}");

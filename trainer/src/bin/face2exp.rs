@@ -312,6 +312,9 @@ struct ProbeArgs {
     /// Also write the table and its variance split as one JSON object here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Also draw mean f against the fraction of B's labels corrupted to this PNG.
+    #[arg(long)]
+    plot: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -435,6 +438,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(path) = &args.json {
                 let json = serde_json::to_string(&report)?;
                 face2exp_trainer::atomic::write_atomically(path, json.as_bytes())?;
+                eprintln!("wrote {}", path.display());
+            }
+            if let Some(path) = &args.plot {
+                face2exp_trainer::plot::xy_png(
+                    path,
+                    "mean f, B's labels corrupted",
+                    "fraction of B's labels corrupted",
+                    &report.corruption_curves(),
+                )?;
                 eprintln!("wrote {}", path.display());
             }
             Ok(())

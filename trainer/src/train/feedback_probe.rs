@@ -392,6 +392,27 @@ impl ProbeReport {
         })
     }
 
+    /// Mean f against the fraction of B's labels corrupted (0 = B's own), one curve per
+    /// direction, sorted by fraction: for `plot::xy_png` (`--plot`).
+    pub fn corruption_curves(&self) -> Vec<(&'static str, Vec<(f64, f64)>)> {
+        let mean = |t: &[Vec<f64>]| {
+            let n = t.iter().map(Vec::len).sum::<usize>().max(1);
+            t.iter().flatten().sum::<f64>() / n as f64
+        };
+        let mut levels: Vec<&LevelTable> = self.table.levels.iter().collect();
+        levels.sort_by(|a, b| a.corrupted.total_cmp(&b.corrupted));
+        let curve = |pick: fn(&LevelTable) -> &Vec<Vec<f64>>| {
+            levels
+                .iter()
+                .map(|l| (l.corrupted, mean(pick(l))))
+                .collect::<Vec<_>>()
+        };
+        vec![
+            ("f along the applied update", curve(|l| &l.applied)),
+            ("f along the pseudo-label gradient", curve(|l| &l.gradient)),
+        ]
+    }
+
     pub fn text(&self) -> String {
         let head = |what: &str| {
             format!(
