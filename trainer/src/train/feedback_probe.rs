@@ -397,21 +397,23 @@ impl ProbeReport {
     /// Mean f against the fraction of B's labels corrupted (0 = B's own), one curve per
     /// direction, sorted by fraction: for `plot::xy_png` (`--plot`).
     pub fn corruption_curves(&self) -> Vec<(&'static str, Vec<(f64, f64)>)> {
-        let mean = |t: &[Vec<f64>]| {
-            let n = t.iter().map(Vec::len).sum::<usize>().max(1);
-            t.iter().flatten().sum::<f64>() / n as f64
-        };
-        let mut levels: Vec<&LevelTable> = self.table.levels.iter().collect();
-        levels.sort_by(|a, b| a.corrupted.total_cmp(&b.corrupted));
-        let curve = |pick: fn(&LevelTable) -> &Vec<Vec<f64>>| {
-            levels
-                .iter()
-                .map(|l| (l.corrupted, mean(pick(l))))
-                .collect::<Vec<_>>()
+        // The means are already in the report: B's own labels' split, then each corruption.
+        let curve = |clean: f64, pick: fn(&CorruptionEffect) -> f64| {
+            let mut points: Vec<(f64, f64)> = std::iter::once((0.0, clean))
+                .chain(self.corruption.iter().map(|c| (c.corrupted, pick(c))))
+                .collect();
+            points.sort_by(|a, b| a.0.total_cmp(&b.0));
+            points
         };
         vec![
-            ("f along the applied update", curve(|l| &l.applied)),
-            ("f along the pseudo-label gradient", curve(|l| &l.gradient)),
+            (
+                "f along the applied update",
+                curve(self.applied.mean, |c| c.applied.mean),
+            ),
+            (
+                "f along the pseudo-label gradient",
+                curve(self.gradient.mean, |c| c.gradient.mean),
+            ),
         ]
     }
 

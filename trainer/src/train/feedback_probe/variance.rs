@@ -72,8 +72,8 @@ pub fn decompose(values: &[Vec<f64>]) -> anyhow::Result<FeedbackVariance> {
         bail!("the feedback table has a non-finite value");
     }
     let (uf, kf) = (u as f64, k as f64);
-    let mean = values.iter().flatten().sum::<f64>() / (uf * kf);
-    let row_means: Vec<f64> = values.iter().map(|r| r.iter().sum::<f64>() / kf).collect();
+    let mean = table_mean(values);
+    let row_means = row_means(values);
     let col_means: Vec<f64> = (0..k)
         .map(|j| values.iter().map(|r| r[j]).sum::<f64>() / uf)
         .collect();
@@ -158,12 +158,7 @@ impl Shift {
             .map(|(a, b)| a.iter().zip(b).map(|(x, y)| x - y).sum::<f64>() / a.len() as f64)
             .collect();
         let u = row_diffs.len() as f64;
-        let mean_diff = row_diffs.iter().sum::<f64>() / u;
-        let var = row_diffs
-            .iter()
-            .map(|d| (d - mean_diff).powi(2))
-            .sum::<f64>()
-            / (u - 1.0);
+        let (mean_diff, sd_diff) = mean_and_sd(&row_diffs);
         let cells = clean.iter().map(Vec::len).sum::<usize>() as f64;
         let higher = clean
             .iter()
@@ -172,9 +167,9 @@ impl Shift {
             .filter(|(a, b)| a > b)
             .count() as f64;
         Ok(Self {
-            mean: corrupted.iter().flatten().sum::<f64>() / cells,
+            mean: table_mean(corrupted),
             clean_minus_corrupted: mean_diff,
-            standard_error: (var / u).sqrt(),
+            standard_error: sd_diff / u.sqrt(),
             single_ranks_clean_higher: higher / cells,
             average_ranks_clean_higher: row_diffs.iter().filter(|d| **d > 0.0).count() as f64 / u,
         })
@@ -244,11 +239,6 @@ impl AccuracyLink {
                 clean.applied.len()
             );
         }
-        let row_means = |t: &[Vec<f64>]| -> Vec<f64> {
-            t.iter()
-                .map(|r| r.iter().sum::<f64>() / r.len() as f64)
-                .collect()
-        };
         let single = |t: &[Vec<f64>]| -> (Vec<f64>, Vec<f64>) {
             t.iter()
                 .zip(accuracy)
@@ -257,9 +247,7 @@ impl AccuracyLink {
         };
         let (acc_a, f_a) = single(&clean.applied);
         let (acc_g, f_g) = single(&clean.gradient);
-        let n = accuracy.len() as f64;
-        let mean = accuracy.iter().sum::<f64>() / n;
-        let sd = (accuracy.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt();
+        let (mean, sd) = mean_and_sd(accuracy);
         Ok(Self {
             mean_accuracy: mean,
             sd_accuracy: sd,
@@ -284,6 +272,28 @@ impl AccuracyLink {
             self.gradient_single_r
         )
     }
+}
+
+/// The mean of every value of a table (0 for an empty one).
+fn table_mean(values: &[Vec<f64>]) -> f64 {
+    let n = values.iter().map(Vec::len).sum::<usize>().max(1);
+    values.iter().flatten().sum::<f64>() / n as f64
+}
+
+/// The mean of each row of a table.
+fn row_means(values: &[Vec<f64>]) -> Vec<f64> {
+    values
+        .iter()
+        .map(|r| r.iter().sum::<f64>() / r.len() as f64)
+        .collect()
+}
+
+/// The mean and the sample standard deviation (n - 1) of `xs`, at least 2 values.
+fn mean_and_sd(xs: &[f64]) -> (f64, f64) {
+    let n = xs.len() as f64;
+    let mean = xs.iter().sum::<f64>() / n;
+    let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    (mean, var.sqrt())
 }
 
 /// Pearson's r; 0 when either side is constant.
