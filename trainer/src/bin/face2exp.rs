@@ -422,7 +422,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::ProbeFeedback(args) => {
             use face2exp_trainer::train::feedback_probe::{self, ProbeOptions};
             let table = feedback_probe::probe(&ProbeOptions {
-                run: args.run.clone(),
+                run: args.run,
                 pseudo_batches: args.pseudo_batches,
                 labeled_batches: args.labeled_batches,
                 lr_adaptation: args.lr_adaptation,

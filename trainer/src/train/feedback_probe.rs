@@ -32,7 +32,7 @@ use super::losses::cross_entropy;
 use super::meta::feedback_dots;
 use super::network::Network;
 use super::run::{loader_config, preload_options, CHECKPOINT_FILE, CONFIG_FILE, SUBSET_FILE};
-use crate::data::{self, Dataset, LabeledBatch, LabeledLoader, UnlabeledLoader};
+use crate::data::{self, Dataset, LabeledLoader, UnlabeledLoader};
 use crate::model::{BnMode, ResNetConfig};
 pub use variance::{decompose, pearson, AccuracyLink, CorruptionEffect, FeedbackVariance};
 
@@ -151,12 +151,11 @@ pub fn probe(options: &ProbeOptions) -> anyhow::Result<FeedbackTable> {
         &probe_loader(&config, unlabeled_batch, options.seed, 1),
         0,
     )?;
-    let judges: Vec<LabeledBatch> = (0..options.labeled_batches)
-        .map(|_| labeled_loader.next_batch())
-        .collect::<anyhow::Result<_>>()?;
-    let judges: Vec<(Tensor, Tensor)> = judges
-        .iter()
-        .map(|b| Ok((b.to_tensor(&device)?, b.labels_tensor(&device)?)))
+    let judges: Vec<(Tensor, Tensor)> = (0..options.labeled_batches)
+        .map(|_| {
+            let batch = labeled_loader.next_batch()?;
+            Ok((batch.to_tensor(&device)?, batch.labels_tensor(&device)?))
+        })
         .collect::<anyhow::Result<_>>()?;
 
     let net_config = ResNetConfig {
