@@ -6,7 +6,7 @@ mod common;
 
 use std::path::Path;
 
-use face2exp_trainer::train::feedback_probe::{probe, ProbeOptions, ProbeReport};
+use face2exp_trainer::train::feedback_probe::{probe, ProbeOptions, ProbeReport, Relabeling};
 use face2exp_trainer::train::{train, Method, RunOptions};
 
 fn trained_run(data: &Path, out: &Path, method: Method, per_class: usize) {
@@ -32,6 +32,8 @@ fn options(run: &Path, lr_adaptation: Option<f64>) -> ProbeOptions {
         lr_adaptation,
         device: None,
         corrupt: vec![1.0],
+        shuffle: vec![1.0],
+        uniform: true,
         pseudo_data: None,
         pseudo_center_crop: None,
         seed: 5,
@@ -52,9 +54,44 @@ fn the_probe_reads_a_meta_checkpoint_and_measures_the_exact_feedback() {
     let fractions: Vec<f64> = first.levels.iter().map(|l| l.corrupted).collect();
     assert_eq!(
         fractions,
-        [0.0, 1.0],
-        "B's own labels first, then the corrupted ones"
+        [0.0, 1.0, 1.0, 1.0],
+        "B's own labels first, then the corrupted, shuffled and uniform ones"
     );
+    assert_eq!(first.levels[2].relabeling, Relabeling::Shuffle);
+    assert_eq!(first.levels[3].relabeling, Relabeling::Uniform);
+    assert_eq!(first.levels[3].changed, 1.0);
+    assert_eq!(first.levels[3].label_shares, vec![1.0 / 7.0; 7]);
+    assert_ne!(
+        first.levels[3].gradient, first.levels[0].gradient,
+        "the uniform target is another step"
+    );
+    let statistics: Vec<&str> = first.calibration.iter().map(|c| c.statistics).collect();
+    assert_eq!(statistics, ["batch", "running"]);
+    for c in &first.calibration {
+        assert!((0.0..=1.0).contains(&c.accuracy), "{c:?}");
+        assert!(c.mean_top_probability >= 1.0 / 7.0 - 1e-9, "{c:?}");
+        assert!(
+            c.cross_entropy
+                .iter()
+                .all(|(_, l)| l.is_finite() && *l > 0.0),
+            "{c:?}"
+        );
+    }
+    assert_eq!(first.levels[0].changed, 0.0);
+    assert_eq!(
+        first.levels[1].changed, 1.0,
+        "every label moved to another class"
+    );
+    assert_eq!(
+        first.levels[2].label_shares, first.levels[0].label_shares,
+        "a shuffle keeps B's class mix"
+    );
+    let prior = &first.class_prior;
+    assert_eq!(prior.pseudo, first.levels[0].label_shares);
+    for mix in [&prior.judges, &prior.pseudo, &prior.adaptation] {
+        assert_eq!(mix.len(), 7);
+        assert!((mix.iter().sum::<f64>() - 1.0).abs() < 1e-5, "{mix:?}");
+    }
     for level in &first.levels {
         for table in [&level.applied, &level.gradient] {
             assert_eq!(table.len(), 2);
@@ -87,10 +124,17 @@ fn the_probe_reads_a_meta_checkpoint_and_measures_the_exact_feedback() {
     assert!(first.pseudo_accuracy.is_empty());
     let report = ProbeReport::new(first).unwrap();
     assert!(report.accuracy_link.is_none());
-    assert!(report.text().contains("pseudo-label batch"));
+    let text = report.text();
+    assert!(text.contains("pseudo-label batch"), "{text}");
+    assert!(text.contains("uniform"), "{text}");
+    assert!(text.contains("temperature"), "{text}");
     // `--plot`'s data: fractions 0 and 1, each the mean of its table.
     let curves = report.corruption_curves();
-    assert_eq!(curves.len(), 2);
+    assert_eq!(
+        curves.len(),
+        4,
+        "other-class and shuffled, along both directions"
+    );
     let clean = &report.table.levels[0].applied;
     let clean_mean = clean.iter().flatten().sum::<f64>() / 4.0;
     assert_eq!(curves[0].1[0].0, 0.0);

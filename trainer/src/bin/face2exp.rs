@@ -298,6 +298,16 @@ struct ProbeArgs {
     /// class (comma-separated list): does f rank B's own labels above corrupted ones?
     #[arg(long, value_delimiter = ',', default_value = "1")]
     corrupt: Vec<f64>,
+    /// Also probe each pseudo-label batch with this fraction of B's labels permuted among
+    /// their images (comma-separated list): as wrong as --corrupt, but the batch's class mix
+    /// is kept, which tells f's response to correctness from its response to the class mix.
+    #[arg(long, value_delimiter = ',')]
+    shuffle: Vec<f64>,
+    /// Also probe each pseudo-label batch with A stepping toward the uniform distribution
+    /// (label smoothing 1, no labels): a step that only makes A less sure. With the report's
+    /// calibration table it tells whether f rewards lowering A's confidence.
+    #[arg(long)]
+    uniform: bool,
     /// Pseudo-label images from this data spec instead of the run's unlabeled data. Labeled
     /// data (e.g. imagefolder:../shared/data/fer2013/val) adds how f follows the share of B's
     /// labels that are right, batch by batch.
@@ -428,6 +438,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 lr_adaptation: args.lr_adaptation,
                 device: args.device,
                 corrupt: args.corrupt,
+                shuffle: args.shuffle,
+                uniform: args.uniform,
                 pseudo_data: args.pseudo_data,
                 pseudo_center_crop: args.pseudo_center_crop,
                 seed: args.seed,
@@ -443,8 +455,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(path) = &args.plot {
                 face2exp_trainer::plot::xy_png(
                     path,
-                    "mean f, B's labels corrupted",
-                    "fraction of B's labels corrupted",
+                    "mean f, B's labels relabeled",
+                    "fraction of B's labels relabeled",
                     &report.corruption_curves(),
                 )?;
                 eprintln!("wrote {}", path.display());

@@ -14,6 +14,10 @@
 //! step on those labels is judged by the same labeled batches. And with labeled images in the
 //! pseudo-label role (`pseudo_data`, e.g. FER2013 val), the probe correlates f with the share
 //! of B's labels that are right in each batch: their natural quality.
+//!
+//! Moving labels to other classes also flattens the batch's class mix. Permuting B's labels
+//! among the batch's images (`shuffle`) makes them wrong and keeps the mix; the report gives
+//! the class mix of the judging labels, of B's labels and of A's predictions beside it.
 
 use std::path::{Path, PathBuf};
 
@@ -34,8 +38,14 @@ use super::network::Network;
 use super::run::{loader_config, preload_options, CHECKPOINT_FILE, CONFIG_FILE, SUBSET_FILE};
 use crate::data::{self, Dataset, LabeledLoader, UnlabeledLoader};
 use crate::model::{BnMode, ResNetConfig};
+pub use relabel::{corrupt, shuffle, ClassPrior, Relabeling};
 pub use variance::{decompose, pearson, AccuracyLink, CorruptionEffect, FeedbackVariance};
 
+pub use calibration::Calibration;
+use relabel::ClassCounts;
+
+mod calibration;
+mod relabel;
 mod variance;
 
 #[derive(Clone, Debug)]
@@ -54,6 +64,12 @@ pub struct ProbeOptions {
     /// Fractions of B's pseudo labels to replace by another class, each probed on the same
     /// batches as B's own labels (which are always probed, as fraction 0).
     pub corrupt: Vec<f64>,
+    /// Fractions of B's pseudo labels to permute among their images (the batch's class mix
+    /// kept), each probed on the same batches, after the `corrupt` levels.
+    pub shuffle: Vec<f64>,
+    /// Also probes each batch with A stepping toward the uniform distribution (label
+    /// smoothing 1, no labels at all): a step that only makes A less sure.
+    pub uniform: bool,
     /// Takes the pseudo-label images from this data spec instead of the run's unlabeled data.
     /// When it is labeled (e.g. FER2013 val), the probe records how many of B's labels are
     /// right in each batch and how f follows that.
@@ -75,13 +91,22 @@ pub struct FeedbackTable {
     /// Per pseudo-label batch, the fraction of B's labels that are right (only when the
     /// pseudo-label images are labeled; empty otherwise).
     pub pseudo_accuracy: Vec<f64>,
+    pub class_prior: ClassPrior,
+    /// A at the checkpoint on the judging images, with batch and with running statistics.
+    pub calibration: Vec<Calibration>,
 }
 
 /// f for every (pseudo-label batch u, labeled batch k) at one corruption level: `applied[u][k]`.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct LevelTable {
-    /// Fraction of B's pseudo labels replaced by another class (0: B's own labels).
+    /// Fraction of B's pseudo labels relabeled (0: B's own labels).
     pub corrupted: f64,
+    pub relabeling: Relabeling,
+    /// Fraction of the labels A stepped on that differ from B's (below `corrupted` for a
+    /// shuffle, which can swap two labels of one class).
+    pub changed: f64,
+    /// Class shares of the targets A stepped on (1 / classes each for the uniform target).
+    pub label_shares: Vec<f64>,
     /// f along the update A's optimizer applied, as `--feedback exact` trains with: with
     /// momentum it carries A's earlier steps (the checkpointed buffer), the same for every u.
     pub applied: Vec<Vec<f64>>,
@@ -112,8 +137,10 @@ pub fn probe(options: &ProbeOptions) -> anyhow::Result<FeedbackTable> {
     if options.pseudo_batches < 2 || options.labeled_batches < 2 {
         bail!("the probe needs at least 2 pseudo-label batches and 2 labeled batches");
     }
-    if let Some(bad) = options.corrupt.iter().find(|c| !(0.0..=1.0).contains(*c)) {
-        bail!("--corrupt {bad}: a fraction of the pseudo labels must lie in [0, 1]");
+    for (flag, fractions) in [("corrupt", &options.corrupt), ("shuffle", &options.shuffle)] {
+        if let Some(bad) = fractions.iter().find(|c| !(0.0..=1.0).contains(*c)) {
+            bail!("--{flag} {bad}: a fraction of the pseudo labels must lie in [0, 1]");
+        }
     }
     let device = parse_device(options.device.as_deref().unwrap_or(&config.device))?;
     let (tensors, metadata) = checkpoint::load(&run.join(CHECKPOINT_FILE), &device)?;
@@ -151,17 +178,21 @@ pub fn probe(options: &ProbeOptions) -> anyhow::Result<FeedbackTable> {
         &probe_loader(&config, unlabeled_batch, options.seed, 1),
         0,
     )?;
+    let num_classes = labeled_all.num_classes;
+    let mut judge_counts = ClassCounts::new(num_classes);
     let judges: Vec<(Tensor, Tensor)> = (0..options.labeled_batches)
         .map(|_| {
             let batch = labeled_loader.next_batch()?;
-            Ok((batch.to_tensor(&device)?, batch.labels_tensor(&device)?))
+            let labels = batch.labels_tensor(&device)?;
+            judge_counts.add(&labels.to_vec1::<u32>()?);
+            Ok((batch.to_tensor(&device)?, labels))
         })
         .collect::<anyhow::Result<_>>()?;
 
     let net_config = ResNetConfig {
         arch: config.model.arch,
         stem: config.model.stem,
-        num_classes: labeled_all.num_classes,
+        num_classes,
         input_size: config.model.input_size,
     };
     let network = |role, schedule, ema_decay| {
@@ -186,18 +217,38 @@ pub fn probe(options: &ProbeOptions) -> anyhow::Result<FeedbackTable> {
         .lr_adaptation
         .unwrap_or(config.meta.adaptation_schedule.lr);
 
-    let num_classes = net_config.num_classes;
-    let fractions: Vec<f64> = std::iter::once(0.0)
-        .chain(options.corrupt.iter().copied())
-        .collect();
-    let mut levels: Vec<LevelTable> = fractions
+    adaptation.restore(&tensors)?;
+    let judge_labels: Vec<u32> = judges
         .iter()
-        .map(|&corrupted| LevelTable {
+        .map(|(_, y)| y.to_vec1::<u32>())
+        .collect::<Result<Vec<_>, _>>()?
+        .concat();
+    // A is judged with batch statistics; running statistics are how `eval` would see it.
+    let batch_logits = judge_logits(&adaptation, &judges, BnMode::TrainNoStatsUpdate)?;
+    let running_logits = judge_logits(&adaptation, &judges, BnMode::Eval)?;
+    let calibration = vec![
+        Calibration::new("batch", &batch_logits, &judge_labels),
+        Calibration::new("running", &running_logits, &judge_labels),
+    ];
+    let adaptation_mix = calibration::mean_softmax(&batch_logits, num_classes);
+    // B's own labels, the other-class levels, then the shuffles: the first levels' seeds (and
+    // so their labels) do not depend on whether shuffles are asked for.
+    let kinds = std::iter::once((Relabeling::OtherClass, 0.0))
+        .chain(options.corrupt.iter().map(|&c| (Relabeling::OtherClass, c)))
+        .chain(options.shuffle.iter().map(|&c| (Relabeling::Shuffle, c)))
+        .chain(options.uniform.then_some((Relabeling::Uniform, 1.0)));
+    let mut levels: Vec<LevelTable> = kinds
+        .map(|(relabeling, corrupted)| LevelTable {
             corrupted,
+            relabeling,
+            changed: 0.0,
+            label_shares: Vec::new(),
             applied: Vec::new(),
             gradient: Vec::new(),
         })
         .collect();
+    let mut level_counts = vec![ClassCounts::new(num_classes); levels.len()];
+    let mut level_changed = vec![0usize; levels.len()];
     let mut pseudo_accuracy = Vec::new();
     let bar = progress(options.progress, options.pseudo_batches);
     for u in 0..options.pseudo_batches {
@@ -230,30 +281,68 @@ pub fn probe(options: &ProbeOptions) -> anyhow::Result<FeedbackTable> {
         }
         for (level, table) in levels.iter_mut().enumerate() {
             let seed = options.seed ^ ((u as u64) << 32 | level as u64);
-            let labels = corrupt(&hard_pseudo, table.corrupted, num_classes, seed);
+            let labels = table
+                .relabeling
+                .apply(&hard_pseudo, table.corrupted, num_classes, seed);
+            // The uniform target ignores the labels: every one of them is replaced.
+            let uniform = table.relabeling == Relabeling::Uniform;
+            level_counts[level].add(&labels);
+            level_changed[level] += if uniform {
+                n_u
+            } else {
+                labels
+                    .iter()
+                    .zip(&hard_pseudo)
+                    .filter(|(a, b)| a != b)
+                    .count()
+            };
+            let smoothing = if uniform { 1.0 } else { config.label_smoothing };
             let labels = Tensor::from_vec(labels, n_u, &device)?;
             // A's step from the checkpoint (momentum included), as training takes it.
             adaptation.restore(&tensors)?;
-            let [applied, gradient] = judged_step(
-                &mut adaptation,
-                &x_us,
-                &labels,
-                &judges,
-                lr,
-                config.label_smoothing,
-            )?;
+            let [applied, gradient] =
+                judged_step(&mut adaptation, &x_us, &labels, &judges, lr, smoothing)?;
             table.applied.push(applied);
             table.gradient.push(gradient);
         }
         bar.inc(1);
     }
     bar.finish_and_clear();
+    let seen = (options.pseudo_batches * unlabeled_batch) as f64;
+    for ((table, counts), changed) in levels.iter_mut().zip(&level_counts).zip(level_changed) {
+        table.label_shares = match table.relabeling {
+            Relabeling::Uniform => vec![1.0 / num_classes as f64; num_classes],
+            _ => counts.shares(),
+        };
+        table.changed = changed as f64 / seen;
+    }
+    let class_prior = ClassPrior {
+        judges: judge_counts.shares(),
+        pseudo: levels[0].label_shares.clone(),
+        adaptation: adaptation_mix,
+    };
     Ok(FeedbackTable {
         step,
         lr_adaptation: lr,
         levels,
         pseudo_accuracy,
+        class_prior,
+        calibration,
     })
+}
+
+/// A's logits on every judging image, one row each, with `mode`'s BatchNorm statistics.
+fn judge_logits(
+    adaptation: &Network,
+    judges: &[(Tensor, Tensor)],
+    mode: BnMode,
+) -> anyhow::Result<Vec<Vec<f32>>> {
+    let mut rows = Vec::new();
+    for (x, _) in judges {
+        let logits = adaptation.model.forward_with(x, mode)?.detach();
+        rows.extend(logits.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?);
+    }
+    Ok(rows)
 }
 
 /// A's step on `labels` for `x_us`, then f along the applied update and along the
@@ -293,24 +382,6 @@ fn judged_step(
         }
     }
     Ok(rows)
-}
-
-/// `labels` with round(`fraction` x n) of them, chosen with `seed`, moved to another class
-/// (uniform over the other `classes - 1`).
-pub fn corrupt(labels: &[u32], fraction: f64, classes: usize, seed: u64) -> Vec<u32> {
-    let mut out = labels.to_vec();
-    let count = (fraction * labels.len() as f64).round() as usize;
-    if count == 0 || classes < 2 {
-        return out;
-    }
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut positions: Vec<usize> = (0..labels.len()).collect();
-    positions.shuffle(&mut rng);
-    for &i in &positions[..count.min(labels.len())] {
-        let shift = rand::Rng::gen_range(&mut rng, 1..classes as u32);
-        out[i] = (out[i] + shift) % classes as u32;
-    }
-    out
 }
 
 /// The run's labeled training images: its listed subset when it trained on one.
@@ -393,27 +464,51 @@ impl ProbeReport {
         })
     }
 
-    /// Mean f against the fraction of B's labels corrupted (0 = B's own), one curve per
-    /// direction, sorted by fraction: for `plot::xy_png` (`--plot`).
+    /// Mean f against the fraction of B's labels relabeled (0 = B's own), one curve per
+    /// direction and relabeling, sorted by fraction: for `plot::xy_png` (`--plot`).
     pub fn corruption_curves(&self) -> Vec<(&'static str, Vec<(f64, f64)>)> {
-        // The means are already in the report: B's own labels' split, then each corruption.
-        let curve = |clean: f64, pick: fn(&CorruptionEffect) -> f64| {
+        // The means are already in the report: B's own labels' split, then each level.
+        let curve = |kind: Relabeling, clean: f64, pick: fn(&CorruptionEffect) -> f64| {
             let mut points: Vec<(f64, f64)> = std::iter::once((0.0, clean))
-                .chain(self.corruption.iter().map(|c| (c.corrupted, pick(c))))
+                .chain(
+                    self.corruption
+                        .iter()
+                        .filter(|c| c.relabeling == kind)
+                        .map(|c| (c.corrupted, pick(c))),
+                )
                 .collect();
             points.sort_by(|a, b| a.0.total_cmp(&b.0));
             points
         };
-        vec![
+        let mut curves = vec![
             (
                 "f along the applied update",
-                curve(self.applied.mean, |c| c.applied.mean),
+                curve(Relabeling::OtherClass, self.applied.mean, |c| {
+                    c.applied.mean
+                }),
             ),
             (
                 "f along the pseudo-label gradient",
-                curve(self.gradient.mean, |c| c.gradient.mean),
+                curve(Relabeling::OtherClass, self.gradient.mean, |c| {
+                    c.gradient.mean
+                }),
             ),
-        ]
+        ];
+        if self
+            .corruption
+            .iter()
+            .any(|c| c.relabeling == Relabeling::Shuffle)
+        {
+            curves.push((
+                "applied update, labels shuffled (class mix kept)",
+                curve(Relabeling::Shuffle, self.applied.mean, |c| c.applied.mean),
+            ));
+            curves.push((
+                "pseudo-label gradient, labels shuffled",
+                curve(Relabeling::Shuffle, self.gradient.mean, |c| c.gradient.mean),
+            ));
+        }
+        curves
     }
 
     pub fn text(&self) -> String {
@@ -435,6 +530,10 @@ impl ProbeReport {
             out += "\n\n";
             out += &CorruptionEffect::table(&self.corruption);
         }
+        out += "\n\n";
+        out += &self.table.class_prior.text();
+        out += "\n\n";
+        out += &Calibration::text(&self.table.calibration);
         if let Some(link) = &self.accuracy_link {
             out += "\n\n";
             out += &link.text();

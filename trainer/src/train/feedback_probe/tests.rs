@@ -1,4 +1,4 @@
-use super::{corrupt, decompose, CorruptionEffect, LevelTable};
+use super::{corrupt, decompose, shuffle, ClassPrior, CorruptionEffect, LevelTable, Relabeling};
 
 fn close(a: f64, b: f64) -> bool {
     (a - b).abs() < 1e-12
@@ -104,6 +104,9 @@ fn corruption_moves_exactly_the_asked_fraction_to_other_classes() {
 fn a_corruption_that_lowers_every_f_is_ranked_below_throughout() {
     let level = |corrupted: f64, shift: f64| LevelTable {
         corrupted,
+        relabeling: Relabeling::OtherClass,
+        changed: corrupted,
+        label_shares: vec![0.5, 0.5],
         applied: (0..3)
             .map(|u| (0..4).map(|k| (u * 4 + k) as f64 - shift).collect())
             .collect(),
@@ -120,7 +123,7 @@ fn a_corruption_that_lowers_every_f_is_ranked_below_throughout() {
     assert_eq!(effect.gradient.single_ranks_clean_higher, 0.0);
     assert!(close(effect.gradient.clean_minus_corrupted, 0.0));
     let text = CorruptionEffect::table(&[effect]);
-    assert!(text.contains("100 % applied"), "{text}");
+    assert!(text.contains("100 % other     100 % applied"), "{text}");
 }
 
 #[test]
@@ -139,6 +142,9 @@ fn the_accuracy_link_follows_batch_accuracy_and_needs_one_per_batch() {
     let accuracy = [0.4, 0.5, 0.6];
     let level = LevelTable {
         corrupted: 0.0,
+        relabeling: Relabeling::OtherClass,
+        changed: 0.0,
+        label_shares: vec![0.5, 0.5],
         applied: vec![vec![1.0, 1.2], vec![2.0, 2.2], vec![3.0, 3.2]],
         gradient: vec![vec![3.0, 3.0], vec![2.0, 2.0], vec![1.0, 1.0]],
     };
@@ -154,4 +160,95 @@ fn the_accuracy_link_follows_batch_accuracy_and_needs_one_per_batch() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("one per batch"), "{err}");
+}
+
+#[test]
+fn a_shuffle_keeps_the_class_mix_and_moves_only_the_asked_fraction() {
+    let labels: Vec<u32> = (0..40).map(|i| [0, 0, 0, 1, 1, 2, 3, 4][i % 8]).collect();
+    let histogram = |l: &[u32]| {
+        let mut h = [0usize; 7];
+        l.iter().for_each(|&c| h[c as usize] += 1);
+        h
+    };
+    assert_eq!(shuffle(&labels, 0.0, 3), labels);
+    for fraction in [0.25, 0.5, 1.0] {
+        let out = shuffle(&labels, fraction, 3);
+        assert_eq!(histogram(&out), histogram(&labels), "class mix kept");
+        let changed = out.iter().zip(&labels).filter(|(a, b)| a != b).count();
+        assert!(changed > 0, "{fraction}: some labels move");
+        assert!(
+            changed <= (fraction * 40.0) as usize,
+            "{fraction}: only the chosen ones"
+        );
+        assert_eq!(out, shuffle(&labels, fraction, 3), "seeded");
+    }
+    // Moving to other classes flattens the same batch's mix instead.
+    let moved = corrupt(&labels, 1.0, 7, 3);
+    assert_ne!(histogram(&moved), histogram(&labels));
+    assert_eq!(
+        Relabeling::Shuffle.apply(&labels, 1.0, 7, 3),
+        shuffle(&labels, 1.0, 3)
+    );
+    assert_eq!(Relabeling::OtherClass.apply(&labels, 1.0, 7, 3), moved);
+}
+
+#[test]
+fn the_class_mix_distance_is_the_share_of_labels_that_must_change_class() {
+    assert!(close(
+        ClassPrior::distance(&[0.5, 0.5, 0.0], &[0.5, 0.5, 0.0]),
+        0.0
+    ));
+    assert!(close(ClassPrior::distance(&[1.0, 0.0], &[0.0, 1.0]), 1.0));
+    assert!(close(
+        ClassPrior::distance(&[0.6, 0.4, 0.0], &[0.3, 0.4, 0.3]),
+        0.3
+    ));
+    let prior = ClassPrior {
+        judges: vec![0.6, 0.4, 0.0],
+        pseudo: vec![0.3, 0.4, 0.3],
+        adaptation: vec![0.6, 0.4, 0.0],
+    };
+    let text = prior.text();
+    assert!(text.contains("neutral      60.0    30.0    60.0"), "{text}");
+    assert!(
+        text.contains("B's labels 0.300, A's prediction 0.000"),
+        "{text}"
+    );
+}
+
+#[test]
+fn an_overconfident_network_s_loss_is_lowest_above_temperature_one() {
+    use super::calibration::{mean_softmax, softmax};
+    use super::Calibration;
+    // Two of three images right; all three at 5 nats of margin: the wrong one costs ~5 nats
+    // at T 1, and softening the logits saves more there than it costs on the right ones.
+    let logits = vec![
+        vec![5.0f32, 0.0, 0.0],
+        vec![0.0, 5.0, 0.0],
+        vec![5.0, 0.0, 0.0],
+    ];
+    let labels = [0u32, 1, 2];
+    let confident = Calibration::new("batch", &logits, &labels);
+    assert!(close(confident.accuracy, 2.0 / 3.0));
+    let top = softmax(&logits[0], 1.0)[0];
+    assert!(close(confident.mean_top_probability, top));
+    assert!(confident.best_temperature() > 1.0, "{confident:?}");
+    let at_one = confident
+        .cross_entropy
+        .iter()
+        .find(|(t, _)| *t == 1.0)
+        .unwrap()
+        .1;
+    let expected = -(2.0 * top.ln() + softmax(&logits[2], 1.0)[2].ln()) / 3.0;
+    assert!(close(at_one, expected), "{at_one} vs {expected}");
+    // All right: the sharper, the better.
+    let right = Calibration::new("running", &logits[..2], &labels[..2]);
+    assert_eq!(right.best_temperature(), 0.75);
+    assert!(Calibration::text(&[confident, right]).contains("running"));
+    // A logit 1e3 away: the probability underflows, the loss stays finite (1e3 nats).
+    let far = Calibration::new("running", &[vec![1e3f32, 0.0]], &[1]);
+    assert!((far.cross_entropy[1].1 - 1e3).abs() < 1e-6, "{far:?}");
+    let mix = mean_softmax(&logits, 3);
+    assert!(close(mix.iter().sum::<f64>(), 1.0));
+    assert!(close(mix[1], (2.0 * (1.0 - top) / 2.0 + top) / 3.0));
 }

@@ -124,6 +124,9 @@ pub fn decompose(values: &[Vec<f64>]) -> anyhow::Result<FeedbackVariance> {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct CorruptionEffect {
     pub corrupted: f64,
+    pub relabeling: super::Relabeling,
+    /// Fraction of the labels that differ from B's.
+    pub changed: f64,
     pub applied: Shift,
     pub gradient: Shift,
 }
@@ -183,6 +186,8 @@ impl CorruptionEffect {
     ) -> anyhow::Result<Self> {
         Ok(Self {
             corrupted: corrupted.corrupted,
+            relabeling: corrupted.relabeling,
+            changed: corrupted.changed,
             applied: Shift::between(&clean.applied, &corrupted.applied)?,
             gradient: Shift::between(&clean.gradient, &corrupted.gradient)?,
         })
@@ -191,15 +196,24 @@ impl CorruptionEffect {
     /// One line per level and direction.
     pub fn table(effects: &[CorruptionEffect]) -> String {
         let mut out = format!(
-            "B's labels against corrupted ones (the same images and labeled batches)\n\n\
-             {:>9} {:<9} {:>11} {:>23} {:>12} {:>12}\n",
-            "corrupted", "along", "mean f", "clean - corrupted (se)", "one f ranks", "mean ranks"
+            "B's labels against relabeled ones (the same images and labeled batches)\n\n\
+             {:>9} {:<7} {:>7} {:<9} {:>11} {:>23} {:>12} {:>12}\n",
+            "relabeled",
+            "how",
+            "changed",
+            "along",
+            "mean f",
+            "clean - relabeled (se)",
+            "one f ranks",
+            "mean ranks"
         );
         for effect in effects {
             for (along, shift) in [("applied", &effect.applied), ("gradient", &effect.gradient)] {
                 out += &format!(
-                    "{:>8.0} % {along:<9} {:>11.3e} {:>23} {:>10.1} % {:>10.1} %\n",
+                    "{:>8.0} % {:<7} {:>5.0} % {along:<9} {:>11.3e} {:>23} {:>10.1} % {:>10.1} %\n",
                     100.0 * effect.corrupted,
+                    effect.relabeling.short(),
+                    100.0 * effect.changed,
                     shift.mean,
                     format!(
                         "{:.3e} ({:.1e})",
@@ -210,8 +224,10 @@ impl CorruptionEffect {
                 );
             }
         }
-        out += "(ranks: how often f is higher for B's own labels, from one labeled batch as a \
-                training step sees it, and averaged over all)";
+        out += "(how: other = moved to another class, shuffle = permuted among the batch's \
+                images, class mix kept, uniform = a step toward the uniform distribution, no \
+                labels; ranks: how often f is higher for B's own labels, from \
+                one labeled batch as a training step sees it, and averaged over all)";
         out
     }
 }
