@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 
 use face2exp_trainer::train::feedback_probe::{probe, ProbeOptions, ProbeReport, Relabeling};
-use face2exp_trainer::train::{train, Method, RunOptions};
+use face2exp_trainer::train::{train, JudgeStatistics, Method, RunOptions};
 
 fn trained_run(data: &Path, out: &Path, method: Method, per_class: usize) {
     common::write_imagefolder(&data.join("train"), per_class, 40);
@@ -34,6 +34,7 @@ fn options(run: &Path, lr_adaptation: Option<f64>) -> ProbeOptions {
         corrupt: vec![1.0],
         shuffle: vec![1.0],
         uniform: true,
+        judge_statistics: JudgeStatistics::Batch,
         pseudo_data: None,
         pseudo_center_crop: None,
         seed: 5,
@@ -110,6 +111,24 @@ fn the_probe_reads_a_meta_checkpoint_and_measures_the_exact_feedback() {
     assert_eq!(
         checkpoint,
         std::fs::read(run.join("checkpoint.safetensors")).unwrap()
+    );
+
+    // Judged with A's running statistics: another f of the same steps.
+    let running = probe(&ProbeOptions {
+        judge_statistics: JudgeStatistics::Running,
+        ..options(&run, None)
+    })
+    .unwrap();
+    assert_eq!(running.judge_statistics, JudgeStatistics::Running);
+    assert_ne!(running.levels[0].applied, first.levels[0].applied);
+    assert!(running
+        .levels
+        .iter()
+        .flat_map(|l| l.applied.iter().flatten())
+        .all(|f| f.is_finite()));
+    assert_eq!(
+        running.calibration, first.calibration,
+        "judging does not move A"
     );
 
     // f = lr <grad CE_l(theta - lr d), d> is lr times a dot product that settles as lr -> 0.

@@ -308,6 +308,10 @@ struct ProbeArgs {
     /// calibration table it tells whether f rewards lowering A's confidence.
     #[arg(long)]
     uniform: bool,
+    /// BatchNorm statistics A is judged with after its step: batch (the labeled batch's own,
+    /// as training does) or running (A's, as eval and deployment see it).
+    #[arg(long, value_enum, default_value = "batch")]
+    judge_statistics: face2exp_trainer::train::JudgeStatistics,
     /// Pseudo-label images from this data spec instead of the run's unlabeled data. Labeled
     /// data (e.g. imagefolder:../shared/data/fer2013/val) adds how f follows the share of B's
     /// labels that are right, batch by batch.
@@ -440,6 +444,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 corrupt: args.corrupt,
                 shuffle: args.shuffle,
                 uniform: args.uniform,
+                judge_statistics: args.judge_statistics,
                 pseudo_data: args.pseudo_data,
                 pseudo_center_crop: args.pseudo_center_crop,
                 seed: args.seed,

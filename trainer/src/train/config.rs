@@ -42,6 +42,26 @@ pub enum PseudoView {
     Weak,
 }
 
+/// Which BatchNorm statistics A is judged with when its labeled loss after the step is taken.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum JudgeStatistics {
+    /// The labeled batch's own statistics, as the official code and `train` do.
+    #[default]
+    Batch,
+    /// A's running statistics, as `eval` and deployment see it.
+    Running,
+}
+
+impl JudgeStatistics {
+    pub fn bn_mode(self) -> crate::model::BnMode {
+        match self {
+            JudgeStatistics::Batch => crate::model::BnMode::TrainNoStatsUpdate,
+            JudgeStatistics::Running => crate::model::BnMode::Eval,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ModelSpec {

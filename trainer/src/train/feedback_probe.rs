@@ -30,7 +30,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use super::checkpoint;
-use super::config::{Method, PseudoView, TrainConfig};
+use super::config::{JudgeStatistics, Method, PseudoView, TrainConfig};
 use super::device::parse_device;
 use super::losses::cross_entropy;
 use super::meta::feedback_dots;
@@ -70,6 +70,9 @@ pub struct ProbeOptions {
     /// Also probes each batch with A stepping toward the uniform distribution (label
     /// smoothing 1, no labels at all): a step that only makes A less sure.
     pub uniform: bool,
+    /// The BatchNorm statistics A is judged with after its step: the labeled batch's own, as
+    /// training does, or A's running ones.
+    pub judge_statistics: JudgeStatistics,
     /// Takes the pseudo-label images from this data spec instead of the run's unlabeled data.
     /// When it is labeled (e.g. FER2013 val), the probe records how many of B's labels are
     /// right in each batch and how f follows that.
@@ -87,6 +90,7 @@ pub struct ProbeOptions {
 pub struct FeedbackTable {
     pub step: u64,
     pub lr_adaptation: f64,
+    pub judge_statistics: JudgeStatistics,
     pub levels: Vec<LevelTable>,
     /// Per pseudo-label batch, the fraction of B's labels that are right (only when the
     /// pseudo-label images are labeled; empty otherwise).
@@ -300,8 +304,13 @@ pub fn probe(options: &ProbeOptions) -> anyhow::Result<FeedbackTable> {
             let labels = Tensor::from_vec(labels, n_u, &device)?;
             // A's step from the checkpoint (momentum included), as training takes it.
             adaptation.restore(&tensors)?;
-            let [applied, gradient] =
-                judged_step(&mut adaptation, &x_us, &labels, &judges, lr, smoothing)?;
+            let [applied, gradient] = judged_step(
+                &mut adaptation,
+                (&x_us, &labels, smoothing),
+                &judges,
+                lr,
+                options.judge_statistics,
+            )?;
             table.applied.push(applied);
             table.gradient.push(gradient);
         }
@@ -324,6 +333,7 @@ pub fn probe(options: &ProbeOptions) -> anyhow::Result<FeedbackTable> {
     Ok(FeedbackTable {
         step,
         lr_adaptation: lr,
+        judge_statistics: options.judge_statistics,
         levels,
         pseudo_accuracy,
         class_prior,
@@ -349,11 +359,10 @@ fn judge_logits(
 /// pseudo-label gradient for every judging batch.
 fn judged_step(
     adaptation: &mut Network,
-    x_us: &Tensor,
-    labels: &Tensor,
+    (x_us, labels, label_smoothing): (&Tensor, &Tensor, f64),
     judges: &[(Tensor, Tensor)],
     lr: f64,
-    label_smoothing: f64,
+    judge_statistics: JudgeStatistics,
 ) -> anyhow::Result<[Vec<f64>; 2]> {
     let a_us = adaptation
         .model
@@ -372,9 +381,11 @@ fn judged_step(
         Vec::with_capacity(judges.len()),
     ];
     for (x, y) in judges {
+        // With running statistics they are the checkpoint's: the probe's step does not move
+        // them (training's step moves them 10 % toward the unlabeled batch's).
         let a_l = adaptation
             .model
-            .forward_with(x, BnMode::TrainNoStatsUpdate)?;
+            .forward_with(x, judge_statistics.bn_mode())?;
         let loss_l = cross_entropy(&a_l, y, 0.0)?;
         let dots = feedback_dots(adaptation, [&applied, &pseudo_gradient], &loss_l, lr)?;
         for (row, f) in rows.iter_mut().zip(dots) {
@@ -514,8 +525,8 @@ impl ProbeReport {
     pub fn text(&self) -> String {
         let head = |what: &str| {
             format!(
-                "f along {what}, step {}, lr_A {}",
-                self.table.step, self.table.lr_adaptation
+                "f along {what}, step {}, lr_A {}, A judged with {:?} statistics",
+                self.table.step, self.table.lr_adaptation, self.table.judge_statistics
             )
         };
         let clean = &self.table.levels[0];

@@ -14,5 +14,5 @@ pub mod run;
 pub mod schedule;
 pub mod sl;
 
-pub use config::{Feedback, Method, PseudoView, TrainConfig};
+pub use config::{Feedback, JudgeStatistics, Method, PseudoView, TrainConfig};
 pub use run::{train, RunOptions, RunSummary};
