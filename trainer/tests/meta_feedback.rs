@@ -18,7 +18,7 @@ use face2exp_trainer::train::meta::{step, MetaState, StepRates};
 use face2exp_trainer::train::network::Network;
 use face2exp_trainer::train::optim::SgdConfig;
 use face2exp_trainer::train::schedule::ScheduleConfig;
-use face2exp_trainer::train::Feedback;
+use face2exp_trainer::train::{Feedback, JudgeStatistics};
 use rand::{Rng, SeedableRng};
 
 const SIZE: usize = 32;
@@ -101,6 +101,16 @@ fn feedback(kind: Feedback, lr_adaptation: f64) -> (f64, Vec<Tensor>, Network) {
 
 /// As [`feedback`], on networks with frozen BatchNorm when `frozen`.
 fn feedback_on(kind: Feedback, lr_adaptation: f64, frozen: bool) -> (f64, Vec<Tensor>, Network) {
+    feedback_judged(kind, lr_adaptation, frozen, JudgeStatistics::Batch)
+}
+
+/// As [`feedback_on`], with A's labeled loss taken with `judge`'s BatchNorm statistics.
+fn feedback_judged(
+    kind: Feedback,
+    lr_adaptation: f64,
+    frozen: bool,
+    judge: JudgeStatistics,
+) -> (f64, Vec<Tensor>, Network) {
     let (labeled, unlabeled) = batches();
     let mut base = network("base", 1);
     let mut adaptation = network("adaptation", 2);
@@ -116,6 +126,7 @@ fn feedback_on(kind: Feedback, lr_adaptation: f64, frozen: bool) -> (f64, Vec<Te
         .collect();
     let cfg = MetaConfig {
         feedback: kind,
+        judge_statistics: judge,
         ..MetaConfig::default()
     };
     let rates = StepRates {
@@ -138,13 +149,10 @@ fn feedback_on(kind: Feedback, lr_adaptation: f64, frozen: bool) -> (f64, Vec<Te
     (record.0["f_raw"], before, adaptation)
 }
 
-fn labeled_loss(net: &Network, labeled: &LabeledBatch) -> f64 {
+fn labeled_loss_with(net: &Network, labeled: &LabeledBatch, mode: BnMode) -> f64 {
     let x = labeled.to_tensor(&Device::Cpu).unwrap();
     let y = labeled.labels_tensor(&Device::Cpu).unwrap();
-    let logits = net
-        .model
-        .forward_with(&x, BnMode::TrainNoStatsUpdate)
-        .unwrap();
+    let logits = net.model.forward_with(&x, mode).unwrap();
     cross_entropy(&logits, &y, 0.0)
         .unwrap()
         .to_scalar::<f32>()
@@ -153,8 +161,26 @@ fn labeled_loss(net: &Network, labeled: &LabeledBatch) -> f64 {
 
 #[test]
 fn exact_feedback_matches_finite_differences_along_the_applied_update() {
+    finite_difference_check(JudgeStatistics::Batch);
+}
+
+#[test]
+fn exact_feedback_judged_with_running_statistics_matches_their_finite_differences() {
+    finite_difference_check(JudgeStatistics::Running);
+    // Another judge, another f of the same step.
+    let (batch, ..) = feedback_judged(Feedback::Exact, 0.05, false, JudgeStatistics::Batch);
+    let (running, ..) = feedback_judged(Feedback::Exact, 0.05, false, JudgeStatistics::Running);
+    assert!(
+        (batch - running).abs() > 0.05 * batch.abs(),
+        "batch {batch}, running {running}"
+    );
+}
+
+/// The exact f against a central difference of A's labeled loss (with `judge`'s statistics)
+/// along the update A applied.
+fn finite_difference_check(judge: JudgeStatistics) {
     let lr = 0.05;
-    let (f_exact, before, adaptation) = feedback(Feedback::Exact, lr);
+    let (f_exact, before, adaptation) = feedback_judged(Feedback::Exact, lr, false, judge);
     let (labeled, _) = batches();
     let params: Vec<_> = adaptation.optimizer.params().to_vec();
     let after: Vec<Tensor> = params
@@ -178,14 +204,14 @@ fn exact_feedback_matches_finite_differences_along_the_applied_update() {
             var.set(&(theta + (d * (sign * h)).unwrap()).unwrap())
                 .unwrap();
         }
-        losses[slot] = labeled_loss(&adaptation, &labeled);
+        losses[slot] = labeled_loss_with(&adaptation, &labeled, judge.bn_mode());
     }
     let f_fd = lr * (losses[0] - losses[1]) / (2.0 * h);
     assert!(f_exact.abs() > 1e-4, "f is too small to test: {f_exact}");
     let rel = (f_exact - f_fd).abs() / f_fd.abs();
     assert!(
         rel < 0.03,
-        "exact f {f_exact} vs finite differences {f_fd} (rel {rel})"
+        "{judge:?}: exact f {f_exact} vs finite differences {f_fd} (rel {rel})"
     );
 }
 

@@ -176,6 +176,12 @@ struct TrainArgs {
     /// class within 200 steps there.
     #[arg(long, value_name = "FACTOR")]
     feedback_scale: Option<f64>,
+    /// Meta-Face2Exp (exact, taylor): BatchNorm statistics A is judged with for f. batch (the
+    /// labeled batch's own, as the official code) or running (A's, as eval sees it; A judged
+    /// with batch statistics was overconfident in docs/RESULTS_PROBE.md, which makes any step
+    /// that lowers its confidence, wrong labels included, look helpful).
+    #[arg(long, value_enum)]
+    judge_statistics: Option<face2exp_trainer::train::JudgeStatistics>,
     /// Central fraction of each unlabeled image kept (LFW: about 0.5).
     #[arg(long)]
     unlabeled_center_crop: Option<f32>,
@@ -229,6 +235,7 @@ impl TrainArgs {
         set!(self.finetune_steps => meta.finetune_steps);
         set!(self.feedback_baseline_decay.map(Some) => meta.feedback_baseline_decay);
         set!(self.feedback_scale => meta.feedback_scale);
+        set!(self.judge_statistics => meta.judge_statistics);
         set!(self.unlabeled_center_crop => unlabeled_center_crop);
         if let Some(w) = self.warmup_steps {
             c.schedule.warmup_steps = w;
@@ -500,6 +507,17 @@ mod tests {
         assert_eq!(train_config(&[]).meta.feedback_baseline_decay, None);
         let c = train_config(&["--feedback-baseline-decay", "0.99"]);
         assert_eq!(c.meta.feedback_baseline_decay, Some(0.99));
+    }
+
+    #[test]
+    fn judge_statistics_flag_defaults_to_batch() {
+        use face2exp_trainer::train::JudgeStatistics;
+        assert_eq!(
+            train_config(&[]).meta.judge_statistics,
+            JudgeStatistics::Batch
+        );
+        let c = train_config(&["--feedback", "exact", "--judge-statistics", "running"]);
+        assert_eq!(c.meta.judge_statistics, JudgeStatistics::Running);
     }
 
     #[test]

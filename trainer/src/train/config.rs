@@ -116,6 +116,9 @@ pub struct MetaConfig {
     pub finetune_steps: u64,
     /// Force f = 0 (ablation: B then learns from L_s + L_c only).
     pub zero_feedback: bool,
+    /// BatchNorm statistics A's labeled loss is taken with for f (`exact` and `taylor`; the
+    /// `official` form is the official code's, batch statistics).
+    pub judge_statistics: JudgeStatistics,
 }
 
 impl Default for MetaConfig {
@@ -137,6 +140,7 @@ impl Default for MetaConfig {
             },
             finetune_steps: 0,
             zero_feedback: false,
+            judge_statistics: JudgeStatistics::Batch,
         }
     }
 }
@@ -269,6 +273,12 @@ impl TrainConfig {
                      got {decay}"
                 );
             }
+            anyhow::ensure!(
+                self.meta.feedback != Feedback::Official
+                    || self.meta.judge_statistics == JudgeStatistics::Batch,
+                "--judge-statistics running needs --feedback exact or taylor: `official` \
+                 reproduces the official code, which judges A with batch statistics"
+            );
             let scale = self.meta.feedback_scale;
             // A negative factor would train B toward the labels that hurt A; 0 is --zero-feedback.
             anyhow::ensure!(
@@ -344,6 +354,19 @@ mod tests {
         }
         for decay in [0.0, 0.99] {
             config.meta.feedback_baseline_decay = Some(decay);
+            config.validate().unwrap();
+        }
+    }
+
+    #[test]
+    fn running_judge_statistics_are_refused_for_the_official_feedback() {
+        let mut config = meta_config();
+        config.meta.judge_statistics = JudgeStatistics::Running;
+        config.meta.feedback = Feedback::Official;
+        let message = config.validate().unwrap_err().to_string();
+        assert!(message.contains("--judge-statistics"), "{message}");
+        for feedback in [Feedback::Exact, Feedback::Taylor] {
+            config.meta.feedback = feedback;
             config.validate().unwrap();
         }
     }

@@ -103,7 +103,7 @@ pub fn step(
         Feedback::Taylor => {
             let a_l = adaptation
                 .model
-                .forward_with(&x_l, BnMode::TrainNoStatsUpdate)?;
+                .forward_with(&x_l, cfg.judge_statistics.bn_mode())?;
             let before = cross_entropy(&a_l.detach(), &y, 0.0)?;
             let a_us = adaptation.model.forward_with(&x_us, BnMode::Train)?;
             (
@@ -135,7 +135,9 @@ pub fn step(
     let new_mode = match cfg.feedback {
         // The official code evaluates A' in train mode, which also moves its BN statistics.
         Feedback::Official => BnMode::Train,
-        Feedback::Taylor | Feedback::Exact => BnMode::TrainNoStatsUpdate,
+        // Batch statistics by default; running ones judge A as `eval` sees it, where A is
+        // less overconfident (docs/RESULTS_PROBE.md).
+        Feedback::Taylor | Feedback::Exact => cfg.judge_statistics.bn_mode(),
     };
     let a_l_new = adaptation.model.forward_with(&x_l, new_mode)?;
     let loss_l_after = cross_entropy(&a_l_new, &y, 0.0)?;
