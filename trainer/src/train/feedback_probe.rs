@@ -15,9 +15,12 @@
 //! pseudo-label role (`pseudo_data`, e.g. FER2013 val), the probe correlates f with the share
 //! of B's labels that are right in each batch: their natural quality.
 //!
-//! Moving labels to other classes also flattens the batch's class mix. Permuting B's labels
-//! among the batch's images (`shuffle`) makes them wrong and keeps the mix; the report gives
-//! the class mix of the judging labels, of B's labels and of A's predictions beside it.
+//! Moving labels to other classes also flattens the batch's class mix, and any step on labels
+//! A disagrees with makes it less sure. Permuting B's labels among the batch's images
+//! (`shuffle`) makes them wrong and keeps the mix; a step toward the uniform distribution
+//! (`uniform`) uses no labels and only makes A less sure. The report gives the class mixes and
+//! A's calibration on the judging images beside them, and `judge_statistics` chooses the
+//! BatchNorm statistics A is judged with.
 
 use std::path::{Path, PathBuf};
 
@@ -42,7 +45,7 @@ pub use relabel::{corrupt, shuffle, ClassPrior, Relabeling};
 pub use variance::{decompose, pearson, AccuracyLink, CorruptionEffect, FeedbackVariance};
 
 pub use calibration::Calibration;
-use relabel::ClassCounts;
+use relabel::LabelTally;
 
 mod calibration;
 mod relabel;
@@ -183,13 +186,12 @@ pub fn probe(options: &ProbeOptions) -> anyhow::Result<FeedbackTable> {
         0,
     )?;
     let num_classes = labeled_all.num_classes;
-    let mut judge_counts = ClassCounts::new(num_classes);
+    let mut judge_labels = Vec::new();
     let judges: Vec<(Tensor, Tensor)> = (0..options.labeled_batches)
         .map(|_| {
             let batch = labeled_loader.next_batch()?;
-            let labels = batch.labels_tensor(&device)?;
-            judge_counts.add(&labels.to_vec1::<u32>()?);
-            Ok((batch.to_tensor(&device)?, labels))
+            judge_labels.extend_from_slice(&batch.labels);
+            Ok((batch.to_tensor(&device)?, batch.labels_tensor(&device)?))
         })
         .collect::<anyhow::Result<_>>()?;
 
@@ -222,11 +224,6 @@ pub fn probe(options: &ProbeOptions) -> anyhow::Result<FeedbackTable> {
         .unwrap_or(config.meta.adaptation_schedule.lr);
 
     adaptation.restore(&tensors)?;
-    let judge_labels: Vec<u32> = judges
-        .iter()
-        .map(|(_, y)| y.to_vec1::<u32>())
-        .collect::<Result<Vec<_>, _>>()?
-        .concat();
     // A is judged with batch statistics; running statistics are how `eval` would see it.
     let batch_logits = judge_logits(&adaptation, &judges, BnMode::TrainNoStatsUpdate)?;
     let running_logits = judge_logits(&adaptation, &judges, BnMode::Eval)?;
@@ -251,8 +248,7 @@ pub fn probe(options: &ProbeOptions) -> anyhow::Result<FeedbackTable> {
             gradient: Vec::new(),
         })
         .collect();
-    let mut level_counts = vec![ClassCounts::new(num_classes); levels.len()];
-    let mut level_changed = vec![0usize; levels.len()];
+    let mut tallies = vec![LabelTally::new(num_classes); levels.len()];
     let mut pseudo_accuracy = Vec::new();
     let bar = progress(options.progress, options.pseudo_batches);
     for u in 0..options.pseudo_batches {
@@ -288,19 +284,8 @@ pub fn probe(options: &ProbeOptions) -> anyhow::Result<FeedbackTable> {
             let labels = table
                 .relabeling
                 .apply(&hard_pseudo, table.corrupted, num_classes, seed);
-            // The uniform target ignores the labels: every one of them is replaced.
-            let uniform = table.relabeling == Relabeling::Uniform;
-            level_counts[level].add(&labels);
-            level_changed[level] += if uniform {
-                n_u
-            } else {
-                labels
-                    .iter()
-                    .zip(&hard_pseudo)
-                    .filter(|(a, b)| a != b)
-                    .count()
-            };
-            let smoothing = if uniform { 1.0 } else { config.label_smoothing };
+            tallies[level].add(&labels, &hard_pseudo);
+            let smoothing = table.relabeling.label_smoothing(config.label_smoothing);
             let labels = Tensor::from_vec(labels, n_u, &device)?;
             // A's step from the checkpoint (momentum included), as training takes it.
             adaptation.restore(&tensors)?;
@@ -317,16 +302,11 @@ pub fn probe(options: &ProbeOptions) -> anyhow::Result<FeedbackTable> {
         bar.inc(1);
     }
     bar.finish_and_clear();
-    let seen = (options.pseudo_batches * unlabeled_batch) as f64;
-    for ((table, counts), changed) in levels.iter_mut().zip(&level_counts).zip(level_changed) {
-        table.label_shares = match table.relabeling {
-            Relabeling::Uniform => vec![1.0 / num_classes as f64; num_classes],
-            _ => counts.shares(),
-        };
-        table.changed = changed as f64 / seen;
+    for (table, tally) in levels.iter_mut().zip(&tallies) {
+        (table.label_shares, table.changed) = tally.summary(table.relabeling);
     }
     let class_prior = ClassPrior {
-        judges: judge_counts.shares(),
+        judges: LabelTally::class_shares(&judge_labels, num_classes),
         pseudo: levels[0].label_shares.clone(),
         adaptation: adaptation_mix,
     };

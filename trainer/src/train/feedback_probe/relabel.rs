@@ -40,6 +40,15 @@ impl Relabeling {
         }
     }
 
+    /// The label smoothing of A's step: the run's, or 1 (all weight on the uniform
+    /// distribution) for the uniform target.
+    pub fn label_smoothing(self, run_smoothing: f64) -> f64 {
+        match self {
+            Relabeling::Uniform => 1.0,
+            _ => run_smoothing,
+        }
+    }
+
     /// A short column label for the report.
     pub fn short(self) -> &'static str {
         match self {
@@ -91,25 +100,48 @@ fn choose(n: usize, fraction: f64, seed: u64) -> (Vec<usize>, ChaCha8Rng) {
     (positions, rng)
 }
 
-/// Counts labels per class, for `shares`.
-#[derive(Clone, Debug, Default)]
-pub struct ClassCounts(Vec<u64>);
+/// Counts one level's labels per class, and how many differ from B's.
+#[derive(Clone, Debug)]
+pub struct LabelTally {
+    per_class: Vec<u64>,
+    changed: u64,
+}
 
-impl ClassCounts {
+impl LabelTally {
     pub fn new(classes: usize) -> Self {
-        Self(vec![0; classes])
-    }
-
-    pub fn add(&mut self, labels: &[u32]) {
-        for &label in labels {
-            self.0[label as usize] += 1;
+        Self {
+            per_class: vec![0; classes],
+            changed: 0,
         }
     }
 
-    /// Each class's fraction of the labels counted (all 0 when none were).
-    pub fn shares(&self) -> Vec<f64> {
-        let total = self.0.iter().sum::<u64>().max(1) as f64;
-        self.0.iter().map(|&c| c as f64 / total).collect()
+    /// Each class's share of `labels`.
+    pub fn class_shares(labels: &[u32], classes: usize) -> Vec<f64> {
+        let mut tally = Self::new(classes);
+        tally.add(labels, labels);
+        tally.summary(Relabeling::OtherClass).0
+    }
+
+    /// Counts `labels`, the level's labels for a batch whose own (B's) labels are `own`.
+    pub fn add(&mut self, labels: &[u32], own: &[u32]) {
+        for &label in labels {
+            self.per_class[label as usize] += 1;
+        }
+        self.changed += labels.iter().zip(own).filter(|(a, b)| a != b).count() as u64;
+    }
+
+    /// Each class's share of the targets and the fraction of labels that differ from B's
+    /// (0 and all 0 when nothing was counted). The uniform target ignores the labels: every
+    /// one is replaced, by 1 / classes of each class.
+    pub fn summary(&self, relabeling: Relabeling) -> (Vec<f64>, f64) {
+        let classes = self.per_class.len();
+        let total = self.per_class.iter().sum::<u64>();
+        if relabeling == Relabeling::Uniform {
+            return (vec![1.0 / classes as f64; classes], f64::from(total > 0));
+        }
+        let total = total.max(1) as f64;
+        let shares = self.per_class.iter().map(|&c| c as f64 / total).collect();
+        (shares, self.changed as f64 / total)
     }
 }
 

@@ -193,6 +193,27 @@ fn a_shuffle_keeps_the_class_mix_and_moves_only_the_asked_fraction() {
 }
 
 #[test]
+fn a_tally_gives_the_class_shares_and_the_fraction_changed() {
+    use super::relabel::LabelTally;
+    let own = [0u32, 0, 1, 2];
+    let mut tally = LabelTally::new(3);
+    assert_eq!(tally.summary(Relabeling::OtherClass), (vec![0.0; 3], 0.0));
+    tally.add(&[0, 1, 1, 2], &own);
+    tally.add(&own, &own);
+    let (shares, changed) = tally.summary(Relabeling::Shuffle);
+    assert_eq!(shares, vec![3.0 / 8.0, 3.0 / 8.0, 2.0 / 8.0]);
+    assert_eq!(changed, 1.0 / 8.0);
+    assert_eq!(
+        tally.summary(Relabeling::Uniform),
+        (vec![1.0 / 3.0; 3], 1.0),
+        "the uniform target replaces every label"
+    );
+    assert_eq!(LabelTally::class_shares(&own, 3), vec![0.5, 0.25, 0.25]);
+    assert_eq!(Relabeling::Uniform.label_smoothing(0.1), 1.0);
+    assert_eq!(Relabeling::Shuffle.label_smoothing(0.1), 0.1);
+}
+
+#[test]
 fn the_class_mix_distance_is_the_share_of_labels_that_must_change_class() {
     assert!(close(
         ClassPrior::distance(&[0.5, 0.5, 0.0], &[0.5, 0.5, 0.0]),
