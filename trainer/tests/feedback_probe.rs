@@ -66,7 +66,11 @@ fn the_probe_reads_a_meta_checkpoint_and_measures_the_exact_feedback() {
         first.levels[3].gradient, first.levels[0].gradient,
         "the uniform target is another step"
     );
-    let statistics: Vec<&str> = first.calibration.iter().map(|c| c.statistics).collect();
+    let statistics: Vec<&str> = first
+        .calibration
+        .iter()
+        .map(|c| c.statistics.name())
+        .collect();
     assert_eq!(statistics, ["batch", "running"]);
     for c in &first.calibration {
         assert!((0.0..=1.0).contains(&c.accuracy), "{c:?}");

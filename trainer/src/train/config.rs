@@ -54,6 +54,17 @@ pub enum JudgeStatistics {
 }
 
 impl JudgeStatistics {
+    /// Both, in the order reports list them.
+    pub const ALL: [JudgeStatistics; 2] = [JudgeStatistics::Batch, JudgeStatistics::Running];
+
+    /// The lower-case name the CLI and JSON use.
+    pub fn name(self) -> &'static str {
+        match self {
+            JudgeStatistics::Batch => "batch",
+            JudgeStatistics::Running => "running",
+        }
+    }
+
     pub fn bn_mode(self) -> crate::model::BnMode {
         match self {
             JudgeStatistics::Batch => crate::model::BnMode::TrainNoStatsUpdate,
@@ -355,6 +366,17 @@ mod tests {
         for decay in [0.0, 0.99] {
             config.meta.feedback_baseline_decay = Some(decay);
             config.validate().unwrap();
+        }
+    }
+
+    #[test]
+    fn judge_statistics_names_are_the_json_and_cli_names() {
+        use clap::ValueEnum;
+        for statistics in JudgeStatistics::ALL {
+            let json = serde_json::to_string(&statistics).unwrap();
+            assert_eq!(json, format!("\"{}\"", statistics.name()));
+            let cli = statistics.to_possible_value().unwrap();
+            assert_eq!(cli.get_name(), statistics.name());
         }
     }
 

@@ -224,14 +224,16 @@ pub fn probe(options: &ProbeOptions) -> anyhow::Result<FeedbackTable> {
         .unwrap_or(config.meta.adaptation_schedule.lr);
 
     adaptation.restore(&tensors)?;
-    // A is judged with batch statistics; running statistics are how `eval` would see it.
-    let batch_logits = judge_logits(&adaptation, &judges, BnMode::TrainNoStatsUpdate)?;
-    let running_logits = judge_logits(&adaptation, &judges, BnMode::Eval)?;
-    let calibration = vec![
-        Calibration::new("batch", &batch_logits, &judge_labels),
-        Calibration::new("running", &running_logits, &judge_labels),
-    ];
-    let adaptation_mix = calibration::mean_softmax(&batch_logits, num_classes);
+    // Training judges A with batch statistics; running statistics are how `eval` sees it.
+    let mut adaptation_mix = Vec::new();
+    let mut calibration = Vec::new();
+    for statistics in JudgeStatistics::ALL {
+        let logits = judge_logits(&adaptation, &judges, statistics.bn_mode())?;
+        if statistics == JudgeStatistics::Batch {
+            adaptation_mix = calibration::mean_softmax(&logits, num_classes);
+        }
+        calibration.push(Calibration::new(statistics, &logits, &judge_labels));
+    }
     // B's own labels, the other-class levels, then the shuffles: the first levels' seeds (and
     // so their labels) do not depend on whether shuffles are asked for.
     let kinds = std::iter::once((Relabeling::OtherClass, 0.0))

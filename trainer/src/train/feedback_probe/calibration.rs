@@ -8,13 +8,15 @@
 
 use serde::Serialize;
 
+use crate::train::JudgeStatistics;
+
 /// Softmax temperatures the judging cross-entropy is given at.
 pub const TEMPERATURES: [f64; 5] = [0.75, 1.0, 1.25, 1.5, 2.0];
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Calibration {
-    /// "batch" (as A is judged) or "running" (as `eval` runs it).
-    pub statistics: &'static str,
+    /// Batch (as training judges A) or running (as `eval` runs it).
+    pub statistics: JudgeStatistics,
     pub accuracy: f64,
     pub mean_top_probability: f64,
     /// (temperature, mean cross-entropy of the logits divided by it), for each of
@@ -24,7 +26,7 @@ pub struct Calibration {
 
 impl Calibration {
     /// From one row of logits per image and its label.
-    pub fn new(statistics: &'static str, logits: &[Vec<f32>], labels: &[u32]) -> Self {
+    pub fn new(statistics: JudgeStatistics, logits: &[Vec<f32>], labels: &[u32]) -> Self {
         let n = logits.len().max(1) as f64;
         let mut right = 0usize;
         let mut top = 0.0;
@@ -73,7 +75,7 @@ impl Calibration {
         for row in rows {
             out += &format!(
                 "\n{:<11} {:>6.1} % {:>7.1} %",
-                row.statistics,
+                row.statistics.name(),
                 100.0 * row.accuracy,
                 100.0 * row.mean_top_probability
             );

@@ -241,6 +241,7 @@ fn the_class_mix_distance_is_the_share_of_labels_that_must_change_class() {
 fn an_overconfident_network_s_loss_is_lowest_above_temperature_one() {
     use super::calibration::{mean_softmax, softmax};
     use super::Calibration;
+    use crate::train::JudgeStatistics;
     // Two of three images right; all three at 5 nats of margin: the wrong one costs ~5 nats
     // at T 1, and softening the logits saves more there than it costs on the right ones.
     let logits = vec![
@@ -249,7 +250,7 @@ fn an_overconfident_network_s_loss_is_lowest_above_temperature_one() {
         vec![5.0, 0.0, 0.0],
     ];
     let labels = [0u32, 1, 2];
-    let confident = Calibration::new("batch", &logits, &labels);
+    let confident = Calibration::new(JudgeStatistics::Batch, &logits, &labels);
     assert!(close(confident.accuracy, 2.0 / 3.0));
     let top = softmax(&logits[0], 1.0)[0];
     assert!(close(confident.mean_top_probability, top));
@@ -263,11 +264,11 @@ fn an_overconfident_network_s_loss_is_lowest_above_temperature_one() {
     let expected = -(2.0 * top.ln() + softmax(&logits[2], 1.0)[2].ln()) / 3.0;
     assert!(close(at_one, expected), "{at_one} vs {expected}");
     // All right: the sharper, the better.
-    let right = Calibration::new("running", &logits[..2], &labels[..2]);
+    let right = Calibration::new(JudgeStatistics::Running, &logits[..2], &labels[..2]);
     assert_eq!(right.best_temperature(), 0.75);
     assert!(Calibration::text(&[confident, right]).contains("running"));
     // A logit 1e3 away: the probability underflows, the loss stays finite (1e3 nats).
-    let far = Calibration::new("running", &[vec![1e3f32, 0.0]], &[1]);
+    let far = Calibration::new(JudgeStatistics::Running, &[vec![1e3f32, 0.0]], &[1]);
     assert!((far.cross_entropy[1].1 - 1e3).abs() < 1e-6, "{far:?}");
     let mix = mean_softmax(&logits, 3);
     assert!(close(mix.iter().sum::<f64>(), 1.0));
