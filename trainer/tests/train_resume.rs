@@ -154,33 +154,59 @@ fn feedback_changes_the_base_network_and_exports_evaluate() {
     assert!(with_f.join("curves.png").exists());
 }
 
-#[test]
-fn feedback_scale_multiplies_the_centred_f() {
+/// The train records of a 3-step Meta run with baseline decay 0.5 and `configure` applied.
+fn three_meta_steps(configure: impl FnOnce(&mut TrainConfig)) -> Vec<serde_json::Value> {
     let data = dataset();
     let runs = tempfile::tempdir().unwrap();
-    let run = runs.path().join("scaled");
+    let run = runs.path().join("meta");
     let mut cfg = config(data.path(), Method::Meta);
     cfg.steps = 3;
     cfg.meta.feedback_baseline_decay = Some(0.5);
-    cfg.meta.feedback_scale = 3.0;
+    configure(&mut cfg);
     train(cfg, &options(&run, false, None)).unwrap();
-
     let records =
         face2exp_trainer::train::metrics_log::read_records(&run.join("metrics.jsonl")).unwrap();
-    // The baseline itself is unit-tested in meta.rs; here only the factor's place is checked.
-    let mut state = MetaState::default();
-    let mut checked = 0;
-    for r in records.iter().filter(|r| r["kind"] == "train") {
-        let raw = r["f_raw"].as_f64().unwrap();
-        let centred = state.subtract_feedback_baseline(0.5, raw);
-        let expected = 3.0 * centred;
+    let train: Vec<_> = records
+        .into_iter()
+        .filter(|r| r["kind"] == "train")
+        .collect();
+    assert_eq!(train.len(), 3);
+    train
+}
+
+/// Asserts each record's f is `expected(updates, f_raw)`, updates counting from 1.
+fn assert_f(records: &[serde_json::Value], mut expected: impl FnMut(u64, f64) -> f64) {
+    for (updates, r) in (1..).zip(records) {
+        let want = expected(updates, r["f_raw"].as_f64().unwrap());
         let f = r["f"].as_f64().unwrap();
         assert!(
-            (f - expected).abs() <= 1e-12 * expected.abs().max(1e-12),
-            "step {}: f {f}, expected 3 * {centred} = {expected}",
-            r["step"]
+            (f - want).abs() <= 1e-12 * want.abs().max(1e-12),
+            "step {updates}: f {f}, expected {want}"
         );
-        checked += 1;
     }
-    assert_eq!(checked, 3);
+}
+
+#[test]
+fn feedback_scale_multiplies_the_centred_f() {
+    let records = three_meta_steps(|cfg| cfg.meta.feedback_scale = 3.0);
+    // The baseline itself is unit-tested in meta.rs; here only the factor's place is checked.
+    let mut state = MetaState::default();
+    assert_f(&records, |_, raw| {
+        3.0 * state.subtract_feedback_baseline(0.5, raw)
+    });
+}
+
+#[test]
+fn the_debiased_baseline_takes_the_first_f_as_its_mean() {
+    let records = three_meta_steps(|cfg| {
+        cfg.meta.feedback_baseline_debias = true;
+        cfg.meta.feedback_scale = 2.0;
+    });
+    // Without the correction the first f would be half the raw f (decay 0.5 from 0).
+    assert_eq!(records[0]["f"].as_f64().unwrap(), 0.0);
+    assert_ne!(records[0]["f_raw"].as_f64().unwrap(), 0.0);
+    let mut state = MetaState::default();
+    assert_f(&records, |updates, raw| {
+        2.0 * state.subtract_debiased_feedback_baseline(0.5, updates, raw)
+    });
 }

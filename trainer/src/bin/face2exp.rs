@@ -169,11 +169,17 @@ struct TrainArgs {
     /// 0.99). Only f's deviations from its recent mean then reach B, not a steady sign.
     #[arg(long, value_name = "DECAY")]
     feedback_baseline_decay: Option<f64>,
+    /// Meta-Face2Exp: correct that moving average for its start at 0 (divide by
+    /// 1 - DECAY^step, as Adam corrects its moments), so it is the mean of the f seen so far.
+    /// Without it f's early mean reaches B almost whole for about 1 / (1 - DECAY) steps.
+    #[arg(long)]
+    feedback_baseline_debias: bool,
     /// Meta-Face2Exp: multiply f (after the baseline) by this factor; 1, the default, is the
     /// paper's f. f = eta_A * <g', d> is about 1 % of L_s at eta_A 1e-2 (docs/RESULTS_FEEDBACK.md),
     /// so this sets L_f's weight apart from A's learning rate. Logged f is the scaled one.
     /// Large factors destabilise B: 25 (with --feedback-baseline-decay 0.99) drove it to one
-    /// class within 200 steps there.
+    /// class within 200 steps there, with either --judge-statistics and with
+    /// --feedback-baseline-debias (docs/RESULTS_JUDGE.md).
     #[arg(long, value_name = "FACTOR")]
     feedback_scale: Option<f64>,
     /// Meta-Face2Exp (exact, taylor): BatchNorm statistics A is judged with for f. batch (the
@@ -241,6 +247,7 @@ impl TrainArgs {
             c.schedule.warmup_steps = w;
             c.meta.adaptation_schedule.warmup_steps = w;
         }
+        c.meta.feedback_baseline_debias |= self.feedback_baseline_debias;
         c.balanced |= self.balanced;
         c.balanced_sampler |= self.balanced_sampler;
         c.model.freeze_batch_norm |= self.freeze_bn;
@@ -507,6 +514,13 @@ mod tests {
         assert_eq!(train_config(&[]).meta.feedback_baseline_decay, None);
         let c = train_config(&["--feedback-baseline-decay", "0.99"]);
         assert_eq!(c.meta.feedback_baseline_decay, Some(0.99));
+        assert!(!c.meta.feedback_baseline_debias);
+        let c = train_config(&[
+            "--feedback-baseline-decay",
+            "0.99",
+            "--feedback-baseline-debias",
+        ]);
+        assert!(c.meta.feedback_baseline_debias);
     }
 
     #[test]

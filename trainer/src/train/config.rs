@@ -118,6 +118,9 @@ pub struct MetaConfig {
     pub pseudo_view: PseudoView,
     /// Decay of a moving-average baseline subtracted from f (None: no baseline).
     pub feedback_baseline_decay: Option<f64>,
+    /// Correct the baseline for its start at 0 (divide by 1 - decay^step, as Adam does), so
+    /// f's early mean does not reach B. Off by default: the reference code has no correction.
+    pub feedback_baseline_debias: bool,
     /// Factor on f after the baseline (1: the paper's f). f = eta_A * <g', d> is tiny next to
     /// L_s at small eta_A; this makes L_f's weight a setting of its own, apart from A's rate.
     pub feedback_scale: f64,
@@ -144,6 +147,7 @@ impl Default for MetaConfig {
             feedback: Feedback::Official,
             pseudo_view: PseudoView::Strong,
             feedback_baseline_decay: None,
+            feedback_baseline_debias: false,
             feedback_scale: 1.0,
             adaptation_schedule: ScheduleConfig {
                 lr: 1e-3,
@@ -285,6 +289,11 @@ impl TrainConfig {
                 );
             }
             anyhow::ensure!(
+                !self.meta.feedback_baseline_debias || self.meta.feedback_baseline_decay.is_some(),
+                "--feedback-baseline-debias corrects the moving-average baseline, which needs \
+                 --feedback-baseline-decay (meta.feedback_baseline_decay)"
+            );
+            anyhow::ensure!(
                 self.meta.feedback != Feedback::Official
                     || self.meta.judge_statistics == JudgeStatistics::Batch,
                 "--judge-statistics running needs --feedback exact or taylor: `official` \
@@ -367,6 +376,16 @@ mod tests {
             config.meta.feedback_baseline_decay = Some(decay);
             config.validate().unwrap();
         }
+    }
+
+    #[test]
+    fn the_baseline_correction_needs_a_baseline() {
+        let mut config = meta_config();
+        config.meta.feedback_baseline_debias = true;
+        let message = config.validate().unwrap_err().to_string();
+        assert!(message.contains("--feedback-baseline-decay"), "{message}");
+        config.meta.feedback_baseline_decay = Some(0.99);
+        config.validate().unwrap();
     }
 
     #[test]

@@ -40,6 +40,23 @@ impl MetaState {
         self.feedback_baseline = decay * self.feedback_baseline + (1.0 - decay) * raw_f;
         raw_f - self.feedback_baseline
     }
+
+    /// As `subtract_feedback_baseline`, but the average is divided by 1 - decay^updates, as
+    /// Adam corrects its moments, so it is the weighted mean of the raw f seen so far rather
+    /// than a mean pulled toward its starting 0. Without it, f's early mean reaches B almost
+    /// whole for about 1 / (1 - decay) steps; at factor 25 that alone drove B to one class
+    /// (docs/RESULTS_JUDGE.md). `updates` counts this step (1 on the first), so a resumed run,
+    /// which restores the step, continues the same sequence.
+    pub fn subtract_debiased_feedback_baseline(
+        &mut self,
+        decay: f64,
+        updates: u64,
+        raw_f: f64,
+    ) -> f64 {
+        self.feedback_baseline = decay * self.feedback_baseline + (1.0 - decay) * raw_f;
+        let exponent = i32::try_from(updates.max(1)).unwrap_or(i32::MAX);
+        raw_f - self.feedback_baseline / (1.0 - decay.powi(exponent))
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -146,6 +163,9 @@ pub fn step(
         None => exact_feedback(adaptation, &applied, &loss_l_after, rates.lr_adaptation)?,
     };
     let centred_f = match cfg.feedback_baseline_decay {
+        Some(decay) if cfg.feedback_baseline_debias => {
+            state.subtract_debiased_feedback_baseline(decay, rates.step + 1, raw_f)
+        }
         Some(decay) => state.subtract_feedback_baseline(decay, raw_f),
         None => raw_f,
     };
@@ -232,6 +252,35 @@ mod tests {
         // A step 2 below the average (-1 after a run of +1) passes almost whole: -1.98.
         let f = state.subtract_feedback_baseline(0.99, -1.0);
         assert!((f + 1.98).abs() < 1e-3, "{f}");
+    }
+
+    #[test]
+    fn the_debiased_baseline_is_the_mean_so_far() {
+        let mut state = MetaState::default();
+        // The first step is its own mean, so nothing of it reaches B.
+        assert_eq!(
+            state.subtract_debiased_feedback_baseline(0.99, 1, -0.1),
+            0.0
+        );
+        // A constant f is removed whole at once, not 0.99^n of it at a time.
+        for updates in 2..=50 {
+            let f = state.subtract_debiased_feedback_baseline(0.99, updates, -0.1);
+            assert!(f.abs() < 1e-12, "step {updates}: {f}");
+        }
+        // After 50 steps of -0.1, a +0.1 step is 0.2 above a mean that now includes it.
+        let weight_of_new = 0.01 / (1.0 - 0.99f64.powi(51));
+        let f = state.subtract_debiased_feedback_baseline(0.99, 51, 0.1);
+        assert!((f - 0.2 * (1.0 - weight_of_new)).abs() < 1e-12, "{f}");
+        // Far from the start it is the plain baseline: 1 - 0.99^5000 rounds to 1.
+        let mut plain = MetaState::default();
+        let mut debiased = MetaState::default();
+        let (mut a, mut b) = (0.0, 0.0);
+        for updates in 1..=5000 {
+            let raw = (updates as f64 * 0.7).sin();
+            a = plain.subtract_feedback_baseline(0.99, raw);
+            b = debiased.subtract_debiased_feedback_baseline(0.99, updates, raw);
+        }
+        assert!((a - b).abs() < 1e-12, "{a} vs {b}");
     }
 
     #[test]
