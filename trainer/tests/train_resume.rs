@@ -171,6 +171,12 @@ fn three_meta_steps(configure: impl FnOnce(&mut TrainConfig)) -> Vec<serde_json:
         .filter(|r| r["kind"] == "train")
         .collect();
     assert_eq!(train.len(), 3);
+    for r in &train {
+        let judged = r["loss_judge"]
+            .as_f64()
+            .expect("A's judged labeled loss is logged");
+        assert!(judged.is_finite() && judged > 0.0, "loss_judge {judged}");
+    }
     train
 }
 

@@ -189,6 +189,9 @@ pub fn step(
     record.add("loss_f", loss_f.to_scalar::<f32>()? as f64);
     record.add("f", f);
     record.add("f_raw", raw_f);
+    // What f judges: A's labeled loss after its step, with the judge's BatchNorm statistics.
+    // A spike here is A's step hurting it, which is where f's heavy tails come from.
+    record.add("loss_judge", loss_l_after.to_scalar::<f32>()? as f64);
     record.add("mask_rate", mask.mean_all()?.to_scalar::<f32>()? as f64);
     record.add("weight_u", weight_u);
     record.add("train_acc", batch_accuracy(&b_l, &y)?);

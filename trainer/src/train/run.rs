@@ -554,6 +554,7 @@ pub fn write_plots(out: &Path, last: Option<&Metrics>) -> anyhow::Result<()> {
         "loss_u",
         "loss_f",
         "f",
+        "loss_judge",
         "mask_rate",
         "train_acc",
     ] {
