@@ -216,3 +216,21 @@ fn the_debiased_baseline_takes_the_first_f_as_its_mean() {
         2.0 * state.subtract_debiased_feedback_baseline(0.5, updates, raw)
     });
 }
+
+#[test]
+fn the_clip_bounds_f_before_the_baseline() {
+    // A bound far below any real f clamps every step, so f is set by the bound alone.
+    let clip = 1e-9;
+    let records = three_meta_steps(|cfg| {
+        cfg.meta.feedback_clip = Some(clip);
+        cfg.meta.feedback_scale = 2.0;
+    });
+    let mut state = MetaState::default();
+    assert_f(&records, |_, raw| {
+        assert!(raw.abs() > clip, "the raw f is logged unclamped: {raw}");
+        2.0 * state.subtract_feedback_baseline(0.5, raw.clamp(-clip, clip))
+    });
+    for r in &records {
+        assert_eq!(r["f_clamped"].as_f64(), Some(1.0));
+    }
+}

@@ -121,6 +121,10 @@ pub struct MetaConfig {
     /// Correct the baseline for its start at 0 (divide by 1 - decay^step, as Adam does), so
     /// f's early mean does not reach B. Off by default: the reference code has no correction.
     pub feedback_baseline_debias: bool,
+    /// Clamp the raw f to [-clip, clip] before the baseline and the factor (None: no clamp).
+    /// Now and then A's steps hurt its labeled loss far more than usual; unclamped, their f
+    /// moves B, and the baseline, which learns it, hands B the opposite sign for a hundred steps.
+    pub feedback_clip: Option<f64>,
     /// Factor on f after the baseline (1: the paper's f). f = eta_A * <g', d> is tiny next to
     /// L_s at small eta_A; this makes L_f's weight a setting of its own, apart from A's rate.
     pub feedback_scale: f64,
@@ -148,6 +152,7 @@ impl Default for MetaConfig {
             pseudo_view: PseudoView::Strong,
             feedback_baseline_decay: None,
             feedback_baseline_debias: false,
+            feedback_clip: None,
             feedback_scale: 1.0,
             adaptation_schedule: ScheduleConfig {
                 lr: 1e-3,
@@ -293,6 +298,12 @@ impl TrainConfig {
                 "--feedback-baseline-debias corrects the moving-average baseline, which needs \
                  --feedback-baseline-decay (meta.feedback_baseline_decay)"
             );
+            if let Some(clip) = self.meta.feedback_clip {
+                anyhow::ensure!(
+                    clip.is_finite() && clip > 0.0,
+                    "--feedback-clip (meta.feedback_clip) must be a positive number, got {clip}"
+                );
+            }
             anyhow::ensure!(
                 self.meta.feedback != Feedback::Official
                     || self.meta.judge_statistics == JudgeStatistics::Batch,
@@ -385,6 +396,18 @@ mod tests {
         let message = config.validate().unwrap_err().to_string();
         assert!(message.contains("--feedback-baseline-decay"), "{message}");
         config.meta.feedback_baseline_decay = Some(0.99);
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn feedback_clip_must_be_positive() {
+        let mut config = meta_config();
+        for clip in [0.0, -0.05, f64::NAN, f64::INFINITY] {
+            config.meta.feedback_clip = Some(clip);
+            let message = config.validate().unwrap_err().to_string();
+            assert!(message.contains("--feedback-clip"), "{message}");
+        }
+        config.meta.feedback_clip = Some(0.05);
         config.validate().unwrap();
     }
 

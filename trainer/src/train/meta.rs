@@ -162,12 +162,18 @@ pub fn step(
         Some(before) => (before.to_scalar::<f32>()? - loss_l_after.to_scalar::<f32>()?) as f64,
         None => exact_feedback(adaptation, &applied, &loss_l_after, rates.lr_adaptation)?,
     };
+    // Clamped before the baseline, so one outlying step neither reaches B whole nor shifts
+    // the baseline, which would then hand B the opposite sign for about 1 / (1 - decay) steps.
+    let clamped_f = match cfg.feedback_clip {
+        Some(clip) => raw_f.clamp(-clip, clip),
+        None => raw_f,
+    };
     let centred_f = match cfg.feedback_baseline_decay {
         Some(decay) if cfg.feedback_baseline_debias => {
-            state.subtract_debiased_feedback_baseline(decay, rates.step + 1, raw_f)
+            state.subtract_debiased_feedback_baseline(decay, rates.step + 1, clamped_f)
         }
-        Some(decay) => state.subtract_feedback_baseline(decay, raw_f),
-        None => raw_f,
+        Some(decay) => state.subtract_feedback_baseline(decay, clamped_f),
+        None => clamped_f,
     };
     let mut f = cfg.feedback_scale * centred_f;
     if cfg.zero_feedback {
@@ -189,6 +195,10 @@ pub fn step(
     record.add("loss_f", loss_f.to_scalar::<f32>()? as f64);
     record.add("f", f);
     record.add("f_raw", raw_f);
+    if cfg.feedback_clip.is_some() {
+        // Averaged over a logging window: the share of steps whose f was clamped.
+        record.add("f_clamped", f64::from(u8::from(clamped_f != raw_f)));
+    }
     // What f judges: A's labeled loss after its step, with the judge's BatchNorm statistics.
     // A spike here is A's step hurting it, which is where f's heavy tails come from.
     record.add("loss_judge", loss_l_after.to_scalar::<f32>()? as f64);
