@@ -44,9 +44,9 @@ impl MetaState {
     /// As `subtract_feedback_baseline`, but the average is divided by 1 - decay^updates, as
     /// Adam corrects its moments, so it is the weighted mean of the raw f seen so far rather
     /// than a mean pulled toward its starting 0. Without it, f's early mean reaches B almost
-    /// whole for about 1 / (1 - decay) steps; at factor 25 that alone drove B to one class
-    /// (docs/RESULTS_JUDGE.md). `updates` counts this step (1 on the first), so a resumed run,
-    /// which restores the step, continues the same sequence.
+    /// whole for about 1 / (1 - decay) steps; at factor 25 it pushed B away from its own
+    /// labels from the first steps (docs/RESULTS_JUDGE.md). `updates` counts this step (1 on
+    /// the first), so a resumed run, which restores the step, continues the same sequence.
     pub fn subtract_debiased_feedback_baseline(
         &mut self,
         decay: f64,
