@@ -37,7 +37,7 @@ impl MetaState {
     /// `dot_product -= moving_dot_product`): the average includes this step's raw f, so a
     /// constant f fades geometrically (f_n = f * decay^n) and only f's changes reach B.
     pub fn subtract_feedback_baseline(&mut self, decay: f64, raw_f: f64) -> f64 {
-        self.feedback_baseline = decay * self.feedback_baseline + (1.0 - decay) * raw_f;
+        self.update_feedback_baseline(decay, raw_f);
         raw_f - self.feedback_baseline
     }
 
@@ -53,9 +53,14 @@ impl MetaState {
         updates: u64,
         raw_f: f64,
     ) -> f64 {
-        self.feedback_baseline = decay * self.feedback_baseline + (1.0 - decay) * raw_f;
+        self.update_feedback_baseline(decay, raw_f);
         let exponent = i32::try_from(updates.max(1)).unwrap_or(i32::MAX);
         raw_f - self.feedback_baseline / (1.0 - decay.powi(exponent))
+    }
+
+    /// The moving average both forms share; they differ only in how they read it.
+    fn update_feedback_baseline(&mut self, decay: f64, raw_f: f64) {
+        self.feedback_baseline = decay * self.feedback_baseline + (1.0 - decay) * raw_f;
     }
 }
 
@@ -158,8 +163,10 @@ pub fn step(
     };
     let a_l_new = adaptation.model.forward_with(&x_l, new_mode)?;
     let loss_l_after = cross_entropy(&a_l_new, &y, 0.0)?;
+    // Read once: the first-order forms subtract it, and every form logs it.
+    let judged_loss = loss_l_after.to_scalar::<f32>()?;
     let raw_f = match loss_l_before {
-        Some(before) => (before.to_scalar::<f32>()? - loss_l_after.to_scalar::<f32>()?) as f64,
+        Some(before) => (before.to_scalar::<f32>()? - judged_loss) as f64,
         None => exact_feedback(adaptation, &applied, &loss_l_after, rates.lr_adaptation)?,
     };
     // Clamped before the baseline, so one outlying step neither reaches B whole nor shifts
@@ -201,7 +208,7 @@ pub fn step(
     }
     // What f judges: A's labeled loss after its step, with the judge's BatchNorm statistics.
     // A spike here is A's step hurting it, which is where f's heavy tails come from.
-    record.add("loss_judge", loss_l_after.to_scalar::<f32>()? as f64);
+    record.add("loss_judge", judged_loss as f64);
     record.add("mask_rate", mask.mean_all()?.to_scalar::<f32>()? as f64);
     record.add("weight_u", weight_u);
     record.add("train_acc", batch_accuracy(&b_l, &y)?);
