@@ -234,3 +234,52 @@ fn the_clip_bounds_f_before_the_baseline() {
         assert_eq!(r["f_clamped"].as_f64(), Some(1.0));
     }
 }
+
+#[test]
+fn the_judge_shift_splits_the_running_judges_loss_change() {
+    let records = three_meta_steps(|cfg| {
+        cfg.meta.feedback = face2exp_trainer::train::Feedback::Taylor;
+        cfg.meta.judge_statistics = face2exp_trainer::train::JudgeStatistics::Running;
+        cfg.meta.log_judge_shift = true;
+    });
+    for r in &records {
+        let [start, stats, judged, raw] = [
+            "loss_judge_start",
+            "loss_judge_stats",
+            "loss_judge",
+            "f_raw",
+        ]
+        .map(|key| r[key].as_f64().unwrap_or_else(|| panic!("{key} is logged")));
+        // Under `taylor` f_raw is the whole change, statistics and weights together.
+        // Both losses are f32 in the step, so the tolerance is f32's rounding at their size.
+        assert!(
+            (raw - (start - judged)).abs() <= 1e-6 * start.max(judged),
+            "f_raw {raw}, start {start}, after {judged}"
+        );
+        assert_ne!(
+            start, stats,
+            "the strong-view forward moved A's running statistics"
+        );
+    }
+}
+
+#[test]
+fn the_adaptation_grad_clip_bounds_a_step() {
+    let unclipped = three_meta_steps(|_| {});
+    // A bound far below any real gradient norm clips every step.
+    let clipped = three_meta_steps(|cfg| cfg.meta.adaptation_grad_clip = Some(1e-9));
+    for r in &clipped {
+        assert!(
+            r["grad_norm_u"].as_f64().unwrap() > 1e-9,
+            "the norm is logged unclipped"
+        );
+        assert_eq!(r["grad_clipped_u"].as_f64(), Some(1.0));
+    }
+    assert!(unclipped[0].get("grad_clipped_u").is_none());
+    // The first step is the same in both runs up to A's update, which f is taken from.
+    assert_eq!(
+        unclipped[0]["grad_norm_u"].as_f64(),
+        clipped[0]["grad_norm_u"].as_f64()
+    );
+    assert_ne!(unclipped[0]["f_raw"], clipped[0]["f_raw"]);
+}

@@ -181,6 +181,13 @@ struct TrainArgs {
     /// factor 10 such a stretch drove B to one class (docs/RESULTS_JUDGE.md).
     #[arg(long, value_name = "CLIP")]
     feedback_clip: Option<f64>,
+    /// Meta-Face2Exp: scale A's L_u gradient down to this L2 norm (over all of A's parameters)
+    /// where it is larger, as torch.nn.utils.clip_grad_norm_; the norm is logged as
+    /// grad_norm_u, the share of clipped steps as grad_clipped_u. One A step on an unusual
+    /// batch raised its running-statistics labeled loss from 2.5 to 11.7 and, through f, sent
+    /// B to one class (docs/RESULTS_JUDGE.md).
+    #[arg(long, value_name = "NORM")]
+    adaptation_grad_clip: Option<f64>,
     /// Meta-Face2Exp: multiply f (after the baseline) by this factor; 1, the default, is the
     /// paper's f. f = eta_A * <g', d> is about 1 % of L_s at eta_A 1e-2 (docs/RESULTS_FEEDBACK.md),
     /// so this sets L_f's weight apart from A's learning rate. Logged f is the scaled one.
@@ -195,6 +202,12 @@ struct TrainArgs {
     /// that lowers its confidence, wrong labels included, look helpful).
     #[arg(long, value_enum)]
     judge_statistics: Option<face2exp_trainer::train::JudgeStatistics>,
+    /// Meta-Face2Exp, with --judge-statistics running: also log A's labeled loss before its
+    /// step (loss_judge_start) and with its old weights but the running statistics its
+    /// strong-view batch has just moved (loss_judge_stats), to tell which of the two moves
+    /// loss_judge. Two more eval-mode forwards of A on the labeled batch per step.
+    #[arg(long)]
+    log_judge_shift: bool,
     /// Central fraction of each unlabeled image kept (LFW: about 0.5).
     #[arg(long)]
     unlabeled_center_crop: Option<f32>,
@@ -249,6 +262,7 @@ impl TrainArgs {
         set!(self.feedback_baseline_decay.map(Some) => meta.feedback_baseline_decay);
         set!(self.feedback_scale => meta.feedback_scale);
         set!(self.feedback_clip.map(Some) => meta.feedback_clip);
+        set!(self.adaptation_grad_clip.map(Some) => meta.adaptation_grad_clip);
         set!(self.judge_statistics => meta.judge_statistics);
         set!(self.unlabeled_center_crop => unlabeled_center_crop);
         if let Some(w) = self.warmup_steps {
@@ -260,6 +274,7 @@ impl TrainArgs {
         c.balanced_sampler |= self.balanced_sampler;
         c.model.freeze_batch_norm |= self.freeze_bn;
         c.meta.zero_feedback |= self.zero_feedback;
+        c.meta.log_judge_shift |= self.log_judge_shift;
         let options = RunOptions {
             out: self.out,
             resume: self.resume,
@@ -532,10 +547,13 @@ mod tests {
     }
 
     #[test]
-    fn clip_flag_sets_the_bound_and_defaults_to_none() {
-        assert_eq!(train_config(&[]).meta.feedback_clip, None);
-        let c = train_config(&["--feedback-clip", "0.05"]);
-        assert_eq!(c.meta.feedback_clip, Some(0.05));
+    fn clip_flags_set_their_bounds_and_default_to_none() {
+        let defaults = train_config(&[]).meta;
+        assert_eq!(defaults.feedback_clip, None);
+        assert_eq!(defaults.adaptation_grad_clip, None);
+        let c = train_config(&["--feedback-clip", "0.05", "--adaptation-grad-clip", "5"]).meta;
+        assert_eq!(c.feedback_clip, Some(0.05));
+        assert_eq!(c.adaptation_grad_clip, Some(5.0));
     }
 
     #[test]
@@ -547,6 +565,13 @@ mod tests {
         );
         let c = train_config(&["--feedback", "exact", "--judge-statistics", "running"]);
         assert_eq!(c.meta.judge_statistics, JudgeStatistics::Running);
+    }
+
+    #[test]
+    fn judge_shift_flag_sets_the_log_and_defaults_to_off() {
+        assert!(!train_config(&[]).meta.log_judge_shift);
+        let c = train_config(&["--judge-statistics", "running", "--log-judge-shift"]);
+        assert!(c.meta.log_judge_shift);
     }
 
     #[test]

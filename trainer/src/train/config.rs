@@ -125,6 +125,10 @@ pub struct MetaConfig {
     /// Now and then A's steps hurt its labeled loss far more than usual; unclamped, their f
     /// moves B, and the baseline, which learns it, hands B the opposite sign for a hundred steps.
     pub feedback_clip: Option<f64>,
+    /// Bound on the L2 norm of A's L_u gradient, as `torch.nn.utils.clip_grad_norm_` (None: no
+    /// bound). One A step on an unusual batch can raise its running-statistics labeled loss
+    /// from 2 to 12, and the f of that step drives B to one class (docs/RESULTS_JUDGE.md).
+    pub adaptation_grad_clip: Option<f64>,
     /// Factor on f after the baseline (1: the paper's f). f = eta_A * <g', d> is tiny next to
     /// L_s at small eta_A; this makes L_f's weight a setting of its own, apart from A's rate.
     pub feedback_scale: f64,
@@ -137,6 +141,11 @@ pub struct MetaConfig {
     /// BatchNorm statistics A's labeled loss is taken with for f (`exact` and `taylor`; the
     /// `official` form is the official code's, batch statistics).
     pub judge_statistics: JudgeStatistics,
+    /// Split the running judge's change in A's labeled loss into the part its strong-view
+    /// batch's BatchNorm statistics make and the part its weight step makes: two more
+    /// eval-mode forwards of A on the labeled batch per step, logged as `loss_judge_start`
+    /// and `loss_judge_stats` (docs/METHOD.md). Off by default.
+    pub log_judge_shift: bool,
 }
 
 impl Default for MetaConfig {
@@ -153,6 +162,7 @@ impl Default for MetaConfig {
             feedback_baseline_decay: None,
             feedback_baseline_debias: false,
             feedback_clip: None,
+            adaptation_grad_clip: None,
             feedback_scale: 1.0,
             adaptation_schedule: ScheduleConfig {
                 lr: 1e-3,
@@ -161,6 +171,7 @@ impl Default for MetaConfig {
             finetune_steps: 0,
             zero_feedback: false,
             judge_statistics: JudgeStatistics::Batch,
+            log_judge_shift: false,
         }
     }
 }
@@ -304,6 +315,20 @@ impl TrainConfig {
                     "--feedback-clip (meta.feedback_clip) must be a positive number, got {clip}"
                 );
             }
+            if let Some(norm) = self.meta.adaptation_grad_clip {
+                anyhow::ensure!(
+                    norm.is_finite() && norm > 0.0,
+                    "--adaptation-grad-clip (meta.adaptation_grad_clip) must be a positive \
+                     number, got {norm}"
+                );
+            }
+            anyhow::ensure!(
+                !self.meta.log_judge_shift
+                    || self.meta.judge_statistics == JudgeStatistics::Running,
+                "--log-judge-shift splits the running judge's loss change; batch statistics \
+                 (the default judge) do not depend on the running ones, so it needs \
+                 --judge-statistics running (meta.judge_statistics)"
+            );
             anyhow::ensure!(
                 self.meta.feedback != Feedback::Official
                     || self.meta.judge_statistics == JudgeStatistics::Batch,
@@ -399,15 +424,41 @@ mod tests {
         config.validate().unwrap();
     }
 
+    /// `set` puts a bound into the config; every non-positive or non-finite one is refused
+    /// with an error naming `flag`, and `valid` is accepted.
+    fn assert_positive_bound(flag: &str, valid: f64, set: impl Fn(&mut TrainConfig, f64)) {
+        let mut config = meta_config();
+        for bound in [0.0, -valid, f64::NAN, f64::INFINITY] {
+            set(&mut config, bound);
+            let message = config.validate().unwrap_err().to_string();
+            assert!(message.contains(flag), "{message}");
+        }
+        set(&mut config, valid);
+        config.validate().unwrap();
+    }
+
     #[test]
     fn feedback_clip_must_be_positive() {
+        assert_positive_bound("--feedback-clip", 0.05, |c, clip| {
+            c.meta.feedback_clip = Some(clip)
+        });
+    }
+
+    #[test]
+    fn adaptation_grad_clip_must_be_positive() {
+        assert_positive_bound("--adaptation-grad-clip", 5.0, |c, norm| {
+            c.meta.adaptation_grad_clip = Some(norm)
+        });
+    }
+
+    #[test]
+    fn the_judge_shift_log_needs_the_running_judge() {
         let mut config = meta_config();
-        for clip in [0.0, -0.05, f64::NAN, f64::INFINITY] {
-            config.meta.feedback_clip = Some(clip);
-            let message = config.validate().unwrap_err().to_string();
-            assert!(message.contains("--feedback-clip"), "{message}");
-        }
-        config.meta.feedback_clip = Some(0.05);
+        config.meta.log_judge_shift = true;
+        let message = config.validate().unwrap_err().to_string();
+        assert!(message.contains("--log-judge-shift"), "{message}");
+        config.meta.feedback = Feedback::Exact;
+        config.meta.judge_statistics = JudgeStatistics::Running;
         config.validate().unwrap();
     }
 

@@ -11,6 +11,7 @@ use candle_nn::ops::softmax_last_dim;
 use super::config::{Feedback, MetaConfig, PseudoView};
 use super::losses::{cross_entropy, soft_cross_entropy};
 use super::network::Network;
+use super::optim::clip_grad_norm;
 use super::run::StepRecord;
 use super::sl::batch_accuracy;
 use crate::data::{LabeledBatch, UnlabeledBatch};
@@ -110,6 +111,12 @@ pub fn step(
     };
 
     // 3. A learns from the hard pseudo labels only; remember its labeled loss before the step.
+    // Running statistics only: A as it was, before its strong-view batch moves them.
+    let judge_start = if cfg.log_judge_shift {
+        Some(running_judged_loss(adaptation, &x_l, &y)?)
+    } else {
+        None
+    };
     let (loss_u, loss_l_before) = match cfg.feedback {
         Feedback::Official => {
             let a_logits = adaptation
@@ -138,7 +145,13 @@ pub fn step(
             (cross_entropy(&a_us, &hard_pseudo, label_smoothing)?, None)
         }
     };
-    let grads_u = loss_u.backward()?;
+    // A's old weights with the statistics its strong-view forward has just moved.
+    let judge_stats = if cfg.log_judge_shift {
+        Some(running_judged_loss(adaptation, &x_l, &y)?)
+    } else {
+        None
+    };
+    let mut grads_u = loss_u.backward()?;
     // L_u must reach A only: B's pseudo labels are integer argmaxes of detached logits.
     if let Some((name, _)) = base
         .optimizer
@@ -148,6 +161,11 @@ pub fn step(
     {
         anyhow::bail!("internal error: L_u produced a gradient for B's `{name}`");
     }
+    let (grad_norm_u, grad_clipped_u) = clip_grad_norm(
+        &mut grads_u,
+        adaptation.optimizer.params(),
+        cfg.adaptation_grad_clip,
+    )?;
     let applied = adaptation
         .optimizer
         .step_with_directions(&grads_u, rates.lr_adaptation)?;
@@ -206,15 +224,32 @@ pub fn step(
         // Averaged over a logging window: the share of steps whose f was clamped.
         record.add("f_clamped", f64::from(u8::from(clamped_f != raw_f)));
     }
+    // Before any clip; a clip's share of steps is the window's mean of grad_clipped_u.
+    record.add("grad_norm_u", grad_norm_u);
+    if cfg.adaptation_grad_clip.is_some() {
+        record.add("grad_clipped_u", f64::from(u8::from(grad_clipped_u)));
+    }
     // What f judges: A's labeled loss after its step, with the judge's BatchNorm statistics.
     // A spike here is A's step hurting it, which is where f's heavy tails come from.
     record.add("loss_judge", judged_loss as f64);
+    if let (Some(start), Some(stats)) = (judge_start, judge_stats) {
+        // loss_judge_stats - loss_judge_start: what the statistics moved; loss_judge -
+        // loss_judge_stats: what the weight step moved. Both are in f_raw under `taylor`.
+        record.add("loss_judge_start", start);
+        record.add("loss_judge_stats", stats);
+    }
     record.add("mask_rate", mask.mean_all()?.to_scalar::<f32>()? as f64);
     record.add("weight_u", weight_u);
     record.add("train_acc", batch_accuracy(&b_l, &y)?);
     record.add("lr", rates.lr_base);
     record.add("lr_adaptation", rates.lr_adaptation);
     Ok(record)
+}
+
+/// A's labeled loss normalised with its running statistics, without a gradient.
+fn running_judged_loss(adaptation: &Network, x_l: &Tensor, y: &Tensor) -> anyhow::Result<f64> {
+    let logits = adaptation.model.forward_with(x_l, BnMode::Eval)?.detach();
+    Ok(cross_entropy(&logits, y, 0.0)?.to_scalar::<f32>()? as f64)
 }
 
 /// The paper's f = eta_A * <grad CE(y, A(x_l; theta')), d>, where theta' = theta - eta_A * d

@@ -154,6 +154,34 @@ impl Sgd {
     }
 }
 
+/// The L2 norm of `params`' gradients taken together, before clipping, and whether they were
+/// clipped: where the norm exceeds `max_norm`, the gradients in `grads` are scaled down to it,
+/// as `torch.nn.utils.clip_grad_norm_` does (its 1e-6 included), before weight decay is added.
+pub fn clip_grad_norm(
+    grads: &mut GradStore,
+    params: &[(String, Var)],
+    max_norm: Option<f64>,
+) -> Result<(f64, bool)> {
+    let mut sum_squares = 0f64;
+    for (_, var) in params {
+        if let Some(grad) = grads.get(var.as_tensor()) {
+            sum_squares += grad.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+        }
+    }
+    let norm = sum_squares.sqrt();
+    let coefficient = max_norm.map_or(1.0, |max_norm| max_norm / (norm + 1e-6));
+    if coefficient >= 1.0 {
+        return Ok((norm, false));
+    }
+    for (_, var) in params {
+        if let Some(grad) = grads.get(var.as_tensor()) {
+            let scaled = (grad.detach() * coefficient)?;
+            grads.insert(var.as_tensor(), scaled);
+        }
+    }
+    Ok((norm, true))
+}
+
 /// The gradient with weight decay where the parameter takes it, detached from candle's graph.
 fn decayed_grad(grad: &Tensor, param: &Tensor, decays: bool, weight_decay: f64) -> Result<Tensor> {
     let g = grad.detach();
@@ -188,6 +216,44 @@ fn tensor_direction(
 mod tests {
     use super::*;
     use candle_core::{Device, Tensor};
+
+    #[test]
+    fn clip_grad_norm_scales_the_joint_norm_down_to_the_bound() -> Result<()> {
+        let dev = Device::Cpu;
+        let w = Var::from_tensor(&Tensor::new(&[1.0f32, 0.0], &dev)?)?;
+        let b = Var::from_tensor(&Tensor::new(&[1.0f32], &dev)?)?;
+        let params = vec![("w".to_string(), w.clone()), ("b".to_string(), b.clone())];
+        // loss = 1.5 |w|^2 + 2 b^2 here: gradients (3, 0) and 4, a joint norm of 5.
+        let loss = ((w.as_tensor().sqr()?.sum_all()? * 1.5)?
+            + (b.as_tensor().sqr()? * 2.0)?.sum_all()?)?;
+        let values = |grads: &GradStore| -> Result<Vec<f32>> {
+            let mut out = grads.get(w.as_tensor()).unwrap().to_vec1::<f32>()?;
+            out.extend(grads.get(b.as_tensor()).unwrap().to_vec1::<f32>()?);
+            Ok(out)
+        };
+        let mut unclipped = loss.backward()?;
+        assert_eq!(clip_grad_norm(&mut unclipped, &params, None)?, (5.0, false));
+        assert_eq!(values(&unclipped)?, [3.0, 0.0, 4.0]);
+        let mut loose = loss.backward()?;
+        assert_eq!(
+            clip_grad_norm(&mut loose, &params, Some(6.0))?,
+            (5.0, false)
+        );
+        assert_eq!(
+            values(&loose)?,
+            [3.0, 0.0, 4.0],
+            "under the bound nothing changes"
+        );
+        let mut clipped = loss.backward()?;
+        assert_eq!(
+            clip_grad_norm(&mut clipped, &params, Some(1.0))?,
+            (5.0, true)
+        );
+        for (got, want) in values(&clipped)?.iter().zip([0.6, 0.0, 0.8]) {
+            assert!((got - want).abs() < 1e-6, "{got} vs {want}");
+        }
+        Ok(())
+    }
 
     /// Reference values computed by hand from torch.optim.SGD's documented update rule.
     #[test]
