@@ -309,19 +309,14 @@ impl TrainConfig {
                 "--feedback-baseline-debias corrects the moving-average baseline, which needs \
                  --feedback-baseline-decay (meta.feedback_baseline_decay)"
             );
-            if let Some(clip) = self.meta.feedback_clip {
-                anyhow::ensure!(
-                    clip.is_finite() && clip > 0.0,
-                    "--feedback-clip (meta.feedback_clip) must be a positive number, got {clip}"
-                );
-            }
-            if let Some(norm) = self.meta.adaptation_grad_clip {
-                anyhow::ensure!(
-                    norm.is_finite() && norm > 0.0,
-                    "--adaptation-grad-clip (meta.adaptation_grad_clip) must be a positive \
-                     number, got {norm}"
-                );
-            }
+            ensure_positive_bound(
+                self.meta.feedback_clip,
+                "--feedback-clip (meta.feedback_clip)",
+            )?;
+            ensure_positive_bound(
+                self.meta.adaptation_grad_clip,
+                "--adaptation-grad-clip (meta.adaptation_grad_clip)",
+            )?;
             anyhow::ensure!(
                 !self.meta.log_judge_shift
                     || self.meta.judge_statistics == JudgeStatistics::Running,
@@ -354,6 +349,17 @@ impl TrainConfig {
         );
         Ok(())
     }
+}
+
+/// An optional bound (None: unbounded) must be a positive number where it is set.
+fn ensure_positive_bound(bound: Option<f64>, setting: &str) -> anyhow::Result<()> {
+    if let Some(bound) = bound {
+        anyhow::ensure!(
+            bound.is_finite() && bound > 0.0,
+            "{setting} must be a positive number, got {bound}"
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]

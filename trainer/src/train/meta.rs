@@ -112,17 +112,17 @@ pub fn step(
 
     // 3. A learns from the hard pseudo labels only; remember its labeled loss before the step.
     // Running statistics only: A as it was, before its strong-view batch moves them.
-    let judge_start = if cfg.log_judge_shift {
-        Some(running_judged_loss(adaptation, &x_l, &y)?)
-    } else {
-        None
-    };
+    let judge_start = cfg
+        .log_judge_shift
+        .then(|| judged_loss(adaptation, &x_l, &y, BnMode::Eval))
+        .transpose()?;
     let (loss_u, loss_l_before) = match cfg.feedback {
         Feedback::Official => {
             let a_logits = adaptation
                 .model
                 .forward_with(&Tensor::cat(&[&x_l, &x_us], 0)?, BnMode::Train)?;
-            let before = cross_entropy(&a_logits.narrow(0, 0, n_l)?.detach(), &y, 0.0)?;
+            let before = cross_entropy(&a_logits.narrow(0, 0, n_l)?.detach(), &y, 0.0)?
+                .to_scalar::<f32>()?;
             let a_us = a_logits.narrow(0, n_l, n_u)?;
             (
                 cross_entropy(&a_us, &hard_pseudo, label_smoothing)?,
@@ -130,10 +130,12 @@ pub fn step(
             )
         }
         Feedback::Taylor => {
-            let a_l = adaptation
-                .model
-                .forward_with(&x_l, cfg.judge_statistics.bn_mode())?;
-            let before = cross_entropy(&a_l.detach(), &y, 0.0)?;
+            // With the shift logged the judge is the running one (config checks it), whose
+            // loss before the step judge_start already holds.
+            let before = match judge_start {
+                Some(start) => start,
+                None => judged_loss(adaptation, &x_l, &y, cfg.judge_statistics.bn_mode())?,
+            };
             let a_us = adaptation.model.forward_with(&x_us, BnMode::Train)?;
             (
                 cross_entropy(&a_us, &hard_pseudo, label_smoothing)?,
@@ -146,11 +148,10 @@ pub fn step(
         }
     };
     // A's old weights with the statistics its strong-view forward has just moved.
-    let judge_stats = if cfg.log_judge_shift {
-        Some(running_judged_loss(adaptation, &x_l, &y)?)
-    } else {
-        None
-    };
+    let judge_stats = cfg
+        .log_judge_shift
+        .then(|| judged_loss(adaptation, &x_l, &y, BnMode::Eval))
+        .transpose()?;
     let mut grads_u = loss_u.backward()?;
     // L_u must reach A only: B's pseudo labels are integer argmaxes of detached logits.
     if let Some((name, _)) = base
@@ -184,7 +185,7 @@ pub fn step(
     // Read once: the first-order forms subtract it, and every form logs it.
     let judged_loss = loss_l_after.to_scalar::<f32>()?;
     let raw_f = match loss_l_before {
-        Some(before) => (before.to_scalar::<f32>()? - judged_loss) as f64,
+        Some(before) => (before - judged_loss) as f64,
         None => exact_feedback(adaptation, &applied, &loss_l_after, rates.lr_adaptation)?,
     };
     // Clamped before the baseline, so one outlying step neither reaches B whole nor shifts
@@ -235,8 +236,8 @@ pub fn step(
     if let (Some(start), Some(stats)) = (judge_start, judge_stats) {
         // loss_judge_stats - loss_judge_start: what the statistics moved; loss_judge -
         // loss_judge_stats: what the weight step moved. Both are in f_raw under `taylor`.
-        record.add("loss_judge_start", start);
-        record.add("loss_judge_stats", stats);
+        record.add("loss_judge_start", start as f64);
+        record.add("loss_judge_stats", stats as f64);
     }
     record.add("mask_rate", mask.mean_all()?.to_scalar::<f32>()? as f64);
     record.add("weight_u", weight_u);
@@ -246,10 +247,15 @@ pub fn step(
     Ok(record)
 }
 
-/// A's labeled loss normalised with its running statistics, without a gradient.
-fn running_judged_loss(adaptation: &Network, x_l: &Tensor, y: &Tensor) -> anyhow::Result<f64> {
-    let logits = adaptation.model.forward_with(x_l, BnMode::Eval)?.detach();
-    Ok(cross_entropy(&logits, y, 0.0)?.to_scalar::<f32>()? as f64)
+/// A's labeled loss with BatchNorm in `mode`, without a gradient.
+fn judged_loss(
+    adaptation: &Network,
+    x_l: &Tensor,
+    y: &Tensor,
+    mode: BnMode,
+) -> anyhow::Result<f32> {
+    let logits = adaptation.model.forward_with(x_l, mode)?.detach();
+    Ok(cross_entropy(&logits, y, 0.0)?.to_scalar::<f32>()?)
 }
 
 /// The paper's f = eta_A * <grad CE(y, A(x_l; theta')), d>, where theta' = theta - eta_A * d
