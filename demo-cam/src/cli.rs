@@ -95,20 +95,20 @@ pub struct Args {
 
     /// Keep the classifier's late-layer weights (its memory-bound last stages) as half
     /// floats: about 1.3x faster per face; on FER2013 val 100.00% of predictions agree, at
-    /// 65.56% accuracy, the same (probabilities move by at most 2.6e-4), see
+    /// 65.87% accuracy, the same (probabilities move by at most 2.3e-4), see
     /// docs/BENCHMARKS.md.
     #[arg(long)]
     pub half_weights: bool,
 
     /// Keep the classifier's late-layer weights as signed bytes with one scale per output
     /// channel: a quarter of the memory traffic of single precision, faster still per face;
-    /// on FER2013 val 99.83% of predictions agree, at 65.53% accuracy against 65.56%
-    /// (probabilities move by at most 1.0e-2), see docs/BENCHMARKS.md.
+    /// on FER2013 val 99.83% of predictions agree, at 65.92% accuracy against 65.87%
+    /// (probabilities move by at most 1.3e-2), see docs/BENCHMARKS.md.
     #[arg(long, conflicts_with = "half_weights")]
     pub int8_weights: bool,
 
     /// Also classify each face mirrored left-right and average the two predictions: on
-    /// FER2013 val 66.51% accuracy instead of 65.56% (docs/RESULTS.md), for 1.5-2x the
+    /// FER2013 val 66.54% accuracy instead of 65.87% (docs/RESULTS.md), for 1.5-2x the
     /// classification time (docs/BENCHMARKS.md). `auto`: on for image files, off for a camera.
     #[arg(long, value_enum, value_name = "WHEN", default_value = "auto")]
     pub flip_average: Switch,
