@@ -8,7 +8,7 @@
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::ops::softmax_last_dim;
 
-use super::config::{Feedback, MetaConfig, PseudoView};
+use super::config::{Feedback, JudgeStatistics, MetaConfig, PseudoView};
 use super::losses::{cross_entropy, soft_cross_entropy};
 use super::network::Network;
 use super::optim::clip_grad_norm;
@@ -133,7 +133,10 @@ pub fn step(
             // With the shift logged the judge is the running one (config checks it), whose
             // loss before the step judge_start already holds.
             let before = match judge_start {
-                Some(start) => start,
+                Some(start) => {
+                    debug_assert_eq!(cfg.judge_statistics, JudgeStatistics::Running);
+                    start
+                }
                 None => judged_loss(adaptation, &x_l, &y, cfg.judge_statistics.bn_mode())?,
             };
             let a_us = adaptation.model.forward_with(&x_us, BnMode::Train)?;
@@ -183,9 +186,9 @@ pub fn step(
     let a_l_new = adaptation.model.forward_with(&x_l, new_mode)?;
     let loss_l_after = cross_entropy(&a_l_new, &y, 0.0)?;
     // Read once: the first-order forms subtract it, and every form logs it.
-    let judged_loss = loss_l_after.to_scalar::<f32>()?;
+    let loss_judge = loss_l_after.to_scalar::<f32>()?;
     let raw_f = match loss_l_before {
-        Some(before) => (before - judged_loss) as f64,
+        Some(before) => (before - loss_judge) as f64,
         None => exact_feedback(adaptation, &applied, &loss_l_after, rates.lr_adaptation)?,
     };
     // Clamped before the baseline, so one outlying step neither reaches B whole nor shifts
@@ -232,7 +235,7 @@ pub fn step(
     }
     // What f judges: A's labeled loss after its step, with the judge's BatchNorm statistics.
     // A spike here is A's step hurting it, which is where f's heavy tails come from.
-    record.add("loss_judge", judged_loss as f64);
+    record.add("loss_judge", loss_judge as f64);
     if let (Some(start), Some(stats)) = (judge_start, judge_stats) {
         // loss_judge_stats - loss_judge_start: what the statistics moved; loss_judge -
         // loss_judge_stats: what the weight step moved. Both are in f_raw under `taylor`.
