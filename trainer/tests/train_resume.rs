@@ -47,12 +47,13 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         .unwrap()
 }
 
-fn assert_resume_is_bit_exact(method: Method) {
+fn assert_resume_is_bit_exact(method: Method, configure: impl FnOnce(&mut TrainConfig)) {
     let data = dataset();
     let runs = tempfile::tempdir().unwrap();
     let straight = runs.path().join("straight");
     let killed = runs.path().join("killed");
-    let cfg = config(data.path(), method);
+    let mut cfg = config(data.path(), method);
+    configure(&mut cfg);
     train(cfg.clone(), &options(&straight, false, None)).unwrap();
     // "Kill" after step 4: the last checkpoint is step 3, so step 4 is redone on resume.
     train(cfg.clone(), &options(&killed, false, Some(4))).unwrap();
@@ -83,12 +84,23 @@ fn assert_resume_is_bit_exact(method: Method) {
 
 #[test]
 fn sl_resume_is_bit_exact() {
-    assert_resume_is_bit_exact(Method::Sl);
+    assert_resume_is_bit_exact(Method::Sl, |_| {});
 }
 
 #[test]
 fn meta_resume_is_bit_exact() {
-    assert_resume_is_bit_exact(Method::Meta);
+    assert_resume_is_bit_exact(Method::Meta, |_| {});
+}
+
+#[test]
+fn meta_resume_carries_the_run_bounds_sum() {
+    // A budget small enough to cut f on most steps, and f weighted enough that the cut moves
+    // B's weights: a resume that restarted the sum at 0 would let step 4 through uncut.
+    assert_resume_is_bit_exact(Method::Meta, |cfg| {
+        cfg.meta.feedback_run_budget = Some(1e-3);
+        cfg.meta.feedback_run_decay = 0.99;
+        cfg.meta.feedback_scale = 1e3;
+    });
 }
 
 #[test]
@@ -232,6 +244,27 @@ fn the_clip_bounds_f_before_the_baseline() {
     });
     for r in &records {
         assert_eq!(r["f_clamped"].as_f64(), Some(1.0));
+    }
+}
+
+#[test]
+fn the_run_bound_cuts_f_after_the_baseline() {
+    let (budget, decay) = (1e-9, 0.5);
+    let records = three_meta_steps(|cfg| {
+        cfg.meta.feedback_run_budget = Some(budget);
+        cfg.meta.feedback_run_decay = decay;
+        cfg.meta.feedback_scale = 2.0;
+    });
+    let mut state = MetaState::default();
+    assert_f(&records, |_, raw| {
+        let centred = state.subtract_feedback_baseline(0.5, raw);
+        2.0 * state.bound_feedback_run(budget, decay, centred)
+    });
+    // The first step is cut by the budget alone; every step's sum stays within it.
+    assert_eq!(records[0]["f_run_bounded"].as_f64(), Some(1.0));
+    for r in &records {
+        let sum = r["f_run_sum"].as_f64().unwrap();
+        assert!(sum.abs() <= budget * (1.0 + 1e-12), "f_run_sum {sum}");
     }
 }
 

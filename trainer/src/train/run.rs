@@ -147,6 +147,10 @@ pub fn train(config: TrainConfig, options: &RunOptions) -> anyhow::Result<RunSum
         };
         start_step = field("step")? as u64;
         meta_state.feedback_baseline = field("feedback_baseline")?;
+        // Checkpoints written before the run bound existed have no sum; theirs was 0.
+        if metadata.contains_key("feedback_run_sum") {
+            meta_state.feedback_run_sum = field("feedback_run_sum")?;
+        }
         best_mean_acc = field("best_mean_class_acc")?;
         tracing::info!("resuming {} at step {start_step}", out.display());
     }
@@ -295,6 +299,10 @@ pub fn train(config: TrainConfig, options: &RunOptions) -> anyhow::Result<RunSum
                 (
                     "feedback_baseline".to_string(),
                     format!("{:e}", meta_state.feedback_baseline),
+                ),
+                (
+                    "feedback_run_sum".to_string(),
+                    format!("{:e}", meta_state.feedback_run_sum),
                 ),
                 (
                     "best_mean_class_acc".to_string(),
