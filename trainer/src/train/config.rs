@@ -127,8 +127,9 @@ pub struct MetaConfig {
     pub feedback_clip: Option<f64>,
     /// Bound on the leaky sum of the f that reaches B (after the clamp and the baseline, before
     /// the factor): each step's f is cut so that |decay * sum + f| <= budget (None: no bound).
-    /// The clamp bounds one step; at factor 25 a run of forty clamped steps still sent B's
-    /// accuracy on its labeled batches from 47 % to 31 % (docs/RESULTS_JUDGE.md).
+    /// The clamp bounds one step; at factor 25, forty steps of mostly negative f clamped on
+    /// 60-90 % of them still sent B's accuracy on its labeled batches from 47 % to 31 %
+    /// (docs/RESULTS_JUDGE.md, which also finds that dips come from f of both signs).
     pub feedback_run_budget: Option<f64>,
     /// How much of that sum each step carries on (0.9: a run of about ten steps).
     pub feedback_run_decay: f64,

@@ -62,10 +62,12 @@ impl MetaState {
     }
 
     /// f clamped so that the leaky sum of what reaches B, decay * sum + f, stays within
-    /// [-budget, budget]. A per-step clamp bounds one step but not a run of them: forty steps
-    /// of f at its clamp in a row drove B's labeled accuracy from 47 % to 31 %
-    /// (docs/RESULTS_JUDGE.md). The sum forgets at `decay` per step, so a lone step may reach
-    /// the whole budget while a run of one sign is held to budget * (1 - decay) per step.
+    /// [-budget, budget]. A per-step clamp bounds one step but not a run of them: over forty
+    /// steps whose raw f was mostly negative and clamped on 60-90 % of them, B's labeled
+    /// accuracy fell from 47 % to 31 % (docs/RESULTS_JUDGE.md). The sum forgets at `decay` per
+    /// step, so a lone step may reach the whole budget while a run of one sign is held to
+    /// budget * (1 - decay) per step. (Tried once, it barely acted: that seed's dip then came
+    /// from f swinging between both signs, which only a tighter clamp stopped.)
     pub fn bound_feedback_run(&mut self, budget: f64, decay: f64, f: f64) -> f64 {
         if !f.is_finite() {
             // Nothing to bound, and a non-finite sum would make every later bound meaningless.

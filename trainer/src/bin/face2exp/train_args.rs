@@ -139,9 +139,10 @@ pub struct TrainArgs {
     /// Meta-Face2Exp: bound the leaky sum of the f that reaches B (after --feedback-clip and
     /// the baseline, before --feedback-scale) to [-BUDGET, BUDGET]: each step's f is cut so
     /// that |DECAY * sum + f| <= BUDGET. A lone step may use the whole budget, a run of one
-    /// sign only BUDGET * (1 - DECAY) per step; --feedback-clip bounds single steps, and at
-    /// factor 25 a run of clamped steps still dragged B down (docs/RESULTS_JUDGE.md). The
-    /// share of cut steps is logged as f_run_bounded, the sum as f_run_sum.
+    /// sign only BUDGET * (1 - DECAY) per step. The share of cut steps is logged as
+    /// f_run_bounded, the sum as f_run_sum. Tried once (factor 25, BUDGET 0.2 with
+    /// --feedback-clip 0.05) it barely acted, and B's early dip came from f of both signs,
+    /// which --feedback-clip 0.02 stopped (docs/RESULTS_JUDGE.md).
     #[arg(long, value_name = "BUDGET")]
     feedback_run_budget: Option<f64>,
     /// Meta-Face2Exp: the share of that sum each step carries on, in [0, 1) (default 0.9).
