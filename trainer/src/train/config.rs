@@ -308,11 +308,10 @@ impl TrainConfig {
             anyhow::ensure!(self.meta.mu > 0, "meta.mu must be positive");
             if let Some(decay) = self.meta.feedback_baseline_decay {
                 // At 1 the average never moves from 0; outside [0, 1] it diverges or flips sign.
-                anyhow::ensure!(
-                    (0.0..1.0).contains(&decay),
-                    "--feedback-baseline-decay (meta.feedback_baseline_decay) must be in [0, 1), \
-                     got {decay}"
-                );
+                ensure_decay(
+                    decay,
+                    "--feedback-baseline-decay (meta.feedback_baseline_decay)",
+                )?;
             }
             anyhow::ensure!(
                 !self.meta.feedback_baseline_debias || self.meta.feedback_baseline_decay.is_some(),
@@ -328,11 +327,10 @@ impl TrainConfig {
                 "--feedback-run-budget (meta.feedback_run_budget)",
             )?;
             // At 1 the sum never forgets and a run would be bounded forever after.
-            anyhow::ensure!(
-                (0.0..1.0).contains(&self.meta.feedback_run_decay),
-                "--feedback-run-decay (meta.feedback_run_decay) must be in [0, 1), got {}",
-                self.meta.feedback_run_decay
-            );
+            ensure_decay(
+                self.meta.feedback_run_decay,
+                "--feedback-run-decay (meta.feedback_run_decay)",
+            )?;
             ensure_positive_bound(
                 self.meta.adaptation_grad_clip,
                 "--adaptation-grad-clip (meta.adaptation_grad_clip)",
@@ -379,6 +377,15 @@ fn ensure_positive_bound(bound: Option<f64>, setting: &str) -> anyhow::Result<()
             "{setting} must be a positive number, got {bound}"
         );
     }
+    Ok(())
+}
+
+/// A per-step decay of a moving average or leaky sum: in [0, 1) (NaN refused).
+fn ensure_decay(decay: f64, setting: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        (0.0..1.0).contains(&decay),
+        "{setting} must be in [0, 1), got {decay}"
+    );
     Ok(())
 }
 

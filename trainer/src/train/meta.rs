@@ -251,17 +251,17 @@ pub fn step(
     record.add("f_raw", raw_f);
     if cfg.feedback_clip.is_some() {
         // Averaged over a logging window: the share of steps whose f was clamped.
-        record.add("f_clamped", f64::from(u8::from(clamped_f != raw_f)));
+        record.add_share("f_clamped", clamped_f != raw_f);
     }
     if cfg.feedback_run_budget.is_some() {
         // Likewise: the share of steps the bound on a run of f cut, and where the sum stands.
-        record.add("f_run_bounded", f64::from(u8::from(bounded_f != centred_f)));
+        record.add_share("f_run_bounded", bounded_f != centred_f);
         record.add("f_run_sum", state.feedback_run_sum);
     }
     // Before any clip; a clip's share of steps is the window's mean of grad_clipped_u.
     record.add("grad_norm_u", grad_norm_u);
     if cfg.adaptation_grad_clip.is_some() {
-        record.add("grad_clipped_u", f64::from(u8::from(grad_clipped_u)));
+        record.add_share("grad_clipped_u", grad_clipped_u);
     }
     // What f judges: A's labeled loss after its step, with the judge's BatchNorm statistics.
     // A spike here is A's step hurting it, which is where f's heavy tails come from.

@@ -57,6 +57,11 @@ impl StepRecord {
     pub fn add(&mut self, key: &'static str, value: f64) {
         self.0.insert(key, value);
     }
+
+    /// 1 or 0, so that a logging window's mean is the share of its steps where `happened`.
+    pub fn add_share(&mut self, key: &'static str, happened: bool) {
+        self.add(key, f64::from(u8::from(happened)));
+    }
 }
 
 /// Trains as configured, writing everything to `options.out`.
