@@ -10,9 +10,9 @@ use candle_nn::ops::softmax_last_dim;
 
 use super::config::{Feedback, JudgeStatistics, MetaConfig, PseudoView};
 use super::losses::{cross_entropy, soft_cross_entropy};
+use super::metrics_log::StepRecord;
 use super::network::Network;
 use super::optim::clip_grad_norm;
-use super::run::StepRecord;
 use super::sl::batch_accuracy;
 use crate::data::{LabeledBatch, UnlabeledBatch};
 use crate::model::BnMode;

@@ -1,20 +1,20 @@
 //! The run loop shared by `--method sl` and `--method meta`: run folder, data, networks,
 //! schedules, periodic evaluation, JSON-lines metrics, atomic checkpoints and bit-for-bit resume.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context};
 use candle_core::Device;
 use indicatif::{ProgressBar, ProgressStyle};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use super::checkpoint;
 use super::config::{Method, TrainConfig};
 use super::device::parse_device;
 use super::meta::{self, MetaState, StepRates};
-use super::metrics_log::{self, MetricsLog};
+use super::metrics_log::{self, MetricsLog, StepRecord};
 use super::network::Network;
 use super::sl;
 use crate::data::{self, Dataset, DatasetSpec, LabeledLoader, LoaderConfig, UnlabeledLoader};
@@ -47,21 +47,6 @@ pub struct RunSummary {
     /// The last evaluation of B on the validation set.
     pub base_metrics: Option<Metrics>,
     pub adaptation_metrics: Option<Metrics>,
-}
-
-/// Named scalar results of one step; the loop averages them over the logging window.
-#[derive(Clone, Debug, Default)]
-pub struct StepRecord(pub BTreeMap<&'static str, f64>);
-
-impl StepRecord {
-    pub fn add(&mut self, key: &'static str, value: f64) {
-        self.0.insert(key, value);
-    }
-
-    /// 1 or 0, so that a logging window's mean is the share of its steps where `happened`.
-    pub fn add_share(&mut self, key: &'static str, happened: bool) {
-        self.add(key, f64::from(u8::from(happened)));
-    }
 }
 
 /// Trains as configured, writing everything to `options.out`.
@@ -250,7 +235,7 @@ pub fn train(config: TrainConfig, options: &RunOptions) -> anyhow::Result<RunSum
         bar.inc(1);
         if done % config.log_every.max(1) == 0 || done == total_steps {
             let images = window.len() * labeled_batch.n;
-            let mut line = summarise(&window);
+            let mut line = metrics_log::summarise(&window);
             line.insert("kind".into(), json!("train"));
             line.insert("step".into(), json!(done));
             line.insert(
@@ -509,36 +494,6 @@ pub fn sorted(tensors: HashMap<String, candle_core::Tensor>) -> Vec<(String, can
     let mut v: Vec<_> = tensors.into_iter().collect();
     v.sort_by(|a, b| a.0.cmp(&b.0));
     v
-}
-
-/// Averages the window's records; `f` also gets its std and the share of positive values.
-fn summarise(window: &[StepRecord]) -> Map<String, Value> {
-    let mut sums: BTreeMap<&str, (f64, usize)> = BTreeMap::new();
-    for record in window {
-        for (k, v) in &record.0 {
-            let e = sums.entry(k).or_default();
-            e.0 += v;
-            e.1 += 1;
-        }
-    }
-    let mut line: Map<String, Value> = sums
-        .iter()
-        .map(|(k, (s, n))| (k.to_string(), json!(s / *n as f64)))
-        .collect();
-    let fs: Vec<f64> = window
-        .iter()
-        .filter_map(|r| r.0.get("f").copied())
-        .collect();
-    if !fs.is_empty() {
-        let mean = fs.iter().sum::<f64>() / fs.len() as f64;
-        let var = fs.iter().map(|f| (f - mean).powi(2)).sum::<f64>() / fs.len() as f64;
-        line.insert("f_std".into(), json!(var.sqrt()));
-        line.insert(
-            "f_positive_ratio".into(),
-            json!(fs.iter().filter(|f| **f > 0.0).count() as f64 / fs.len() as f64),
-        );
-    }
-    line
 }
 
 fn progress_bar(show: bool, total: u64, start: u64) -> ProgressBar {

@@ -4,8 +4,8 @@
 use candle_core::{DType, Device, Tensor, D};
 
 use super::losses::cross_entropy;
+use super::metrics_log::StepRecord;
 use super::network::Network;
-use super::run::StepRecord;
 use crate::data::LabeledBatch;
 use crate::model::BnMode;
 
