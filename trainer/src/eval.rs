@@ -62,13 +62,12 @@ impl Metrics {
             .copied()
             .filter(|a| !a.is_nan())
             .collect();
-        let mean = defined.iter().sum::<f64>() / defined.len() as f64;
-        let var = defined.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / defined.len() as f64;
+        let (mean, std) = mean_and_population_std(&defined);
         Ok(Self {
             n,
             overall_acc: correct as f64 / n as f64,
             mean_class_acc: mean,
-            std_class_acc: var.sqrt(),
+            std_class_acc: std,
             per_class_acc,
             confusion,
             class_names,
@@ -217,6 +216,15 @@ pub fn evaluate_with(
         .map(|s| s.to_string())
         .collect();
     Metrics::from_confusion(confusion, names)
+}
+
+/// Mean and population standard deviation (divided by n, as the per-class std is reported);
+/// NaN for no values.
+pub(crate) fn mean_and_population_std(values: &[f64]) -> (f64, f64) {
+    let n = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n;
+    (mean, var.sqrt())
 }
 
 #[cfg(test)]

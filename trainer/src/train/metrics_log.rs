@@ -123,9 +123,8 @@ pub fn summarise(window: &[StepRecord]) -> Map<String, Value> {
         .filter_map(|r| r.0.get("f").copied())
         .collect();
     if !fs.is_empty() {
-        let mean = fs.iter().sum::<f64>() / fs.len() as f64;
-        let var = fs.iter().map(|f| (f - mean).powi(2)).sum::<f64>() / fs.len() as f64;
-        line.insert("f_std".into(), json!(var.sqrt()));
+        let (_, std) = crate::eval::mean_and_population_std(&fs);
+        line.insert("f_std".into(), json!(std));
         line.insert(
             "f_positive_ratio".into(),
             json!(fs.iter().filter(|f| **f > 0.0).count() as f64 / fs.len() as f64),
