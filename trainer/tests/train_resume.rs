@@ -104,6 +104,15 @@ fn meta_resume_carries_the_run_bounds_sum() {
 }
 
 #[test]
+fn meta_resume_carries_the_pseudo_marginal() {
+    // A fast-moving mean: a resume that restarted it from step 4's batch alone would give
+    // that step other consistency targets and pseudo labels.
+    assert_resume_is_bit_exact(Method::Meta, |cfg| {
+        cfg.meta.distribution_alignment = Some(0.5);
+    });
+}
+
+#[test]
 fn feedback_changes_the_base_network_and_exports_evaluate() {
     let data = dataset();
     let runs = tempfile::tempdir().unwrap();
@@ -315,4 +324,28 @@ fn the_adaptation_grad_clip_bounds_a_step() {
         clipped[0]["grad_norm_u"].as_f64()
     );
     assert_ne!(unclipped[0]["f_raw"], clipped[0]["f_raw"]);
+}
+
+#[test]
+fn alignment_moves_the_consistency_targets_and_logs_the_imbalance() {
+    let plain = three_meta_steps(|_| {});
+    let aligned = three_meta_steps(|cfg| cfg.meta.distribution_alignment = Some(0.9));
+    // Step 1 starts from the same B on the same batches: the supervised loss agrees, the
+    // consistency loss does not, because its targets were divided by the batch's own mean.
+    assert_eq!(plain[0]["loss_s"], aligned[0]["loss_s"]);
+    let (c_plain, c_aligned) = (
+        plain[0]["loss_c"].as_f64().unwrap(),
+        aligned[0]["loss_c"].as_f64().unwrap(),
+    );
+    assert!(
+        (c_plain - c_aligned).abs() > 1e-6,
+        "L_c {c_plain} with and {c_aligned} without alignment"
+    );
+    for r in &aligned {
+        let imbalance = r["pseudo_imbalance"]
+            .as_f64()
+            .expect("logged with alignment");
+        assert!(imbalance.is_finite() && imbalance >= 1.0, "{imbalance}");
+    }
+    assert!(plain.iter().all(|r| r.get("pseudo_imbalance").is_none()));
 }

@@ -137,6 +137,10 @@ pub struct MetaConfig {
     /// bound). One A step on an unusual batch can raise its running-statistics labeled loss
     /// from 2 to 12, and the f of that step drives B to one class (docs/RESULTS_JUDGE.md).
     pub adaptation_grad_clip: Option<f64>,
+    /// Distribution alignment of B's pseudo labels (ReMixMatch; not in the paper): divide B's
+    /// pseudo distribution by a running mean of it, decaying by this factor per step, times
+    /// uniform, before the mask, L_c and the hard labels (None: off; train/alignment.rs).
+    pub distribution_alignment: Option<f64>,
     /// Factor on f after the baseline (1: the paper's f). f = eta_A * <g', d> is tiny next to
     /// L_s at small eta_A; this makes L_f's weight a setting of its own, apart from A's rate.
     pub feedback_scale: f64,
@@ -173,6 +177,7 @@ impl Default for MetaConfig {
             feedback_run_budget: None,
             feedback_run_decay: 0.9,
             adaptation_grad_clip: None,
+            distribution_alignment: None,
             feedback_scale: 1.0,
             adaptation_schedule: ScheduleConfig {
                 lr: 1e-3,
@@ -331,6 +336,12 @@ impl TrainConfig {
                 self.meta.feedback_run_decay,
                 "--feedback-run-decay (meta.feedback_run_decay)",
             )?;
+            if let Some(decay) = self.meta.distribution_alignment {
+                ensure_decay(
+                    decay,
+                    "--distribution-alignment (meta.distribution_alignment)",
+                )?;
+            }
             ensure_positive_bound(
                 self.meta.adaptation_grad_clip,
                 "--adaptation-grad-clip (meta.adaptation_grad_clip)",
@@ -433,18 +444,26 @@ mod tests {
         }
     }
 
-    #[test]
-    fn feedback_baseline_decay_must_be_below_one() {
+    /// A decay setting refuses 1 (an average that never moves), negatives and NaN, and takes
+    /// 0 and `valid`.
+    fn assert_decay(flag: &str, valid: f64, set: impl Fn(&mut TrainConfig, f64)) {
         let mut config = meta_config();
         for decay in [1.0, -0.1, f64::NAN] {
-            config.meta.feedback_baseline_decay = Some(decay);
+            set(&mut config, decay);
             let message = config.validate().unwrap_err().to_string();
-            assert!(message.contains("--feedback-baseline-decay"), "{message}");
+            assert!(message.contains(flag), "{message}");
         }
-        for decay in [0.0, 0.99] {
-            config.meta.feedback_baseline_decay = Some(decay);
+        for decay in [0.0, valid] {
+            set(&mut config, decay);
             config.validate().unwrap();
         }
+    }
+
+    #[test]
+    fn feedback_baseline_decay_must_be_below_one() {
+        assert_decay("--feedback-baseline-decay", 0.99, |c, decay| {
+            c.meta.feedback_baseline_decay = Some(decay)
+        });
     }
 
     #[test]
@@ -478,18 +497,20 @@ mod tests {
     }
 
     #[test]
+    fn distribution_alignment_needs_a_decay_below_one() {
+        assert_decay("--distribution-alignment", 0.999, |c, decay| {
+            c.meta.distribution_alignment = Some(decay)
+        });
+    }
+
+    #[test]
     fn the_run_bound_needs_a_positive_budget_and_a_decay_below_one() {
         assert_positive_bound("--feedback-run-budget", 0.1, |c, budget| {
             c.meta.feedback_run_budget = Some(budget)
         });
-        let mut config = meta_config();
-        for decay in [1.0, -0.1, f64::NAN] {
-            config.meta.feedback_run_decay = decay;
-            let message = config.validate().unwrap_err().to_string();
-            assert!(message.contains("--feedback-run-decay"), "{message}");
-        }
-        config.meta.feedback_run_decay = 0.0;
-        config.validate().unwrap();
+        assert_decay("--feedback-run-decay", 0.9, |c, decay| {
+            c.meta.feedback_run_decay = decay
+        });
     }
 
     #[test]

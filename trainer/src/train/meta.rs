@@ -8,6 +8,7 @@
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::ops::softmax_last_dim;
 
+use super::alignment::PseudoMarginal;
 use super::config::{Feedback, JudgeStatistics, MetaConfig, PseudoView};
 use super::losses::{cross_entropy, soft_cross_entropy};
 use super::metrics_log::StepRecord;
@@ -32,6 +33,8 @@ pub struct MetaState {
     pub feedback_baseline: f64,
     /// Leaky sum of the f that reached B, bounded when `feedback_run_budget` is set.
     pub feedback_run_sum: f64,
+    /// Running mean of B's pseudo distribution, kept when `distribution_alignment` is set.
+    pub pseudo_marginal: PseudoMarginal,
 }
 
 impl MetaState {
@@ -115,7 +118,25 @@ pub fn step(
     let loss_s = cross_entropy(&b_l, &y, label_smoothing)?;
 
     // 2. Consistency L_c between B's weak-view distribution (no gradient) and its strong view.
-    let pseudo_probs = softmax_last_dim(&(&b_uw / cfg.temperature)?)?;
+    let weak_logits = (&b_uw / cfg.temperature)?;
+    // With alignment, the logits of both views are shifted by the classes' log weights, which
+    // moves the soft targets, the mask and the hard labels alike (train/alignment.rs).
+    let alignment_shift = match cfg.distribution_alignment {
+        Some(decay) => {
+            let batch_mean = softmax_last_dim(&weak_logits)?.mean(0)?.to_vec1::<f32>()?;
+            let batch_mean: Vec<f64> = batch_mean.iter().map(|&m| f64::from(m)).collect();
+            state.pseudo_marginal.update(&batch_mean, decay);
+            Some(state.pseudo_marginal.log_weights_tensor(device)?)
+        }
+        None => None,
+    };
+    let align = |logits: Tensor| -> candle_core::Result<Tensor> {
+        match &alignment_shift {
+            Some(shift) => logits.broadcast_add(shift),
+            None => Ok(logits),
+        }
+    };
+    let pseudo_probs = softmax_last_dim(&align(weak_logits)?)?;
     let confidence = pseudo_probs.max(D::Minus1)?;
     let mask = confidence.ge(cfg.threshold)?.to_dtype(DType::F32)?;
     let per_sample = soft_cross_entropy(&b_us, &pseudo_probs)?;
@@ -127,8 +148,8 @@ pub fn step(
     let ramp = ((rates.step + 1) as f64 / cfg.uda_steps.max(1) as f64).min(1.0);
     let weight_u = cfg.lambda_u * ramp;
     let hard_pseudo = match cfg.pseudo_view {
-        PseudoView::Strong => b_us.detach().argmax(D::Minus1)?,
-        PseudoView::Weak => b_uw.argmax(D::Minus1)?,
+        PseudoView::Strong => align((b_us.detach() / cfg.temperature)?)?.argmax(D::Minus1)?,
+        PseudoView::Weak => pseudo_probs.argmax(D::Minus1)?,
     };
 
     // 3. A learns from the hard pseudo labels only; remember its labeled loss before the step.
@@ -273,6 +294,10 @@ pub fn step(
         record.add("loss_judge_stats", stats as f64);
     }
     record.add("mask_rate", mask.mean_all()?.to_scalar::<f32>()? as f64);
+    if cfg.distribution_alignment.is_some() {
+        // How unevenly B proposes the classes before alignment: largest / smallest share.
+        record.add("pseudo_imbalance", state.pseudo_marginal.imbalance());
+    }
     record.add("weight_u", weight_u);
     record.add("train_acc", batch_accuracy(&b_l, &y)?);
     record.add("lr", rates.lr_base);

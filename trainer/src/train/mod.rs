@@ -1,6 +1,7 @@
 //! Training: the supervised baseline (`sl`) and Meta-Face2Exp (`meta`) share one run loop
 //! (`run`): data, networks, schedules, evaluation, metrics log, checkpoints and resume.
 
+pub mod alignment;
 pub mod checkpoint;
 pub mod config;
 pub mod device;

@@ -10,6 +10,7 @@ use candle_core::Device;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 
+use super::alignment::PseudoMarginal;
 use super::checkpoint;
 use super::config::{Method, TrainConfig};
 use super::device::parse_device;
@@ -140,6 +141,10 @@ pub fn train(config: TrainConfig, options: &RunOptions) -> anyhow::Result<RunSum
         // Checkpoints written before the run bound existed have no sum; theirs was 0.
         if metadata.contains_key("feedback_run_sum") {
             meta_state.feedback_run_sum = field("feedback_run_sum")?;
+        }
+        // Likewise for distribution alignment's running mean; theirs was not kept.
+        if let Some(text) = metadata.get("pseudo_marginal") {
+            meta_state.pseudo_marginal = PseudoMarginal::from_metadata(text)?;
         }
         best_mean_acc = field("best_mean_class_acc")?;
         tracing::info!("resuming {} at step {start_step}", out.display());
@@ -293,6 +298,10 @@ pub fn train(config: TrainConfig, options: &RunOptions) -> anyhow::Result<RunSum
                 (
                     "feedback_run_sum".to_string(),
                     format!("{:e}", meta_state.feedback_run_sum),
+                ),
+                (
+                    "pseudo_marginal".to_string(),
+                    meta_state.pseudo_marginal.to_metadata(),
                 ),
                 (
                     "best_mean_class_acc".to_string(),

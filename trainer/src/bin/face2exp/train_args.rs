@@ -157,6 +157,14 @@ pub struct TrainArgs {
     /// B to one class (docs/RESULTS_JUDGE.md).
     #[arg(long, value_name = "NORM")]
     adaptation_grad_clip: Option<f64>,
+    /// Meta-Face2Exp, not in the paper: distribution alignment (ReMixMatch). B's pseudo
+    /// distribution on the unlabeled faces is multiplied by uniform / its running mean
+    /// (decaying by DECAY per step, in [0, 1); 0.999 follows about the last thousand
+    /// batches) and renormalised, before the mask, L_c and the hard labels A learns from, so
+    /// every class is proposed about equally often. The running mean's largest / smallest
+    /// class share is logged as pseudo_imbalance.
+    #[arg(long, value_name = "DECAY")]
+    distribution_alignment: Option<f64>,
     /// Meta-Face2Exp: multiply f (after the baseline) by this factor; 1, the default, is the
     /// paper's f. f = eta_A * <g', d> is about 1 % of L_s at eta_A 1e-2 (docs/RESULTS_FEEDBACK.md),
     /// so this sets L_f's weight apart from A's learning rate. Logged f is the scaled one.
@@ -234,6 +242,7 @@ impl TrainArgs {
         set!(self.feedback_run_budget.map(Some) => meta.feedback_run_budget);
         set!(self.feedback_run_decay => meta.feedback_run_decay);
         set!(self.adaptation_grad_clip.map(Some) => meta.adaptation_grad_clip);
+        set!(self.distribution_alignment.map(Some) => meta.distribution_alignment);
         set!(self.judge_statistics => meta.judge_statistics);
         set!(self.unlabeled_center_crop => unlabeled_center_crop);
         if let Some(w) = self.warmup_steps {
@@ -299,6 +308,13 @@ mod tests {
         let c = train_config(&["--feedback-clip", "0.05", "--adaptation-grad-clip", "5"]).meta;
         assert_eq!(c.feedback_clip, Some(0.05));
         assert_eq!(c.adaptation_grad_clip, Some(5.0));
+    }
+
+    #[test]
+    fn distribution_alignment_is_off_by_default_and_takes_a_decay() {
+        assert_eq!(train_config(&[]).meta.distribution_alignment, None);
+        let c = train_config(&["--distribution-alignment", "0.999"]).meta;
+        assert_eq!(c.distribution_alignment, Some(0.999));
     }
 
     #[test]
