@@ -10,10 +10,21 @@ use face2exp_trainer::train::feedback_probe::{probe, ProbeOptions, ProbeReport, 
 use face2exp_trainer::train::{train, JudgeStatistics, Method, RunOptions};
 
 fn trained_run(data: &Path, out: &Path, method: Method, per_class: usize) {
+    trained_run_with(data, out, method, per_class, |_| {});
+}
+
+fn trained_run_with(
+    data: &Path,
+    out: &Path,
+    method: Method,
+    per_class: usize,
+    configure: impl FnOnce(&mut face2exp_trainer::train::TrainConfig),
+) {
     common::write_imagefolder(&data.join("train"), per_class, 40);
     common::write_unlabeled(&data.join("faces"), 28, 64);
     let mut config = common::tiny_config(data, method);
     config.steps = 3;
+    configure(&mut config);
     let options = RunOptions {
         out: out.to_path_buf(),
         resume: false,
@@ -206,4 +217,45 @@ fn labeled_images_in_the_pseudo_label_role_give_b_s_accuracy_per_batch() {
     let link = report.accuracy_link.as_ref().expect("an accuracy link");
     assert!(link.applied_mean_r.abs() <= 1.0);
     assert!(report.text().contains("B's pseudo labels are right on"));
+}
+
+#[test]
+fn a_run_with_distribution_alignment_is_probed_with_its_aligned_labels() {
+    let data = tempfile::tempdir().unwrap();
+    let run = data.path().join("run");
+    trained_run_with(data.path(), &run, Method::Meta, 4, |c| {
+        c.meta.distribution_alignment = Some(0.5)
+    });
+    // B's classifier zeroed: every logit is 0, so B's labels are set by the alignment alone,
+    // and the checkpointed running mean says class 4 is the one B proposes least.
+    let checkpoint = run.join("checkpoint.safetensors");
+    let (mut tensors, mut metadata) =
+        face2exp_trainer::train::checkpoint::load(&checkpoint, &candle_core::Device::Cpu).unwrap();
+    assert!(metadata.contains_key("pseudo_marginal"));
+    for name in ["base.fc.weight", "base.fc.bias"] {
+        let zeros = tensors[name].zeros_like().unwrap();
+        tensors.insert(name.to_string(), zeros);
+    }
+    metadata.insert(
+        "pseudo_marginal".to_string(),
+        "0.2,0.2,0.2,0.2,0.01,0.09,0.1".to_string(),
+    );
+    face2exp_trainer::train::checkpoint::save(&checkpoint, &tensors, metadata).unwrap();
+    let aligned = probe(&options(&run, None)).unwrap();
+    let mut least_proposed = vec![0.0; 7];
+    least_proposed[4] = 1.0;
+    assert_eq!(aligned.levels[0].label_shares, least_proposed);
+
+    // The same checkpoint probed as if the run had not aligned: all-equal logits, one class.
+    let config_file = run.join("config.toml");
+    let text = std::fs::read_to_string(&config_file).unwrap();
+    assert!(text.contains("distribution_alignment = 0.5"), "{text}");
+    let unaligned: String = text
+        .lines()
+        .filter(|line| !line.starts_with("distribution_alignment"))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    std::fs::write(&config_file, unaligned).unwrap();
+    let raw = probe(&options(&run, None)).unwrap();
+    assert_ne!(raw.levels[0].label_shares, least_proposed);
 }

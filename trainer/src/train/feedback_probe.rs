@@ -32,6 +32,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
+use super::alignment::PseudoMarginal;
 use super::checkpoint;
 use super::config::{JudgeStatistics, Method, PseudoView, TrainConfig};
 use super::device::parse_device;
@@ -155,6 +156,17 @@ pub fn probe(options: &ProbeOptions) -> anyhow::Result<FeedbackTable> {
         .get("step")
         .and_then(|s| s.parse::<u64>().ok())
         .unwrap_or(0);
+    // B's labels as training drew them: a run with distribution alignment shifts B's logits by
+    // its running mean, here the one the checkpoint holds (training also folds in each batch).
+    let alignment_shift = match (
+        config.meta.distribution_alignment,
+        metadata.get("pseudo_marginal"),
+    ) {
+        (Some(_), Some(text)) if !text.is_empty() => {
+            Some(PseudoMarginal::from_metadata(text)?.log_weights_tensor(&device)?)
+        }
+        _ => None,
+    };
 
     // Only the images the probe uses are decoded: a random sample of each dataset.
     let batch = config.batch_size;
@@ -267,12 +279,15 @@ pub fn probe(options: &ProbeOptions) -> anyhow::Result<FeedbackTable> {
                 BnMode::TrainNoStatsUpdate,
             )?
             .detach();
-        let hard_pseudo: Vec<u32> = match config.meta.pseudo_view {
+        let pseudo_logits = match config.meta.pseudo_view {
             PseudoView::Strong => b_logits.narrow(0, n_l + n_u, n_u)?,
             PseudoView::Weak => b_logits.narrow(0, n_l, n_u)?,
-        }
-        .argmax(D::Minus1)?
-        .to_vec1()?;
+        };
+        let pseudo_logits = match &alignment_shift {
+            Some(shift) => (pseudo_logits / config.meta.temperature)?.broadcast_add(shift)?,
+            None => pseudo_logits,
+        };
+        let hard_pseudo: Vec<u32> = pseudo_logits.argmax(D::Minus1)?.to_vec1()?;
         if let Some(truth) = &pseudo.known_labels {
             let right = hard_pseudo
                 .iter()
