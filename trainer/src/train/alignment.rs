@@ -10,6 +10,24 @@
 
 use candle_core::{Device, Tensor};
 
+/// The checkpoint metadata key the running mean is kept under.
+pub const METADATA_KEY: &str = "pseudo_marginal";
+
+/// B's logits divided by the temperature and, with alignment, shifted by the classes' log
+/// weights ([`PseudoMarginal::log_weights_tensor`]): their softmax is the pseudo distribution,
+/// their argmax the hard labels. Training and `probe-feedback` both draw labels through it.
+pub fn pseudo_logits(
+    logits: &Tensor,
+    temperature: f64,
+    shift: Option<&Tensor>,
+) -> candle_core::Result<Tensor> {
+    let scaled = (logits / temperature)?;
+    match shift {
+        Some(shift) => scaled.broadcast_add(shift),
+        None => Ok(scaled),
+    }
+}
+
 /// The running mean of B's (unaligned) pseudo distribution; empty until the first batch.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct PseudoMarginal {
@@ -59,7 +77,7 @@ impl PseudoMarginal {
             text.split(',')
                 .map(|part| {
                     part.parse::<f64>().map_err(|e| {
-                        anyhow::anyhow!("checkpoint metadata `pseudo_marginal`: `{part}`: {e}")
+                        anyhow::anyhow!("checkpoint metadata `{METADATA_KEY}`: `{part}`: {e}")
                     })
                 })
                 .collect::<anyhow::Result<_>>()?

@@ -32,7 +32,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-use super::alignment::PseudoMarginal;
+use super::alignment;
 use super::checkpoint;
 use super::config::{JudgeStatistics, Method, PseudoView, TrainConfig};
 use super::device::parse_device;
@@ -160,10 +160,10 @@ pub fn probe(options: &ProbeOptions) -> anyhow::Result<FeedbackTable> {
     // its running mean, here the one the checkpoint holds (training also folds in each batch).
     let alignment_shift = match (
         config.meta.distribution_alignment,
-        metadata.get("pseudo_marginal"),
+        metadata.get(alignment::METADATA_KEY),
     ) {
         (Some(_), Some(text)) if !text.is_empty() => {
-            Some(PseudoMarginal::from_metadata(text)?.log_weights_tensor(&device)?)
+            Some(alignment::PseudoMarginal::from_metadata(text)?.log_weights_tensor(&device)?)
         }
         _ => None,
     };
@@ -279,15 +279,14 @@ pub fn probe(options: &ProbeOptions) -> anyhow::Result<FeedbackTable> {
                 BnMode::TrainNoStatsUpdate,
             )?
             .detach();
-        let pseudo_logits = match config.meta.pseudo_view {
+        let view = match config.meta.pseudo_view {
             PseudoView::Strong => b_logits.narrow(0, n_l + n_u, n_u)?,
             PseudoView::Weak => b_logits.narrow(0, n_l, n_u)?,
         };
-        let pseudo_logits = match &alignment_shift {
-            Some(shift) => (pseudo_logits / config.meta.temperature)?.broadcast_add(shift)?,
-            None => pseudo_logits,
-        };
-        let hard_pseudo: Vec<u32> = pseudo_logits.argmax(D::Minus1)?.to_vec1()?;
+        let hard_pseudo: Vec<u32> =
+            alignment::pseudo_logits(&view, config.meta.temperature, alignment_shift.as_ref())?
+                .argmax(D::Minus1)?
+                .to_vec1()?;
         if let Some(truth) = &pseudo.known_labels {
             let right = hard_pseudo
                 .iter()

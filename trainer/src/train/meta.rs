@@ -8,7 +8,7 @@
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::ops::softmax_last_dim;
 
-use super::alignment::PseudoMarginal;
+use super::alignment::{pseudo_logits, PseudoMarginal};
 use super::config::{Feedback, JudgeStatistics, MetaConfig, PseudoView};
 use super::losses::{cross_entropy, soft_cross_entropy};
 use super::metrics_log::StepRecord;
@@ -118,25 +118,21 @@ pub fn step(
     let loss_s = cross_entropy(&b_l, &y, label_smoothing)?;
 
     // 2. Consistency L_c between B's weak-view distribution (no gradient) and its strong view.
-    let weak_logits = (&b_uw / cfg.temperature)?;
     // With alignment, the logits of both views are shifted by the classes' log weights, which
     // moves the soft targets, the mask and the hard labels alike (train/alignment.rs).
     let alignment_shift = match cfg.distribution_alignment {
         Some(decay) => {
-            let batch_mean = softmax_last_dim(&weak_logits)?.mean(0)?.to_vec1::<f32>()?;
+            // The running mean is of B's distribution as it is, before alignment.
+            let unaligned = softmax_last_dim(&pseudo_logits(&b_uw, cfg.temperature, None)?)?;
+            let batch_mean = unaligned.mean(0)?.to_vec1::<f32>()?;
             let batch_mean: Vec<f64> = batch_mean.iter().map(|&m| f64::from(m)).collect();
             state.pseudo_marginal.update(&batch_mean, decay);
             Some(state.pseudo_marginal.log_weights_tensor(device)?)
         }
         None => None,
     };
-    let align = |logits: Tensor| -> candle_core::Result<Tensor> {
-        match &alignment_shift {
-            Some(shift) => logits.broadcast_add(shift),
-            None => Ok(logits),
-        }
-    };
-    let pseudo_probs = softmax_last_dim(&align(weak_logits)?)?;
+    let shift = alignment_shift.as_ref();
+    let pseudo_probs = softmax_last_dim(&pseudo_logits(&b_uw, cfg.temperature, shift)?)?;
     let confidence = pseudo_probs.max(D::Minus1)?;
     let mask = confidence.ge(cfg.threshold)?.to_dtype(DType::F32)?;
     let per_sample = soft_cross_entropy(&b_us, &pseudo_probs)?;
@@ -148,7 +144,9 @@ pub fn step(
     let ramp = ((rates.step + 1) as f64 / cfg.uda_steps.max(1) as f64).min(1.0);
     let weight_u = cfg.lambda_u * ramp;
     let hard_pseudo = match cfg.pseudo_view {
-        PseudoView::Strong => align((b_us.detach() / cfg.temperature)?)?.argmax(D::Minus1)?,
+        PseudoView::Strong => {
+            pseudo_logits(&b_us.detach(), cfg.temperature, shift)?.argmax(D::Minus1)?
+        }
         PseudoView::Weak => pseudo_probs.argmax(D::Minus1)?,
     };
 

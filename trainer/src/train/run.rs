@@ -10,7 +10,7 @@ use candle_core::Device;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 
-use super::alignment::PseudoMarginal;
+use super::alignment::{self, PseudoMarginal};
 use super::checkpoint;
 use super::config::{Method, TrainConfig};
 use super::device::parse_device;
@@ -143,7 +143,7 @@ pub fn train(config: TrainConfig, options: &RunOptions) -> anyhow::Result<RunSum
             meta_state.feedback_run_sum = field("feedback_run_sum")?;
         }
         // Likewise for distribution alignment's running mean; theirs was not kept.
-        if let Some(text) = metadata.get("pseudo_marginal") {
+        if let Some(text) = metadata.get(alignment::METADATA_KEY) {
             meta_state.pseudo_marginal = PseudoMarginal::from_metadata(text)?;
         }
         best_mean_acc = field("best_mean_class_acc")?;
@@ -300,7 +300,7 @@ pub fn train(config: TrainConfig, options: &RunOptions) -> anyhow::Result<RunSum
                     format!("{:e}", meta_state.feedback_run_sum),
                 ),
                 (
-                    "pseudo_marginal".to_string(),
+                    alignment::METADATA_KEY.to_string(),
                     meta_state.pseudo_marginal.to_metadata(),
                 ),
                 (
