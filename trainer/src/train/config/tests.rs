@@ -40,19 +40,30 @@ fn meta_config() -> TrainConfig {
     }
 }
 
+/// `set` puts each value into a Meta config: every one in `refused` fails validation with an
+/// error naming `flag`, every one in `accepted` passes.
+fn assert_setting(
+    flag: &str,
+    refused: &[f64],
+    accepted: &[f64],
+    set: impl Fn(&mut TrainConfig, f64),
+) {
+    let mut config = meta_config();
+    for &value in refused {
+        set(&mut config, value);
+        let message = config.validate().unwrap_err().to_string();
+        assert!(message.contains(flag), "{value}: {message}");
+    }
+    for &value in accepted {
+        set(&mut config, value);
+        config.validate().unwrap();
+    }
+}
+
 /// A decay setting refuses 1 (an average that never moves), negatives and NaN, and takes
 /// 0 and `valid`.
 fn assert_decay(flag: &str, valid: f64, set: impl Fn(&mut TrainConfig, f64)) {
-    let mut config = meta_config();
-    for decay in [1.0, -0.1, f64::NAN] {
-        set(&mut config, decay);
-        let message = config.validate().unwrap_err().to_string();
-        assert!(message.contains(flag), "{message}");
-    }
-    for decay in [0.0, valid] {
-        set(&mut config, decay);
-        config.validate().unwrap();
-    }
+    assert_setting(flag, &[1.0, -0.1, f64::NAN], &[0.0, valid], set);
 }
 
 #[test]
@@ -75,14 +86,7 @@ fn the_baseline_correction_needs_a_baseline() {
 /// `set` puts a bound into the config; every non-positive or non-finite one is refused
 /// with an error naming `flag`, and `valid` is accepted.
 fn assert_positive_bound(flag: &str, valid: f64, set: impl Fn(&mut TrainConfig, f64)) {
-    let mut config = meta_config();
-    for bound in [0.0, -valid, f64::NAN, f64::INFINITY] {
-        set(&mut config, bound);
-        let message = config.validate().unwrap_err().to_string();
-        assert!(message.contains(flag), "{message}");
-    }
-    set(&mut config, valid);
-    config.validate().unwrap();
+    assert_setting(flag, &[0.0, -valid, f64::NAN, f64::INFINITY], &[valid], set);
 }
 
 #[test]
@@ -95,25 +99,18 @@ fn feedback_clip_must_be_positive() {
 #[test]
 fn pseudo_label_settings_are_checked() {
     assert_positive_bound("meta.temperature", 0.5, |c, t| c.meta.temperature = t);
-    let mut config = meta_config();
-    for threshold in [-0.1, 1.01, f64::NAN] {
-        config.meta.threshold = threshold;
-        let message = config.validate().unwrap_err().to_string();
-        assert!(message.contains("--threshold"), "{message}");
-    }
-    for threshold in [0.0, 0.95, 1.0] {
-        config.meta.threshold = threshold;
-        config.validate().unwrap();
-    }
-    for lambda_u in [-1.0, f64::NAN, f64::INFINITY] {
-        config.meta.lambda_u = lambda_u;
-        let message = config.validate().unwrap_err().to_string();
-        assert!(message.contains("--lambda-u"), "{message}");
-    }
-    for lambda_u in [0.0, 1.0] {
-        config.meta.lambda_u = lambda_u;
-        config.validate().unwrap();
-    }
+    assert_setting(
+        "--threshold",
+        &[-0.1, 1.01, f64::NAN],
+        &[0.0, 0.95, 1.0],
+        |c, threshold| c.meta.threshold = threshold,
+    );
+    assert_setting(
+        "--lambda-u",
+        &[-1.0, f64::NAN, f64::INFINITY],
+        &[0.0, 1.0],
+        |c, lambda_u| c.meta.lambda_u = lambda_u,
+    );
 }
 
 #[test]
@@ -177,14 +174,10 @@ fn running_judge_statistics_are_refused_for_the_official_feedback() {
 
 #[test]
 fn feedback_scale_must_be_positive_and_finite() {
-    let mut config = meta_config();
-    for scale in [0.0, -1.0, f64::NAN, f64::INFINITY] {
-        config.meta.feedback_scale = scale;
-        let message = config.validate().unwrap_err().to_string();
-        assert!(message.contains("--feedback-scale"), "{message}");
-    }
-    for scale in [1.0, 25.0, 1e-3] {
-        config.meta.feedback_scale = scale;
-        config.validate().unwrap();
-    }
+    assert_setting(
+        "--feedback-scale",
+        &[0.0, -1.0, f64::NAN, f64::INFINITY],
+        &[1.0, 25.0, 1e-3],
+        |c, scale| c.meta.feedback_scale = scale,
+    );
 }
