@@ -46,7 +46,9 @@ for seed in $seeds; do
   timeout "$left" "${F[@]}" --method sl --out "$runs/sl10-ft-s$seed" "${COMMON[@]}" --seed "$seed" \
     > "$runs/sl10-ft-s$seed.log" 2>&1 &
   pairs+=($!)
-  timeout "$left" "${F[@]}" --method meta --out "$runs/meta10-ft-s$seed" "${COMMON[@]}" --seed "$seed" \
+  # By epochs like its SL pair, so both draw the same labeled batches (the subset is balanced).
+  timeout "$left" "${F[@]}" --method meta --no-balanced-sampler --out "$runs/meta10-ft-s$seed" \
+    "${COMMON[@]}" --seed "$seed" \
     --unlabeled "folder:$data/lfw48" --unlabeled-center-crop 1 --mu 2 --lr-adaptation 0.001 \
     --uda-steps $(( steps / 2 )) --feedback exact > "$runs/meta10-ft-s$seed.log" 2>&1 &
   pairs+=($!)

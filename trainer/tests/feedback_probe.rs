@@ -146,12 +146,27 @@ fn the_probe_reads_a_meta_checkpoint_and_measures_the_exact_feedback() {
         "judging does not move A"
     );
 
-    // f = lr <grad CE_l(theta - lr d), d> is lr times a dot product that settles as lr -> 0.
-    let small = probe(&options(&run, Some(1e-5))).unwrap();
-    let double = probe(&options(&run, Some(2e-5))).unwrap();
-    let (small, double) = (&small.levels[0].applied, &double.levels[0].applied);
-    for (a, b) in small.iter().flatten().zip(double.iter().flatten()) {
-        assert!((b / a - 2.0).abs() < 0.02, "f(2e-5) / f(1e-5) = {}", b / a);
+    // f = lr <grad CE_l(theta - lr d), d> is lr times a dot product that settles as lr -> 0,
+    // so f / lr must agree at two small rates. f32 rounding of A's tiny step moves each f / lr
+    // by a few units whatever its size (up to 4 in a table whose largest |f / lr| was 154), so
+    // the tolerance scales with the table; an lr-independent offset in f would exceed it.
+    let slopes = |lr: f64| -> Vec<f64> {
+        let report = probe(&options(&run, Some(lr))).unwrap();
+        report.levels[0]
+            .applied
+            .iter()
+            .flatten()
+            .map(|f| f / lr)
+            .collect()
+    };
+    let (small, double) = (slopes(1e-5), slopes(2e-5));
+    let largest = small.iter().fold(0.0_f64, |m, s| m.max(s.abs()));
+    assert!(largest > 0.0, "f vanished: {small:?}");
+    for (a, b) in small.iter().zip(&double) {
+        assert!(
+            (a - b).abs() < 0.05 * largest,
+            "f / lr = {a} at lr 1e-5 but {b} at 2e-5 (largest |f / lr| {largest})"
+        );
     }
 
     // The run's unlabeled faces carry no labels: no pseudo-label accuracy.

@@ -55,6 +55,9 @@ fn assert_resume_is_bit_exact(method: Method, configure: impl FnOnce(&mut TrainC
     let mut cfg = config(data.path(), method);
     configure(&mut cfg);
     train(cfg.clone(), &options(&straight, false, None)).unwrap();
+    // The run folder records the sampler the method chose, so a resume draws the same batches.
+    let stored = TrainConfig::from_toml_file(&straight.join("config.toml")).unwrap();
+    assert_eq!(stored.balanced_sampler, Some(method == Method::Meta));
     // "Kill" after step 4: the last checkpoint is step 3, so step 4 is redone on resume.
     train(cfg.clone(), &options(&killed, false, Some(4))).unwrap();
     let err = train(cfg.clone(), &options(&killed, false, None)).unwrap_err();
@@ -173,6 +176,31 @@ fn feedback_changes_the_base_network_and_exports_evaluate() {
     }
     assert!(with_f.join("best_base.safetensors").exists());
     assert!(with_f.join("curves.png").exists());
+}
+
+#[test]
+fn meta_draws_class_balanced_batches_unless_told_not_to() {
+    // The two samplers draw different first batches from the same seed, so L_s at step 1
+    // says which one a run used: the default must match `Some(true)`, not `Some(false)`.
+    let data = dataset();
+    let runs = tempfile::tempdir().unwrap();
+    let first_loss_s = |name: &str, balanced_sampler: Option<bool>| {
+        let mut cfg = config(data.path(), Method::Meta);
+        cfg.steps = 1;
+        cfg.balanced_sampler = balanced_sampler;
+        let run = runs.path().join(name);
+        train(cfg, &options(&run, false, None)).unwrap();
+        let records =
+            face2exp_trainer::train::metrics_log::read_records(&run.join("metrics.jsonl")).unwrap();
+        records
+            .iter()
+            .find(|r| r["kind"] == "train")
+            .and_then(|r| r["loss_s"].as_f64())
+            .expect("a train record with loss_s")
+    };
+    let default = first_loss_s("default", None);
+    assert_eq!(default, first_loss_s("balanced", Some(true)));
+    assert_ne!(default, first_loss_s("epochs", Some(false)));
 }
 
 /// The train records of a 3-step Meta run with baseline decay 0.5 and `configure` applied.

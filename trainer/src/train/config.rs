@@ -207,8 +207,10 @@ pub struct TrainConfig {
     pub labeled_fraction: f64,
     /// Make the labeled subset class-balanced (same count per class where possible).
     pub balanced: bool,
-    /// Draw labeled batches class-balanced (each class equally likely) instead of by epochs.
-    pub balanced_sampler: bool,
+    /// Draw labeled batches class-balanced (each class equally likely) instead of by shuffled
+    /// epochs. Unset means the method's default: on for Meta-Face2Exp, whose L_s batches the
+    /// paper draws class-balanced, off for SL. A run's config.toml records the value it used.
+    pub balanced_sampler: Option<bool>,
     /// Reuse the exact labeled subset listed in this file (written as `subset.txt` by a run).
     pub subset_list: Option<PathBuf>,
     pub model: ModelSpec,
@@ -248,7 +250,7 @@ impl Default for TrainConfig {
             batch_size: 64,
             labeled_fraction: 1.0,
             balanced: false,
-            balanced_sampler: false,
+            balanced_sampler: None,
             subset_list: None,
             model: ModelSpec::default(),
             seed: 0,
@@ -276,6 +278,19 @@ impl TrainConfig {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading config {}", path.display()))?;
         toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))
+    }
+
+    /// Whether labeled batches are drawn class-balanced: `balanced_sampler`, or where it is
+    /// unset the method's default (Meta-Face2Exp yes, SL no).
+    pub fn draws_balanced_batches(&self) -> bool {
+        self.balanced_sampler.unwrap_or(self.method == Method::Meta)
+    }
+
+    /// Writes every method-dependent default into the config, so that a run's config.toml says
+    /// what ran and a later change of default cannot change a resumed run.
+    pub fn with_method_defaults(mut self) -> Self {
+        self.balanced_sampler = Some(self.draws_balanced_batches());
+        self
     }
 
     pub fn to_toml(&self) -> anyhow::Result<String> {

@@ -53,6 +53,7 @@ pub struct RunSummary {
 /// Trains as configured, writing everything to `options.out`.
 pub fn train(config: TrainConfig, options: &RunOptions) -> anyhow::Result<RunSummary> {
     let started = Instant::now();
+    let config = config.with_method_defaults();
     let out = &options.out;
     std::fs::create_dir_all(out)
         .with_context(|| format!("creating run folder {}", out.display()))?;
@@ -164,7 +165,7 @@ pub fn train(config: TrainConfig, options: &RunOptions) -> anyhow::Result<RunSum
     let mut labeled = LabeledLoader::new(
         data.labeled.clone(),
         &loader_config(&config, config.batch_size, 0),
-        config.balanced_sampler,
+        config.draws_balanced_batches(),
         start_step,
     )?;
     let mut unlabeled = match (&data.unlabeled, config.method) {

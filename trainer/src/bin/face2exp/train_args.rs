@@ -41,11 +41,16 @@ pub struct TrainArgs {
     /// Make the labeled subset class-balanced (same count per class where possible).
     #[arg(long)]
     balanced: bool,
-    /// Draw labeled batches class-balanced instead of by shuffled epochs. The paper draws
-    /// L_s's batches this way. On a stratified 10 % of FER2013 it lowered SL's per-class std by
-    /// 4.4 points on its own, all of Meta-Face2Exp's std gain there (docs/RESULTS_NATURAL.md).
-    #[arg(long)]
+    /// Draw labeled batches class-balanced instead of by shuffled epochs; the default for
+    /// --method meta, whose L_s batches the paper draws this way. On a stratified 10 % of
+    /// FER2013 it lowered SL's per-class std by 4.4 points on its own, all of Meta-Face2Exp's
+    /// std gain there (docs/RESULTS_NATURAL.md).
+    #[arg(long, conflicts_with = "no_balanced_sampler")]
     balanced_sampler: bool,
+    /// Draw labeled batches by shuffled epochs, the data's own class mix, also for --method
+    /// meta. That was Meta's default until 2026-12-07; the older commands in docs/ pass it.
+    #[arg(long)]
+    no_balanced_sampler: bool,
     /// Reuse the labeled subset listed in this file (a run's subset.txt).
     #[arg(long)]
     subset_list: Option<PathBuf>,
@@ -255,7 +260,12 @@ impl TrainArgs {
         }
         c.meta.feedback_baseline_debias |= self.feedback_baseline_debias;
         c.balanced |= self.balanced;
-        c.balanced_sampler |= self.balanced_sampler;
+        if self.balanced_sampler {
+            c.balanced_sampler = Some(true);
+        }
+        if self.no_balanced_sampler {
+            c.balanced_sampler = Some(false);
+        }
         c.model.freeze_batch_norm |= self.freeze_bn;
         c.meta.zero_feedback |= self.zero_feedback;
         c.meta.log_judge_shift |= self.log_judge_shift;
@@ -282,6 +292,25 @@ mod tests {
             Command::Train(args) => args.into_config().expect("a valid config").0,
             _ => unreachable!("parsed a train command"),
         }
+    }
+
+    #[test]
+    fn balanced_sampler_flags_override_the_methods_default() {
+        let meta = ["--method", "meta"];
+        let draws_balanced = |args: &[&str]| train_config(args).draws_balanced_batches();
+        assert!(draws_balanced(&meta));
+        assert!(!draws_balanced(
+            &[&meta[..], &["--no-balanced-sampler"]].concat()
+        ));
+        assert!(!draws_balanced(&["--method", "sl"]));
+        assert!(draws_balanced(&["--method", "sl", "--balanced-sampler"]));
+        let both = ["face2exp", "train", "--out", "run"]
+            .into_iter()
+            .chain(["--balanced-sampler", "--no-balanced-sampler"]);
+        let err = Cli::try_parse_from(both)
+            .err()
+            .expect("the two flags conflict");
+        assert!(err.to_string().contains("--no-balanced-sampler"), "{err}");
     }
 
     #[test]

@@ -19,6 +19,23 @@ fn toml_round_trip_and_partial_files() -> anyhow::Result<()> {
 }
 
 #[test]
+fn balanced_batches_default_by_method_and_old_configs_keep_their_choice() -> anyhow::Result<()> {
+    // Run folders written before Meta defaulted to class-balanced batches say `false`; a
+    // resumed run must keep drawing as it did.
+    let old: TrainConfig = toml::from_str("method = \"meta\"\nbalanced_sampler = false\n")?;
+    assert!(!old.draws_balanced_batches());
+    let meta: TrainConfig = toml::from_str("method = \"meta\"\n")?;
+    assert!(meta.draws_balanced_batches());
+    assert!(!TrainConfig::default().draws_balanced_batches());
+    // What a run writes to config.toml states the choice, whatever the default later becomes.
+    let written = meta.with_method_defaults();
+    assert_eq!(written.balanced_sampler, Some(true));
+    let back: TrainConfig = toml::from_str(&written.to_toml()?)?;
+    assert_eq!(back.balanced_sampler, Some(true));
+    Ok(())
+}
+
+#[test]
 fn frozen_batch_norm_needs_trained_weights() {
     let mut config = TrainConfig {
         labeled: "imagefolder:/data/train".into(),
