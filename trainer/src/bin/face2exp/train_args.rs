@@ -43,8 +43,8 @@ pub struct TrainArgs {
     balanced: bool,
     /// Draw labeled batches class-balanced instead of by shuffled epochs; the default for
     /// --method meta, whose L_s batches the paper draws this way. On a stratified 10 % of
-    /// FER2013 it lowered SL's per-class std by 4.4 points on its own, all of Meta-Face2Exp's
-    /// std gain there (docs/RESULTS_NATURAL.md).
+    /// FER2013 it lowered SL's per-class std by 4.2 points on its own (four seeds), more than
+    /// Meta-Face2Exp's whole gain there (docs/RESULTS_NATURAL.md).
     #[arg(long, conflicts_with = "no_balanced_sampler")]
     balanced_sampler: bool,
     /// Draw labeled batches by shuffled epochs, the data's own class mix, also for --method
