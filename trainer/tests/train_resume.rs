@@ -182,35 +182,26 @@ fn feedback_changes_the_base_network_and_exports_evaluate() {
 fn meta_draws_class_balanced_batches_unless_told_not_to() {
     // The two samplers draw different first batches from the same seed, so L_s at step 1
     // says which one a run used: the default must match `Some(true)`, not `Some(false)`.
-    let data = dataset();
-    let runs = tempfile::tempdir().unwrap();
-    let first_loss_s = |name: &str, balanced_sampler: Option<bool>| {
-        let mut cfg = config(data.path(), Method::Meta);
-        cfg.steps = 1;
-        cfg.balanced_sampler = balanced_sampler;
-        let run = runs.path().join(name);
-        train(cfg, &options(&run, false, None)).unwrap();
-        let records =
-            face2exp_trainer::train::metrics_log::read_records(&run.join("metrics.jsonl")).unwrap();
-        records
-            .iter()
-            .find(|r| r["kind"] == "train")
-            .and_then(|r| r["loss_s"].as_f64())
+    let first_loss_s = |balanced_sampler: Option<bool>| {
+        meta_train_records(1, |cfg| cfg.balanced_sampler = balanced_sampler)[0]["loss_s"]
+            .as_f64()
             .expect("a train record with loss_s")
     };
-    let default = first_loss_s("default", None);
-    assert_eq!(default, first_loss_s("balanced", Some(true)));
-    assert_ne!(default, first_loss_s("epochs", Some(false)));
+    let default = first_loss_s(None);
+    assert_eq!(default, first_loss_s(Some(true)));
+    assert_ne!(default, first_loss_s(Some(false)));
 }
 
-/// The train records of a 3-step Meta run with baseline decay 0.5 and `configure` applied.
-fn three_meta_steps(configure: impl FnOnce(&mut TrainConfig)) -> Vec<serde_json::Value> {
+/// The train records of a Meta run of `steps` steps on fresh data, `configure` applied.
+fn meta_train_records(
+    steps: u64,
+    configure: impl FnOnce(&mut TrainConfig),
+) -> Vec<serde_json::Value> {
     let data = dataset();
     let runs = tempfile::tempdir().unwrap();
     let run = runs.path().join("meta");
     let mut cfg = config(data.path(), Method::Meta);
-    cfg.steps = 3;
-    cfg.meta.feedback_baseline_decay = Some(0.5);
+    cfg.steps = steps;
     configure(&mut cfg);
     train(cfg, &options(&run, false, None)).unwrap();
     let records =
@@ -219,7 +210,16 @@ fn three_meta_steps(configure: impl FnOnce(&mut TrainConfig)) -> Vec<serde_json:
         .into_iter()
         .filter(|r| r["kind"] == "train")
         .collect();
-    assert_eq!(train.len(), 3);
+    assert_eq!(train.len() as u64, steps);
+    train
+}
+
+/// The train records of a 3-step Meta run with baseline decay 0.5 and `configure` applied.
+fn three_meta_steps(configure: impl FnOnce(&mut TrainConfig)) -> Vec<serde_json::Value> {
+    let train = meta_train_records(3, |cfg| {
+        cfg.meta.feedback_baseline_decay = Some(0.5);
+        configure(cfg);
+    });
     for r in &train {
         let judged = r["loss_judge"]
             .as_f64()
